@@ -1,0 +1,32 @@
+# The two commands the README starts with:
+#   make lab    JupyterLab opened on the chat notebook
+#   make test   lint + the whole test suite
+# Both create or refresh the virtual environment in .venv first.
+
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.nbchat-installed
+PORT ?= 8888
+
+.PHONY: lab test venv clean
+
+venv: $(STAMP)
+
+# torch first, pinned: 2.13.0 is the local CPU wheel; an unpinned torch pulls GBs of CUDA.
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab --ip 127.0.0.1 --port $(PORT) notebooks/chat.ipynb
+
+test: $(STAMP)
+	$(BIN)/ruff check nbchat tests
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV)

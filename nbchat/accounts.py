@@ -1,0 +1,372 @@
+"""Local accounts: register, log in and out, change password, delete account.
+
+``users.json`` in the data dir holds bcrypt hashes (bcrypt's salt is per
+hash). Every read-modify-write of it happens under a cross-process lock, so
+the user cap holds even when several kernels register at the same moment.
+Failed logins are throttled per name, for known and unknown names alike, and
+the refusal never reveals whether a name exists.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+
+from nbchat.config import Config, load_config
+from nbchat.errors import (
+    AuthenticationFailed,
+    CorruptFile,
+    InvalidPassword,
+    InvalidUsername,
+    LoginThrottled,
+    NbchatWarning,
+    UnsupportedVersion,
+    UserLimitReached,
+    UsernameTaken,
+)
+from nbchat.files import atomic_write_bytes, ensure_private_dir, fsync_dir, locked
+from nbchat.store import ConversationStore
+from nbchat.types import utcnow
+from nbchat.usernames import check_username, username_key
+
+USERS_VERSION = 1
+THROTTLE_VERSION = 1
+MIN_PASSWORD_CHARS = 8
+MAX_PASSWORD_BYTES = 72  # bcrypt ignores everything after the 72nd byte
+FREE_FAILURES = 5  # failed logins allowed before delays start
+MAX_DELAY_S = 300.0
+FORGET_FAILURES_AFTER_S = 24 * 3600.0
+WRONG_CREDENTIALS = "Wrong username or password."
+
+
+def login_delay(failures: int) -> float:
+    """Seconds a name must wait after ``failures`` consecutive failed logins: 0, then 2, 4, 8 … 300."""
+    if failures < FREE_FAILURES:
+        return 0.0
+    return min(2.0 ** (failures - FREE_FAILURES + 1), MAX_DELAY_S)
+
+
+def check_password(password: object, username: str | None = None) -> bytes:
+    """The password's UTF-8 bytes if it may be used for a new account or a change."""
+    if not isinstance(password, str):
+        raise InvalidPassword(f"A password must be text, not {type(password).__name__}.")
+    if len(password) < MIN_PASSWORD_CHARS:
+        raise InvalidPassword(f"A password needs at least {MIN_PASSWORD_CHARS} characters.")
+    if any(ord(c) < 32 or ord(c) == 127 for c in password):
+        raise InvalidPassword("A password cannot contain control characters (such as NUL or newline).")
+    try:
+        encoded = password.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidPassword("A password must be valid Unicode text.") from None
+    if len(encoded) > MAX_PASSWORD_BYTES:
+        raise InvalidPassword(
+            f"That password is {len(encoded)} bytes in UTF-8; bcrypt uses at most {MAX_PASSWORD_BYTES}, "
+            "so nbchat refuses longer ones rather than silently ignoring the rest. Choose a shorter one."
+        )
+    if username is not None and password.lower() == username.lower():
+        raise InvalidPassword("A password cannot be the same as the username.")
+    return encoded
+
+
+class Login:
+    """Proof of a successful login: the user's name and their conversations.
+
+    The only way to reach a user's conversations through accounts. ``logout``
+    closes it; afterwards its store forgets everything and refuses all use.
+    """
+
+    def __init__(self, username: str, display_name: str, conversations: ConversationStore) -> None:
+        self.username = username
+        self.display_name = display_name
+        self.conversations = conversations
+        self.logged_in_at = utcnow()
+        self.closed = False
+
+    def close(self) -> None:
+        self.conversations.close()
+        self.closed = True
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<Login {self.display_name!r} ({state})>"
+
+
+class Accounts:
+    """The accounts of one data dir. Safe to use from several threads and kernels at once."""
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        bcrypt_rounds: int = 12,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config or load_config()
+        self._rounds = bcrypt_rounds
+        self._clock = clock
+        self._dummy_hash: bytes | None = None
+        self._mutex = threading.RLock()
+
+    @property
+    def data_dir(self) -> Path:
+        return self.config.data_dir
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def usernames(self) -> list[str]:
+        """Display names of every account, sorted case-insensitively."""
+        return sorted((u["name"] for u in self._read_users().values()), key=str.lower)
+
+    # -- changes ---------------------------------------------------------------------------
+
+    def register(self, username: str, password: str) -> str:
+        """Create an account; returns its key (the lower-case name)."""
+        check_username(username)
+        key = username.lower()
+        encoded = check_password(password, username)
+        # Hash outside the lock (it takes a while); re-check everything inside it.
+        password_hash = bcrypt.hashpw(encoded, bcrypt.gensalt(self._rounds)).decode("ascii")
+        with self._users_lock():
+            users = self._read_users()
+            if key in users:
+                raise UsernameTaken(f"The username {username!r} is taken (names ignore case).")
+            if len(users) >= self.config.max_users:
+                raise UserLimitReached(
+                    f"This installation already has {len(users)} accounts, its limit "
+                    f"(NBCHAT_MAX_USERS={self.config.max_users}). Ask an administrator to raise "
+                    "it or delete an unused account."
+                )
+            self._set_aside_orphaned_conversations(key)
+            now = utcnow().isoformat(timespec="seconds")
+            users[key] = {
+                "name": username,
+                "password_hash": password_hash,
+                "created": now,
+                "password_changed": now,
+            }
+            self._write_users(users)
+        return key
+
+    def login(self, username: str, password: str) -> Login:
+        """Check the password; returns a ``Login`` that opens the user's conversations."""
+        key, record = self._authenticate(username, password)
+        return Login(key, record["name"], ConversationStore(self.data_dir, key))
+
+    def logout(self, login: Login) -> None:
+        """End a login: its conversation store drops everything it held in memory."""
+        login.close()
+
+    def change_password(self, username: str, old_password: str, new_password: str) -> None:
+        key, _ = self._authenticate(username, old_password)
+        encoded = check_password(new_password, username)
+        password_hash = bcrypt.hashpw(encoded, bcrypt.gensalt(self._rounds)).decode("ascii")
+        with self._users_lock():
+            users = self._read_users()
+            if key not in users:
+                raise AuthenticationFailed(WRONG_CREDENTIALS)
+            users[key]["password_hash"] = password_hash
+            users[key]["password_changed"] = utcnow().isoformat(timespec="seconds")
+            self._write_users(users)
+
+    def delete_account(self, username: str, password: str) -> None:
+        """Delete the account and every conversation of it, after checking the password."""
+        key, _ = self._authenticate(username, password)
+        trash: Path | None = None
+        with self._users_lock():
+            users = self._read_users()
+            if key not in users:
+                raise AuthenticationFailed(WRONG_CREDENTIALS)
+            user_dir = self.config.conversations_dir / key
+            if user_dir.exists():
+                # Rename first: a crash after this point leaves no conversations
+                # reachable under the name, and the account still usable.
+                trash = user_dir.with_name(f".deleted-{key}-{uuid.uuid4().hex}")
+                user_dir.rename(trash)
+                fsync_dir(user_dir.parent)
+            del users[key]
+            self._write_users(users)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
+
+    # -- authentication and throttling -----------------------------------------------------
+
+    def _authenticate(self, username: str, password: str) -> tuple[str, dict[str, Any]]:
+        key = username_key(username)
+        now = self._clock()
+        failures, last = self._failures(key)
+        wait = last + login_delay(failures) - now
+        if wait > 0:
+            raise LoginThrottled(
+                f"Too many failed logins for {username!r}; try again in {wait:.0f} s.", retry_after=wait
+            )
+        record = self._read_users().get(key)
+        stored = record["password_hash"].encode("ascii") if record else self._dummy()
+        ok = record is not None and self._password_matches(password, stored)
+        if record is None:
+            self._password_matches(password, stored)  # same work as a real check: no timing hint
+        self._record_attempt(key, ok, now)
+        if not ok or record is None:
+            raise AuthenticationFailed(WRONG_CREDENTIALS)
+        return key, record
+
+    @staticmethod
+    def _password_matches(password: object, stored: bytes) -> bool:
+        if not isinstance(password, str):
+            return False
+        try:
+            encoded = password.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        if len(encoded) > MAX_PASSWORD_BYTES:
+            return False  # could never have been registered
+        return bcrypt.checkpw(encoded, stored)
+
+    def _dummy(self) -> bytes:
+        if self._dummy_hash is None:
+            self._dummy_hash = bcrypt.hashpw(uuid.uuid4().bytes, bcrypt.gensalt(self._rounds))
+        return self._dummy_hash
+
+    def _failures(self, key: str) -> tuple[int, float]:
+        entry = self._read_throttle().get(key)
+        return (entry["count"], entry["last"]) if entry else (0, 0.0)
+
+    def _record_attempt(self, key: str, ok: bool, now: float) -> None:
+        with self._users_lock():
+            failures = self._read_throttle()
+            if ok and key not in failures:
+                return
+            if ok:
+                del failures[key]
+            else:
+                count = failures.get(key, {}).get("count", 0) + 1
+                failures[key] = {"count": count, "last": now}
+            horizon = now - FORGET_FAILURES_AFTER_S
+            kept = {k: v for k, v in failures.items() if v["last"] >= horizon}
+            payload = {"version": THROTTLE_VERSION, "failures": kept}
+            atomic_write_bytes(self._throttle_file, _json_bytes(payload))
+
+    # -- files -----------------------------------------------------------------------------
+
+    @property
+    def _throttle_file(self) -> Path:
+        return self.data_dir / "login-failures.json"
+
+    @contextmanager
+    def _users_lock(self) -> Iterator[None]:
+        with self._mutex:
+            ensure_private_dir(self.data_dir)
+            with locked(self.data_dir / ".users.lock", "The accounts file"):
+                yield
+
+    def _read_users(self) -> dict[str, dict[str, Any]]:
+        """The accounts by key; a damaged file is reported, never repaired or replaced."""
+        path = self.config.users_file
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise _corrupt_users(path, f"not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise _corrupt_users(path, "expected a JSON object")
+        version = data.get("version")
+        if isinstance(version, int) and version > USERS_VERSION:
+            raise UnsupportedVersion(
+                f"{path} was written by a newer nbchat (version {version}); upgrade nbchat. "
+                "The file was left untouched."
+            )
+        users = data.get("users")
+        if version != USERS_VERSION or not isinstance(users, dict):
+            raise _corrupt_users(path, "missing 'version': 1 or the 'users' object")
+        for key, record in users.items():
+            problem = _user_record_problem(key, record)
+            if problem:
+                raise _corrupt_users(path, f"the account {key!r} {problem}")
+        return users
+
+    def _write_users(self, users: dict[str, dict[str, Any]]) -> None:
+        payload = {"version": USERS_VERSION, "users": users}
+        atomic_write_bytes(self.config.users_file, _json_bytes(payload))
+
+    def _read_throttle(self) -> dict[str, dict[str, Any]]:
+        path = self._throttle_file
+        try:
+            data = json.loads(path.read_bytes())
+            failures = data["failures"]
+            if data.get("version") != THROTTLE_VERSION or not all(
+                isinstance(v.get("count"), int) and isinstance(v.get("last"), (int, float))
+                for v in failures.values()
+            ):
+                raise ValueError("unexpected layout")
+            return failures
+        except FileNotFoundError:
+            return {}
+        except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError):
+            moved = path.with_name(f"{path.name}.corrupt-{uuid.uuid4().hex[:8]}")
+            path.replace(moved)
+            warnings.warn(
+                f"{path} was unreadable and was moved to {moved}; login throttling starts afresh.",
+                NbchatWarning,
+                stacklevel=2,
+            )
+            return {}
+
+    def _set_aside_orphaned_conversations(self, key: str) -> None:
+        """A new account must never inherit files left by an earlier one of the same name."""
+        user_dir = self.config.conversations_dir / key
+        if user_dir.exists():
+            user_dir.rename(user_dir.with_name(f".orphaned-{key}-{uuid.uuid4().hex}"))
+            warnings.warn(
+                f"Conversations left in {user_dir} by an earlier account named {key!r} were moved "
+                "aside; the new account starts empty.",
+                NbchatWarning,
+                stacklevel=3,
+            )
+
+
+def _json_bytes(payload: dict[str, Any]) -> bytes:
+    return (json.dumps(payload, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def _user_record_problem(key: object, record: object) -> str | None:
+    try:
+        if username_key(key) != key:
+            return "has a key that is not a lower-case username"
+    except InvalidUsername:
+        return "has an invalid name"
+    if not isinstance(record, dict):
+        return "is not an object"
+    for name in ("name", "password_hash", "created", "password_changed"):
+        if not isinstance(record.get(name), str):
+            return f"lacks {name!r}"
+    if record["name"].lower() != key:
+        return "has a display name that does not match its key"
+    if not record["password_hash"].startswith("$2"):
+        return "has no bcrypt hash"
+    try:
+        datetime.fromisoformat(record["created"])
+    except ValueError:
+        return "has an invalid creation time"
+    return None
+
+
+def _corrupt_users(path: Path, reason: str) -> CorruptFile:
+    return CorruptFile(
+        f"The accounts file {path} cannot be read ({reason}). nbchat will not overwrite it: "
+        "restore it from a backup or fix it by hand (its format is data/users.schema.json).",
+        path=path,
+        moved_to=None,
+    )

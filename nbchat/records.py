@@ -1,0 +1,134 @@
+"""The on-disk format of a conversation: JSON Lines, a header line then one line per message.
+
+This module is the only place that knows the field names on disk and the
+format ``version``; the JSON Schemas in the repository's ``data/`` directory
+describe the same format and the tests hold the two together.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from nbchat.errors import InvalidValue, UnsupportedVersion
+from nbchat.types import Conversation, ConversationSettings, Message
+
+FORMAT_VERSION = 1
+
+
+class RecordError(ValueError):
+    """A line is not a valid record; the caller decides whether it is torn or corrupt."""
+
+
+def header_line(conversation: Conversation) -> bytes:
+    record = {
+        "version": FORMAT_VERSION,
+        "id": conversation.id,
+        "title": conversation.title,
+        "created": _time(conversation.created),
+        "updated": _time(conversation.updated),
+        "settings": conversation.settings.to_dict(),
+    }
+    return _line(record)
+
+
+def message_line(message: Message) -> bytes:
+    record = {
+        "id": message.id,
+        "role": message.role,
+        "content": message.content,
+        "thinking": message.thinking,
+        "time": _time(message.time),
+        "model": message.model,
+        "stats": None if message.stats is None else dict(message.stats),
+    }
+    return _line(record)
+
+
+def parse_header(line: bytes) -> Conversation:
+    """A conversation with no messages, from its first line."""
+    record = _object(line)
+    version = record.get("version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        raise UnsupportedVersion(
+            f"This conversation was saved by a newer nbchat (format version {version}; "
+            f"this one reads up to {FORMAT_VERSION}). Upgrade nbchat to open it; "
+            "the file was left untouched."
+        )
+    if version != FORMAT_VERSION:
+        raise RecordError(f"the header's version is {version!r}, expected {FORMAT_VERSION}")
+    settings = record.get("settings")
+    if not isinstance(settings, dict):
+        raise RecordError("the header has no settings object")
+    _expect_keys(settings, {"model", "temperature", "max_new_tokens", "think", "system"}, "settings")
+    _expect_keys(record, {"version", "id", "title", "created", "updated", "settings"}, "header")
+    try:
+        return Conversation(
+            id=record["id"],
+            title=record["title"],
+            created=_parse_time(record["created"]),
+            updated=_parse_time(record["updated"]),
+            settings=ConversationSettings(**settings),
+        )
+    except InvalidValue as exc:
+        raise RecordError(str(exc)) from None
+
+
+def parse_message(line: bytes) -> Message:
+    record = _object(line)
+    _expect_keys(record, {"id", "role", "content", "thinking", "time", "model", "stats"}, "message")
+    try:
+        return Message(
+            id=record["id"],
+            role=record["role"],
+            content=record["content"],
+            thinking=record["thinking"],
+            time=_parse_time(record["time"]),
+            model=record["model"],
+            stats=record["stats"],
+        )
+    except InvalidValue as exc:
+        raise RecordError(str(exc)) from None
+
+
+def _line(record: dict[str, Any]) -> bytes:
+    # UTF-8, not \u escapes: readable by people, and compact for non-Latin text.
+    # (Lone surrogates, which UTF-8 cannot hold, were refused by the types.)
+    text = json.dumps(record, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return text.encode("utf-8") + b"\n"
+
+
+def _object(line: bytes) -> dict[str, Any]:
+    try:
+        record = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RecordError(f"not valid JSON ({exc})") from None
+    if not isinstance(record, dict):
+        raise RecordError(f"expected a JSON object, found {type(record).__name__}")
+    return record
+
+
+def _expect_keys(record: dict[str, Any], keys: set[str], what: str) -> None:
+    missing = keys - record.keys()
+    if missing:
+        raise RecordError(f"the {what} lacks {', '.join(sorted(missing))}")
+    extra = record.keys() - keys
+    if extra:
+        raise RecordError(f"the {what} has unknown fields {', '.join(sorted(extra))}")
+
+
+def _time(value: datetime) -> str:
+    return value.isoformat(timespec="microseconds")
+
+
+def _parse_time(value: object) -> datetime:
+    if not isinstance(value, str):
+        raise RecordError(f"a time must be an ISO 8601 string, not {value!r}")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise RecordError(f"{value!r} is not an ISO 8601 time") from None
+    if parsed.tzinfo is None:
+        raise RecordError(f"the time {value!r} has no timezone")
+    return parsed

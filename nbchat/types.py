@@ -1,0 +1,218 @@
+"""Plain value types shared by every layer: messages, settings, conversations.
+
+They validate themselves on construction, so a bad value is refused with a
+clear ``InvalidValue`` wherever it comes from (a widget, the magic, user code,
+or a hand-edited file). They are frozen: a caller can never change a stored
+conversation behind the store's back.
+"""
+
+from __future__ import annotations
+
+import math
+import unicodedata
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from nbchat.errors import InvalidValue
+
+Role = Literal["system", "user", "assistant"]
+ROLES: tuple[str, ...] = ("system", "user", "assistant")
+
+MAX_TEMPERATURE = 2.0
+MAX_NEW_TOKENS_CEILING = 131_072  # the session narrows this to the model's context
+MAX_TITLE_CHARS = 200
+MAX_MODEL_ID_CHARS = 300
+MAX_SYSTEM_CHARS = 100_000
+MAX_CONTENT_CHARS = 4_000_000
+DEFAULT_TITLE = "New conversation"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_id() -> str:
+    """A random 32-hex-digit id: unguessable, and safe as a file name."""
+    return uuid.uuid4().hex
+
+
+def is_valid_id(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 32 and all(c in "0123456789abcdef" for c in value)
+
+
+def check_text(what: str, value: object, *, max_chars: int, single_line: bool = False) -> str:
+    """Refuse non-strings, over-long text, text UTF-8 cannot hold, and (optionally) control chars."""
+    if not isinstance(value, str):
+        raise InvalidValue(f"{what} must be text, not {type(value).__name__}.")
+    if len(value) > max_chars:
+        raise InvalidValue(f"{what} is {len(value):,} characters long; the limit is {max_chars:,}.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidValue(
+            f"{what} contains characters that are not valid Unicode (lone surrogates)."
+        ) from None
+    if single_line:
+        bad = next((c for c in value if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")), None)
+        if bad is not None:
+            raise InvalidValue(
+                f"{what} contains the control character U+{ord(bad):04X}; use plain text on one line."
+            )
+    return value
+
+
+def check_title(value: object) -> str:
+    """A conversation title: one line of 1–200 characters, surrounding spaces removed."""
+    title = check_text("A conversation title", value, max_chars=10 * MAX_TITLE_CHARS).strip()
+    check_text("A conversation title", title, max_chars=MAX_TITLE_CHARS, single_line=True)
+    if not title:
+        raise InvalidValue("A conversation title cannot be empty.")
+    return title
+
+
+@dataclass(frozen=True)
+class ConversationSettings:
+    """The settings that belong to one conversation (never to the session).
+
+    ``model`` is ``None`` until the user chooses one: the "— choose a model —"
+    rule of the original app. Nothing can be sent until it is set.
+    """
+
+    model: str | None = None
+    temperature: float = 0.7
+    max_new_tokens: int = 512
+    think: bool = False
+    system: str = ""
+
+    def __post_init__(self) -> None:
+        if self.model is not None:
+            model = check_text(
+                "The model id", self.model, max_chars=MAX_MODEL_ID_CHARS, single_line=True
+            ).strip()
+            if not model:
+                raise InvalidValue("The model id cannot be empty; use None for 'no model chosen'.")
+            object.__setattr__(self, "model", model)
+        temperature = self.temperature
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+            raise InvalidValue(f"Temperature must be a number from 0 to 2, not {temperature!r}.")
+        if not math.isfinite(temperature) or not 0 <= temperature <= MAX_TEMPERATURE:
+            raise InvalidValue(f"Temperature must be from 0 to 2, not {temperature!r}.")
+        object.__setattr__(self, "temperature", float(temperature))
+        tokens = self.max_new_tokens
+        if isinstance(tokens, bool) or not isinstance(tokens, int):
+            raise InvalidValue(f"Max new tokens must be a whole number, not {tokens!r}.")
+        if not 1 <= tokens <= MAX_NEW_TOKENS_CEILING:
+            raise InvalidValue(
+                f"Max new tokens must be from 1 to {MAX_NEW_TOKENS_CEILING:,}, not {tokens:,}."
+            )
+        if not isinstance(self.think, bool):
+            raise InvalidValue(f"Thinking must be True or False, not {self.think!r}.")
+        check_text("The system prompt", self.system, max_chars=MAX_SYSTEM_CHARS)
+
+    def updated(self, **changes: Any) -> ConversationSettings:
+        """A copy with ``changes`` applied; unknown names are refused, listing the valid ones."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise InvalidValue(
+                f"Unknown setting {', '.join(map(repr, unknown))}; "
+                f"the settings are {', '.join(sorted(known))}."
+            )
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class Message:
+    """One turn of a conversation, as saved (thinking is kept for display only)."""
+
+    role: Role
+    content: str
+    id: str = field(default_factory=new_id)
+    time: datetime = field(default_factory=utcnow)
+    thinking: str | None = None
+    model: str | None = None
+    stats: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise InvalidValue(f"A message role must be one of {', '.join(ROLES)}, not {self.role!r}.")
+        check_text("A message", self.content, max_chars=MAX_CONTENT_CHARS)
+        if not is_valid_id(self.id):
+            raise InvalidValue(f"A message id must be 32 lowercase hex digits, not {self.id!r}.")
+        _check_time("A message time", self.time)
+        if self.thinking is not None:
+            check_text("A message's thinking", self.thinking, max_chars=MAX_CONTENT_CHARS)
+        if self.model is not None:
+            check_text("A message's model", self.model, max_chars=MAX_MODEL_ID_CHARS, single_line=True)
+        if self.stats is not None:
+            _check_stats(self.stats)
+            object.__setattr__(self, "stats", dict(self.stats))
+
+
+@dataclass(frozen=True)
+class ConversationSummary:
+    """What the conversation list shows, read from a file's first line only."""
+
+    id: str
+    title: str
+    created: datetime
+    updated: datetime
+    model: str | None
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """A conversation with its settings and every message, oldest first."""
+
+    id: str
+    title: str
+    created: datetime
+    updated: datetime
+    settings: ConversationSettings = field(default_factory=ConversationSettings)
+    messages: tuple[Message, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not is_valid_id(self.id):
+            raise InvalidValue(f"A conversation id must be 32 lowercase hex digits, not {self.id!r}.")
+        object.__setattr__(self, "title", check_title(self.title))
+        _check_time("The creation time", self.created)
+        _check_time("The update time", self.updated)
+        if not isinstance(self.settings, ConversationSettings):
+            raise InvalidValue("Conversation settings must be a ConversationSettings.")
+        object.__setattr__(self, "messages", tuple(self.messages))
+
+    @property
+    def model(self) -> str | None:
+        return self.settings.model
+
+    @property
+    def summary(self) -> ConversationSummary:
+        last = self.messages[-1].time if self.messages else self.updated
+        return ConversationSummary(
+            self.id, self.title, self.created, max(self.updated, last), self.settings.model
+        )
+
+
+def _check_time(what: str, value: object) -> None:
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise InvalidValue(f"{what} must be a timezone-aware datetime, not {value!r}.")
+
+
+def _check_stats(stats: object) -> None:
+    if not isinstance(stats, Mapping):
+        raise InvalidValue(f"Message stats must be a mapping, not {type(stats).__name__}.")
+    for key, value in stats.items():
+        if not isinstance(key, str):
+            raise InvalidValue(f"Message stats keys must be text, not {key!r}.")
+        if value is not None and not isinstance(value, (str, int, float, bool)):
+            raise InvalidValue(
+                f"Message stat {key!r} must be a number, text, true/false or null, not {value!r}."
+            )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidValue(f"Message stat {key!r} must be a finite number, not {value!r}.")
