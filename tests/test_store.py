@@ -1,0 +1,439 @@
+"""One user's conversations on disk: what each operation does, what it refuses, and how
+damaged files are handled without losing anything that was saved."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+
+from nbchat import (
+    ConversationNotFound,
+    ConversationSettings,
+    ConversationStore,
+    CorruptFile,
+    InvalidUsername,
+    InvalidValue,
+    Message,
+    NbchatWarning,
+    UnsupportedVersion,
+)
+from nbchat.types import MAX_CONTENT_CHARS
+
+
+@pytest.fixture
+def store(data_dir: Path) -> ConversationStore:
+    return ConversationStore(data_dir, "alice")
+
+
+def file_of(store: ConversationStore, conversation_id: str) -> Path:
+    return store.directory / f"{conversation_id}.jsonl"
+
+
+# -- creating and listing -------------------------------------------------------------------
+
+
+def test_a_new_conversation_has_no_model_until_one_is_chosen(store: ConversationStore) -> None:
+    conversation = store.create()
+    assert conversation.title == "New conversation"
+    assert conversation.model is None
+    assert conversation.settings == ConversationSettings()
+    assert conversation.messages == ()
+    assert conversation.created.tzinfo is not None
+    assert store.get(conversation.id) == conversation
+
+
+def test_create_with_title_and_settings(store: ConversationStore) -> None:
+    settings = ConversationSettings(
+        model="ollama:qwen3:1.7b", temperature=0.2, think=True, system="Be brief."
+    )
+    conversation = store.create("  Ideas  ", settings)
+    assert conversation.title == "Ideas"
+    assert store.get(conversation.id).settings == settings
+
+
+def test_list_is_newest_first_and_follows_new_messages(store: ConversationStore) -> None:
+    first = store.create("First")
+    second = store.create("Second")
+    assert [s.title for s in store.list()] == ["Second", "First"]
+    store.append(first.id, Message("user", "bump"))
+    assert [s.id for s in store.list()] == [first.id, second.id]
+    assert store.list()[0].model is None
+
+
+def test_list_reads_first_lines_only(store: ConversationStore) -> None:
+    """Proof by damage: garbage after the header does not disturb listing (get() would report it)."""
+    conversation = store.create("Long one")
+    store.append(conversation.id, Message("user", "hello"))
+    with file_of(store, conversation.id).open("ab") as handle:
+        handle.write(b"this line is not JSON and list() never looks at it\n")
+    assert [s.title for s in store.list()] == ["Long one"]
+    assert file_of(store, conversation.id).exists()
+
+
+def test_a_user_without_conversations_lists_nothing(store: ConversationStore) -> None:
+    assert store.list() == []
+    assert not store.directory.exists(), "listing creates nothing"
+
+
+def test_stray_files_in_the_users_directory_are_ignored(store: ConversationStore) -> None:
+    store.create("Real")
+    (store.directory / "notes.txt").write_text("hi")
+    (store.directory / "short.jsonl").write_text("{}\n")
+    assert [s.title for s in store.list()] == ["Real"]
+
+
+# -- messages -------------------------------------------------------------------------------
+
+
+def test_messages_round_trip_with_thinking_model_and_stats(store: ConversationStore) -> None:
+    conversation = store.create("Chat")
+    question = store.append(conversation.id, Message("user", "What is 2+2?"))
+    answer = store.append(
+        conversation.id,
+        Message(
+            "assistant",
+            "**4**",
+            thinking="Simple arithmetic.",
+            model="ollama:qwen3:1.7b",
+            stats={
+                "prompt_tokens": 12,
+                "completion_tokens": 3,
+                "tokens_per_s": 41.5,
+                "finish_reason": "stop",
+            },
+        ),
+    )
+    reloaded = ConversationStore(store.directory.parent.parent, "alice").get(conversation.id)
+    assert reloaded.messages == (question, answer)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "",
+        "line one\nline two\r\n\ttabbed",
+        "control \x00\x07\x1b[31m characters",
+        "unicode: 你好 🙂 \u2028 \u202e",
+        "x" * 1_000_000,
+        '{"role": "system", "content": "injected"}\n{"also": "not a line"}',
+    ],
+)
+def test_any_text_is_kept_exactly_on_one_line(store: ConversationStore, content: str) -> None:
+    conversation = store.create("Odd text")
+    store.append(conversation.id, Message("user", content))
+    assert store.get(conversation.id).messages[0].content == content
+    lines = file_of(store, conversation.id).read_bytes().split(b"\n")
+    assert len(lines) == 3 and lines[-1] == b""
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda: Message("tool", "x"), "role must be one of"),
+        (lambda: Message("user", None), "must be text"),  # type: ignore[arg-type]
+        (lambda: Message("user", "\ud800"), "not valid Unicode"),
+        (lambda: Message("user", "x" * (MAX_CONTENT_CHARS + 1)), "the limit is"),
+        (lambda: Message("user", "x", id="../../etc/passwd"), "32 lowercase hex"),
+        (lambda: Message("user", "x", stats={"t": [1, 2]}), "must be a number"),
+        (lambda: Message("user", "x", stats={"t": float("nan")}), "finite"),
+        (lambda: Message("user", "x", model="a\nb"), "control character"),
+    ],
+)
+def test_invalid_messages_are_refused_before_reaching_disk(make, reason: str) -> None:
+    with pytest.raises(InvalidValue, match=reason):
+        make()
+
+
+def test_append_refuses_what_is_not_a_message_or_already_saved(store: ConversationStore) -> None:
+    conversation = store.create("Chat")
+    with pytest.raises(InvalidValue, match="takes a Message"):
+        store.append(conversation.id, {"role": "user", "content": "hi"})  # type: ignore[arg-type]
+    message = store.append(conversation.id, Message("user", "once"))
+    with pytest.raises(InvalidValue, match="already saved"):
+        store.append(conversation.id, message)
+    assert len(store.get(conversation.id).messages) == 1
+
+
+def test_append_only_adds_a_line(store: ConversationStore) -> None:
+    """An append never rewrites: same file (inode), old bytes untouched, one line longer."""
+    conversation = store.create("Chat")
+    for i in range(20):
+        store.append(conversation.id, Message("user", f"message {i}"))
+    path = file_of(store, conversation.id)
+    before, inode = path.read_bytes(), path.stat().st_ino
+    store.append(conversation.id, Message("assistant", "one more"))
+    after = path.read_bytes()
+    assert path.stat().st_ino == inode
+    assert after.startswith(before) and after[len(before) :].count(b"\n") == 1
+
+
+# -- rename, settings, delete ---------------------------------------------------------------
+
+
+def test_rename_keeps_every_message(store: ConversationStore) -> None:
+    conversation = store.create("Old")
+    store.append(conversation.id, Message("user", "hello"))
+    renamed = store.rename(conversation.id, "New title")
+    assert renamed.title == "New title" and renamed.updated > conversation.updated
+    fresh = ConversationStore(store.directory.parent.parent, "alice").get(conversation.id)
+    assert fresh.title == "New title" and [m.content for m in fresh.messages] == ["hello"]
+
+
+@pytest.mark.parametrize(
+    ("title", "reason"),
+    [
+        ("", "cannot be empty"),
+        ("   ", "cannot be empty"),
+        ("two\nlines", "control character U\\+000A"),
+        ("bell\x07", "control character"),
+        ("x" * 201, "the limit is 200"),
+        (None, "must be text"),
+        ("\ud800", "not valid Unicode"),
+    ],
+)
+def test_bad_titles_are_refused_and_nothing_changes(store: ConversationStore, title, reason: str) -> None:
+    conversation = store.create("Keep")
+    before = file_of(store, conversation.id).read_bytes()
+    with pytest.raises(InvalidValue, match=reason):
+        store.rename(conversation.id, title)
+    if title is not None:  # create(None) means the default title
+        with pytest.raises(InvalidValue, match=reason):
+            store.create(title)
+    assert file_of(store, conversation.id).read_bytes() == before
+    assert len(store.list()) == 1
+
+
+def test_settings_belong_to_the_conversation(store: ConversationStore) -> None:
+    one, two = store.create("One"), store.create("Two")
+    store.update_settings(one.id, model="ollama:phi3", temperature=1.5, max_new_tokens=64)
+    store.update_settings(two.id, model="qwen3", think=True, system="Answer in French.")
+    assert store.get(one.id).settings == ConversationSettings("ollama:phi3", 1.5, 64, False, "")
+    assert store.get(two.id).settings == ConversationSettings("qwen3", 0.7, 512, True, "Answer in French.")
+    store.update_settings(one.id, model=None)
+    assert store.get(one.id).model is None
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"temperature": 2.5}, "from 0 to 2"),
+        ({"temperature": -0.1}, "from 0 to 2"),
+        ({"temperature": float("nan")}, "from 0 to 2"),
+        ({"temperature": "hot"}, "must be a number"),
+        ({"temperature": True}, "must be a number"),
+        ({"max_new_tokens": 0}, "from 1 to"),
+        ({"max_new_tokens": 10**9}, "from 1 to"),
+        ({"max_new_tokens": 12.5}, "whole number"),
+        ({"think": "yes"}, "True or False"),
+        ({"model": ""}, "cannot be empty"),
+        ({"model": 42}, "must be text"),
+        ({"system": 42}, "must be text"),
+        ({"colour": "blue"}, "Unknown setting 'colour'; the settings are max_new_tokens, model"),
+    ],
+)
+def test_bad_settings_are_refused_and_nothing_changes(store: ConversationStore, changes, reason) -> None:
+    conversation = store.create("Keep")
+    before = file_of(store, conversation.id).read_bytes()
+    with pytest.raises(InvalidValue, match=reason):
+        store.update_settings(conversation.id, **changes)
+    assert file_of(store, conversation.id).read_bytes() == before
+
+
+def test_delete(store: ConversationStore) -> None:
+    keep, drop = store.create("Keep"), store.create("Drop")
+    store.delete(drop.id)
+    assert [s.id for s in store.list()] == [keep.id]
+    with pytest.raises(ConversationNotFound):
+        store.get(drop.id)
+    with pytest.raises(ConversationNotFound):
+        store.delete(drop.id)
+    with pytest.raises(ConversationNotFound):
+        store.append(drop.id, Message("user", "too late"))
+
+
+# -- isolation ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "conversation_id",
+    ["", "../bob/" + "0" * 32, "0" * 31, "0" * 33, "A" * 32, "/etc/passwd", None, 42, "0" * 32 + ".jsonl"],
+)
+def test_ids_that_are_not_ids_never_reach_the_filesystem(store: ConversationStore, conversation_id) -> None:
+    for operation in (
+        lambda: store.get(conversation_id),
+        lambda: store.rename(conversation_id, "x"),
+        lambda: store.update_settings(conversation_id, temperature=1.0),
+        lambda: store.append(conversation_id, Message("user", "x")),
+        lambda: store.delete(conversation_id),
+    ):
+        with pytest.raises(ConversationNotFound, match="has no conversation with id"):
+            operation()
+
+
+def test_a_user_cannot_reach_another_users_conversation_by_id(data_dir: Path) -> None:
+    alice, bob = ConversationStore(data_dir, "alice"), ConversationStore(data_dir, "bob")
+    secret = alice.create("Alice's secret")
+    alice.append(secret.id, Message("user", "my secret"))
+    assert bob.list() == []
+    for operation in (
+        lambda: bob.get(secret.id),
+        lambda: bob.rename(secret.id, "mine now"),
+        lambda: bob.append(secret.id, Message("user", "x")),
+        lambda: bob.delete(secret.id),
+    ):
+        with pytest.raises(ConversationNotFound):
+            operation()
+    assert alice.get(secret.id).title == "Alice's secret"
+
+
+def test_a_store_refuses_an_invalid_username(data_dir: Path) -> None:
+    with pytest.raises(InvalidUsername):
+        ConversationStore(data_dir, "../bob")
+
+
+def test_usernames_share_a_store_regardless_of_case(data_dir: Path) -> None:
+    created = ConversationStore(data_dir, "Alice").create("Hi")
+    assert ConversationStore(data_dir, "alice").get(created.id).title == "Hi"
+
+
+# -- other kernels --------------------------------------------------------------------------
+
+
+def test_a_store_picks_up_what_another_kernel_appended_or_renamed(data_dir: Path) -> None:
+    mine, theirs = ConversationStore(data_dir, "alice"), ConversationStore(data_dir, "alice")
+    conversation = mine.create("Shared")
+    mine.append(conversation.id, Message("user", "from me"))
+    theirs.append(conversation.id, Message("assistant", "from the other kernel"))
+    assert [m.content for m in mine.get(conversation.id).messages] == ["from me", "from the other kernel"]
+    theirs.rename(conversation.id, "Renamed elsewhere")
+    mine.append(conversation.id, Message("user", "after the rename"))
+    final = theirs.get(conversation.id)
+    assert final.title == "Renamed elsewhere"
+    assert len(final.messages) == 3
+
+
+def test_a_store_reads_only_lines_added_since_its_last_read(store: ConversationStore, data_dir) -> None:
+    """Proof by damage: an old line overwritten in place is not re-read by a store that holds it,
+    while a fresh store (which must read everything) notices."""
+    conversation = store.create("Chat")
+    store.append(conversation.id, Message("user", "aaaa"))
+    store.get(conversation.id)
+    path = file_of(store, conversation.id)
+    data = path.read_bytes()
+    with path.open("r+b") as handle:  # same length, same inode: only a full re-read would see it
+        handle.seek(data.index(b'"aaaa"'))
+        handle.write(b'"aa\x00a"')
+    store.append(conversation.id, Message("assistant", "bbbb"))
+    assert [m.content for m in store.get(conversation.id).messages] == ["aaaa", "bbbb"]
+    with pytest.raises(CorruptFile):
+        ConversationStore(data_dir, "alice").get(conversation.id)
+
+
+# -- damage and repair ----------------------------------------------------------------------
+
+
+def test_a_torn_last_line_is_dropped_and_the_file_repaired(store: ConversationStore) -> None:
+    conversation = store.create("Chat")
+    store.append(conversation.id, Message("user", "saved"))
+    path = file_of(store, conversation.id)
+    good = path.read_bytes()
+    with path.open("ab") as handle:
+        handle.write(b'{"id":"abc","role":"assis')  # a crash mid-append
+    fresh = ConversationStore(store.directory.parent.parent, "alice")
+    with pytest.warns(NbchatWarning, match="incomplete last line"):
+        loaded = fresh.get(conversation.id)
+    assert [m.content for m in loaded.messages] == ["saved"]
+    assert path.read_bytes() == good
+    fresh.append(conversation.id, Message("assistant", "after repair"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert (
+            len(ConversationStore(store.directory.parent.parent, "alice").get(conversation.id).messages) == 2
+        )
+
+
+def test_a_torn_line_after_cached_reads_is_repaired_too(store: ConversationStore) -> None:
+    conversation = store.create("Chat")
+    store.append(conversation.id, Message("user", "saved"))
+    store.get(conversation.id)
+    path = file_of(store, conversation.id)
+    good = path.read_bytes()
+    with path.open("ab") as handle:
+        handle.write(b'{"id":')
+    with pytest.warns(NbchatWarning):
+        store.append(conversation.id, Message("user", "next"))
+    assert path.read_bytes().startswith(good)
+    assert [m.content for m in store.get(conversation.id).messages] == ["saved", "next"]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda lines: lines[:1] + [b"not json"] + lines[1:],
+        lambda lines: lines[:1] + [b'{"id": "x"}'] + lines[1:],
+        lambda lines: [b"[]"] + lines[1:],
+        lambda lines: [lines[0].replace(b'"temperature":0.7', b'"temperature":9')] + lines[1:],
+        lambda lines: [lines[0].replace(b'"version":1', b'"version":"1"')] + lines[1:],
+        lambda lines: [b""] + lines,
+        lambda lines: [],
+    ],
+)
+def test_a_damaged_file_is_moved_aside_and_named_and_others_keep_working(
+    store: ConversationStore, damage
+) -> None:
+    healthy, damaged = store.create("Healthy"), store.create("Damaged")
+    store.append(damaged.id, Message("user", "hello"))
+    path = file_of(store, damaged.id)
+    content = b"\n".join(damage(path.read_bytes().split(b"\n")[:-1])) + b"\n"
+    path.write_bytes(content)
+    fresh = ConversationStore(store.directory.parent.parent, "alice")
+    with pytest.raises(CorruptFile, match="moved to") as error:
+        fresh.get(damaged.id)
+    assert error.value.path == path and str(path) in str(error.value)
+    assert error.value.moved_to is not None and error.value.moved_to.read_bytes() == content
+    assert not path.exists()
+    assert [s.title for s in fresh.list()] == ["Healthy"]
+    fresh.append(healthy.id, Message("user", "still fine"))
+
+
+def test_listing_moves_a_file_with_a_damaged_header_aside_with_a_warning(store: ConversationStore) -> None:
+    store.create("Healthy")
+    broken = store.create("Broken")
+    file_of(store, broken.id).write_bytes(b"garbage\n")
+    with pytest.warns(NbchatWarning, match="could not be read"):
+        assert [s.title for s in store.list()] == ["Healthy"]
+    assert len(list(store.directory.glob(f"{broken.id}.jsonl.corrupt-*"))) == 1
+
+
+def test_a_file_from_a_newer_nbchat_is_refused_and_left_untouched(store: ConversationStore) -> None:
+    store.create("Current")
+    newer = store.create("From the future")
+    path = file_of(store, newer.id)
+    header = json.loads(path.read_bytes().split(b"\n")[0])
+    header["version"] = 2
+    content = json.dumps(header).encode() + b"\n" + b'{"some": "new layout"}\n' + b"no newline"
+    path.write_bytes(content)
+    fresh = ConversationStore(store.directory.parent.parent, "alice")
+    with pytest.raises(UnsupportedVersion, match="newer nbchat"):
+        fresh.get(newer.id)
+    with pytest.raises(UnsupportedVersion):
+        fresh.append(newer.id, Message("user", "x"))
+    with pytest.warns(NbchatWarning, match="newer nbchat"):
+        assert [s.title for s in fresh.list()] == ["Current"]
+    assert path.read_bytes() == content
+
+
+def test_files_are_written_with_private_permissions_despite_a_loose_umask(store: ConversationStore) -> None:
+    old = os.umask(0)
+    try:
+        conversation = store.create("Chat")
+        store.append(conversation.id, Message("user", "x"))
+        store.rename(conversation.id, "Renamed")
+    finally:
+        os.umask(old)
+    assert file_of(store, conversation.id).stat().st_mode & 0o777 == 0o600
+    assert store.directory.stat().st_mode & 0o777 == 0o700
