@@ -36,8 +36,8 @@ from nbchat.errors import (
     UsernameTaken,
 )
 from nbchat.files import atomic_write_bytes, ensure_private_dir, fsync_dir, locked
-from nbchat.store import ConversationStore
-from nbchat.types import utcnow
+from nbchat.store import ConversationStore, claim_directory
+from nbchat.types import is_valid_id, new_id, utcnow
 from nbchat.usernames import check_username, username_key
 
 USERS_VERSION = 1
@@ -148,9 +148,12 @@ class Accounts:
                     "it or delete an unused account."
                 )
             self._set_aside_orphaned_conversations(key)
+            account_id = new_id()
+            claim_directory(self.data_dir, key, account_id)
             now = utcnow().isoformat(timespec="seconds")
             users[key] = {
                 "name": username,
+                "account_id": account_id,
                 "password_hash": password_hash,
                 "created": now,
                 "password_changed": now,
@@ -161,7 +164,8 @@ class Accounts:
     def login(self, username: str, password: str) -> Login:
         """Check the password; returns a ``Login`` that opens the user's conversations."""
         key, record = self._authenticate(username, password)
-        return Login(key, record["name"], ConversationStore(self.data_dir, key))
+        store = ConversationStore(self.data_dir, key, account_id=record["account_id"])
+        return Login(key, record["name"], store)
 
     def logout(self, login: Login) -> None:
         """End a login: its conversation store drops everything it held in memory."""
@@ -204,20 +208,29 @@ class Accounts:
     def _authenticate(self, username: str, password: str) -> tuple[str, dict[str, Any]]:
         key = username_key(username)
         now = self._clock()
-        failures, last = self._failures(key)
-        wait = last + login_delay(failures) - now
-        if wait > 0:
-            raise LoginThrottled(
-                f"Too many failed logins for {username!r}; try again in {wait:.0f} s.", retry_after=wait
-            )
-        record = self._read_users().get(key)
-        stored = record["password_hash"].encode("ascii") if record else self._dummy()
-        ok = record is not None and self._password_matches(password, stored)
+        # Count the attempt as a failure before checking the password, under the lock:
+        # simultaneous attempts from many kernels each see the others and get no extra guesses.
+        with self._users_lock():
+            failures = self._read_throttle()
+            entry = failures.get(key, {"count": 0, "last": 0.0})
+            wait = entry["last"] + login_delay(entry["count"]) - now
+            if wait > 0:
+                raise LoginThrottled(
+                    f"Too many failed logins for {username!r}; try again in {wait:.0f} s.",
+                    retry_after=wait,
+                )
+            failures[key] = {"count": entry["count"] + 1, "last": now}
+            self._write_throttle(failures, now)
+            record = self._read_users().get(key)
         if record is None:
-            self._password_matches(password, stored)  # same work as a real check: no timing hint
-        self._record_attempt(key, ok, now)
-        if not ok or record is None:
+            self._password_matches(password, self._dummy())  # same work as a real check: no timing hint
             raise AuthenticationFailed(WRONG_CREDENTIALS)
+        if not self._password_matches(password, record["password_hash"].encode("ascii")):
+            raise AuthenticationFailed(WRONG_CREDENTIALS)
+        with self._users_lock():
+            failures = self._read_throttle()
+            if failures.pop(key, None) is not None:
+                self._write_throttle(failures, now)
         return key, record
 
     @staticmethod
@@ -237,24 +250,12 @@ class Accounts:
             self._dummy_hash = bcrypt.hashpw(uuid.uuid4().bytes, bcrypt.gensalt(self._rounds))
         return self._dummy_hash
 
-    def _failures(self, key: str) -> tuple[int, float]:
-        entry = self._read_throttle().get(key)
-        return (entry["count"], entry["last"]) if entry else (0, 0.0)
-
-    def _record_attempt(self, key: str, ok: bool, now: float) -> None:
-        with self._users_lock():
-            failures = self._read_throttle()
-            if ok and key not in failures:
-                return
-            if ok:
-                del failures[key]
-            else:
-                count = failures.get(key, {}).get("count", 0) + 1
-                failures[key] = {"count": count, "last": now}
-            horizon = now - FORGET_FAILURES_AFTER_S
-            kept = {k: v for k, v in failures.items() if v["last"] >= horizon}
-            payload = {"version": THROTTLE_VERSION, "failures": kept}
-            atomic_write_bytes(self._throttle_file, _json_bytes(payload))
+    def _write_throttle(self, failures: dict[str, dict[str, Any]], now: float) -> None:
+        """Save the failure counts, forgetting names idle for a day (caller holds the lock)."""
+        horizon = now - FORGET_FAILURES_AFTER_S
+        kept = {k: v for k, v in failures.items() if v["last"] >= horizon}
+        payload = {"version": THROTTLE_VERSION, "failures": kept}
+        atomic_write_bytes(self._throttle_file, _json_bytes(payload))
 
     # -- files -----------------------------------------------------------------------------
 
@@ -349,9 +350,11 @@ def _user_record_problem(key: object, record: object) -> str | None:
         return "has an invalid name"
     if not isinstance(record, dict):
         return "is not an object"
-    for name in ("name", "password_hash", "created", "password_changed"):
+    for name in ("name", "account_id", "password_hash", "created", "password_changed"):
         if not isinstance(record.get(name), str):
             return f"lacks {name!r}"
+    if not is_valid_id(record["account_id"]):
+        return "has an invalid account_id"
     if record["name"].lower() != key:
         return "has a display name that does not match its key"
     if not record["password_hash"].startswith("$2"):

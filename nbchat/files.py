@@ -8,8 +8,10 @@ Directories are 0700 and files 0600: chats and password hashes are private.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,12 +42,20 @@ def fsync_dir(path: Path) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves the old or the new content."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Replace ``path`` with ``data`` so that a crash leaves the old or the new content.
+
+    The caller holds the lock that guards ``path``; so any temp file of ``path``
+    still present was left by a writer that died, and is removed first.
+    """
+    prefix = f".{path.name}."
+    for stale in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        stale.unlink(missing_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
+            _touch(handle.fileno())
             os.fsync(handle.fileno())
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
@@ -64,9 +74,20 @@ def append_bytes(path: Path, data: bytes) -> None:
         while view:
             written = os.write(fd, view)
             view = view[written:]
+        _touch(fd)
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _touch(fd: int) -> None:
+    """Stamp the modification time from the precise clock.
+
+    Filesystems stamp files from a coarse clock (a few ms), so two files
+    changed in quick succession can tie; newest-first listings rely on mtime.
+    """
+    now = time.time_ns()
+    os.utime(fd, ns=(now, now))
 
 
 @contextlib.contextmanager

@@ -54,6 +54,21 @@ from nbchat.usernames import username_key
 
 SUFFIX = ".jsonl"
 LOCK_NAME = ".lock"
+ACCOUNT_MARKER = ".account"
+
+
+def claim_directory(data_dir: Path, username: str, account_id: str) -> Path:
+    """Create the user's directory and mark it as belonging to one account.
+
+    A store opened for ``account_id`` works only while the marker matches, so
+    a login that outlives its account can never reach a later account that
+    reuses the name. The caller holds the accounts lock.
+    """
+    directory = Path(data_dir) / "conversations" / username_key(username)
+    for path in (directory.parent.parent, directory.parent, directory):
+        ensure_private_dir(path)
+    atomic_write_bytes(directory / ACCOUNT_MARKER, account_id.encode("ascii") + b"\n")
+    return directory
 
 
 @dataclass
@@ -69,10 +84,16 @@ class _Cached:
 
 
 class ConversationStore:
-    """The conversations of exactly one user; it can reach no other user's files."""
+    """The conversations of exactly one user; it can reach no other user's files.
 
-    def __init__(self, data_dir: Path, username: str) -> None:
+    With ``account_id`` (as a ``Login`` opens it) the store serves only while
+    the user's directory still belongs to that account: after the account is
+    deleted, by this kernel or another, every use raises ``NotLoggedIn``.
+    """
+
+    def __init__(self, data_dir: Path, username: str, account_id: str | None = None) -> None:
         self._user = username_key(username)
+        self._account_id = account_id
         self._data_dir = Path(data_dir)
         self._dir = self._data_dir / "conversations" / self._user
         self._cache: dict[str, _Cached] = {}
@@ -99,12 +120,13 @@ class ConversationStore:
         """Summaries, most recently updated first, from each file's first line only."""
         with self._mutex:
             self._check_open()
+            self._check_account()
             summaries = []
             for path in self._conversation_files():
                 summary = self._summary(path)
                 if summary is not None:
                     summaries.append(summary)
-            summaries.sort(key=lambda s: s.updated, reverse=True)
+            summaries.sort(key=lambda s: (s.updated, s.created, s.id), reverse=True)
             return summaries
 
     def get(self, conversation_id: str) -> Conversation:
@@ -175,14 +197,37 @@ class ConversationStore:
         if self._closed:
             raise NotLoggedIn("This login has ended (logged out); log in again to continue.")
 
+    def _check_account(self) -> None:
+        if self._account_id is None:
+            return
+        try:
+            marker = (self._dir / ACCOUNT_MARKER).read_bytes().strip().decode("ascii", "replace")
+        except FileNotFoundError:
+            marker = None
+        if marker != self._account_id:
+            self.close()
+            raise NotLoggedIn(
+                f"The account {self._user!r} was deleted since this login (perhaps from another "
+                "kernel); log in again."
+            )
+
     @contextmanager
     def _lock(self) -> Iterator[None]:
         self._check_open()
-        ensure_private_dir(self._data_dir)
-        ensure_private_dir(self._dir.parent)
-        ensure_private_dir(self._dir)
-        with locked(self._dir / LOCK_NAME, f"The conversations of {self._user!r}"):
-            yield
+        if self._account_id is None:
+            for path in (self._data_dir, self._dir.parent, self._dir):
+                ensure_private_dir(path)
+        else:
+            self._check_account()  # never recreate the directory of a deleted account
+        try:
+            with locked(self._dir / LOCK_NAME, f"The conversations of {self._user!r}"):
+                self._check_account()  # the account may have gone while we waited
+                yield
+        except FileNotFoundError:
+            if self._dir.exists():
+                raise
+            self._check_account()
+            raise
 
     def _not_found(self, conversation_id: object) -> ConversationNotFound:
         return ConversationNotFound(f"{self._user!r} has no conversation with id {conversation_id!r}.")

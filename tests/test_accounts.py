@@ -412,3 +412,29 @@ def test_accounts_file_from_a_newer_nbchat_is_left_alone(accounts: Accounts) -> 
     with pytest.raises(UnsupportedVersion, match="newer nbchat"):
         accounts.register("bob", PASSWORD)
     assert users_file.read_text() == '{"version": 2, "users": {}}'
+
+
+def test_a_login_ends_when_its_account_is_deleted(accounts: Accounts) -> None:
+    accounts.register("eve", PASSWORD)
+    old = accounts.login("eve", PASSWORD)
+    old.conversations.create("Old chat")
+    accounts.delete_account("eve", PASSWORD)
+    accounts.register("eve", "someone else's password")
+    accounts.login("eve", "someone else's password").conversations.create("New owner's chat")
+    with pytest.raises(NotLoggedIn, match="was deleted since this login"):
+        old.conversations.list()
+    with pytest.raises(NotLoggedIn):
+        old.conversations.create("Planted")
+    titles = [s.title for s in accounts.login("eve", "someone else's password").conversations.list()]
+    assert titles == ["New owner's chat"]
+
+
+def test_a_success_resets_the_failure_count_for_every_kernel(accounts: Accounts, config, clock) -> None:
+    accounts.register("alice", PASSWORD)
+    for _ in range(FREE_FAILURES - 1):
+        with pytest.raises(AuthenticationFailed):
+            accounts.login("alice", "guess")
+    Accounts(config, bcrypt_rounds=4, clock=clock).login("alice", PASSWORD)
+    for _ in range(FREE_FAILURES):
+        with pytest.raises(AuthenticationFailed):
+            accounts.login("alice", "guess")
