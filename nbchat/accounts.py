@@ -10,6 +10,7 @@ the refusal never reveals whether a name exists.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import threading
 import time
@@ -48,6 +49,7 @@ FREE_FAILURES = 5  # failed logins allowed before delays start
 MAX_DELAY_S = 300.0
 FORGET_FAILURES_AFTER_S = 24 * 3600.0
 WRONG_CREDENTIALS = "Wrong username or password."
+BCRYPT_HASH = re.compile(r"\$2[abxy]\$\d\d\$[./A-Za-z0-9]{53}")
 
 
 def login_delay(failures: int) -> float:
@@ -284,13 +286,13 @@ class Accounts:
         if not isinstance(data, dict):
             raise _corrupt_users(path, "expected a JSON object")
         version = data.get("version")
-        if isinstance(version, int) and version > USERS_VERSION:
+        if isinstance(version, int) and not isinstance(version, bool) and version > USERS_VERSION:
             raise UnsupportedVersion(
                 f"{path} was written by a newer nbchat (version {version}); upgrade nbchat. "
                 "The file was left untouched."
             )
         users = data.get("users")
-        if version != USERS_VERSION or not isinstance(users, dict):
+        if isinstance(version, bool) or version != USERS_VERSION or not isinstance(users, dict):
             raise _corrupt_users(path, "missing 'version': 1 or the 'users' object")
         for key, record in users.items():
             problem = _user_record_problem(key, record)
@@ -357,12 +359,14 @@ def _user_record_problem(key: object, record: object) -> str | None:
         return "has an invalid account_id"
     if record["name"].lower() != key:
         return "has a display name that does not match its key"
-    if not record["password_hash"].startswith("$2"):
-        return "has no bcrypt hash"
-    try:
-        datetime.fromisoformat(record["created"])
-    except ValueError:
-        return "has an invalid creation time"
+    if not BCRYPT_HASH.fullmatch(record["password_hash"]):
+        return "has no valid bcrypt hash"
+    for name in ("created", "password_changed"):
+        try:
+            if datetime.fromisoformat(record[name]).tzinfo is None:
+                return f"has no timezone in {name!r}"
+        except ValueError:
+            return f"has an invalid time in {name!r}"
     return None
 
 

@@ -8,7 +8,7 @@ describe the same format and the tests hold the two together.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from nbchat.errors import InvalidValue, UnsupportedVersion
@@ -56,7 +56,7 @@ def parse_header(line: bytes) -> Conversation:
             f"this one reads up to {FORMAT_VERSION}). Upgrade nbchat to open it; "
             "the file was left untouched."
         )
-    if version != FORMAT_VERSION:
+    if isinstance(version, bool) or version != FORMAT_VERSION:  # JSON true is not 1
         raise RecordError(f"the header's version is {version!r}, expected {FORMAT_VERSION}")
     settings = record.get("settings")
     if not isinstance(settings, dict):
@@ -119,7 +119,8 @@ def _expect_keys(record: dict[str, Any], keys: set[str], what: str) -> None:
 
 
 def _time(value: datetime) -> str:
-    return value.isoformat(timespec="microseconds")
+    # Always UTC: RFC 3339 offsets are whole minutes, and one zone keeps files comparable.
+    return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
 
 
 def _parse_time(value: object) -> datetime:

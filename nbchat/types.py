@@ -27,6 +27,7 @@ MAX_TITLE_CHARS = 200
 MAX_MODEL_ID_CHARS = 300
 MAX_SYSTEM_CHARS = 100_000
 MAX_CONTENT_CHARS = 4_000_000
+MAX_STAT_TEXT_CHARS = 10_000
 DEFAULT_TITLE = "New conversation"
 
 
@@ -149,7 +150,12 @@ class Message:
         if self.thinking is not None:
             check_text("A message's thinking", self.thinking, max_chars=MAX_CONTENT_CHARS)
         if self.model is not None:
-            check_text("A message's model", self.model, max_chars=MAX_MODEL_ID_CHARS, single_line=True)
+            model = check_text(
+                "A message's model", self.model, max_chars=MAX_MODEL_ID_CHARS, single_line=True
+            ).strip()
+            if not model:
+                raise InvalidValue("A message's model cannot be empty; use None when there is none.")
+            object.__setattr__(self, "model", model)
         if self.stats is not None:
             _check_stats(self.stats)
             object.__setattr__(self, "stats", dict(self.stats))
@@ -202,6 +208,10 @@ class Conversation:
 def _check_time(what: str, value: object) -> None:
     if not isinstance(value, datetime) or value.tzinfo is None:
         raise InvalidValue(f"{what} must be a timezone-aware datetime, not {value!r}.")
+    try:
+        value.astimezone(timezone.utc)  # times are saved in UTC
+    except OverflowError:
+        raise InvalidValue(f"{what} {value!r} is out of range once converted to UTC.") from None
 
 
 def _check_stats(stats: object) -> None:
@@ -210,7 +220,10 @@ def _check_stats(stats: object) -> None:
     for key, value in stats.items():
         if not isinstance(key, str):
             raise InvalidValue(f"Message stats keys must be text, not {key!r}.")
-        if value is not None and not isinstance(value, (str, int, float, bool)):
+        check_text("A message stat's name", key, max_chars=MAX_MODEL_ID_CHARS, single_line=True)
+        if isinstance(value, str):
+            check_text(f"Message stat {key!r}", value, max_chars=MAX_STAT_TEXT_CHARS)
+        elif value is not None and not isinstance(value, (int, float, bool)):
             raise InvalidValue(
                 f"Message stat {key!r} must be a number, text, true/false or null, not {value!r}."
             )

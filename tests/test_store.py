@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -141,6 +142,13 @@ def test_any_text_is_kept_exactly_on_one_line(store: ConversationStore, content:
         (lambda: Message("user", "x", stats={"t": [1, 2]}), "must be a number"),
         (lambda: Message("user", "x", stats={"t": float("nan")}), "finite"),
         (lambda: Message("user", "x", model="a\nb"), "control character"),
+        (lambda: Message("user", "x", model="  "), "cannot be empty"),
+        (lambda: Message("user", "x", stats={"error": "\udc80"}), "not valid Unicode"),
+        (lambda: Message("user", "x", time=datetime(2025, 1, 1)), "timezone-aware"),
+        (
+            lambda: Message("user", "x", time=datetime.min.replace(tzinfo=timezone(timedelta(hours=1)))),
+            "out of range",
+        ),
     ],
 )
 def test_invalid_messages_are_refused_before_reaching_disk(make, reason: str) -> None:

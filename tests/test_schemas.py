@@ -1,0 +1,719 @@
+"""The JSON Schemas in data/ describe the files nbchat writes, and refuse what nbchat refuses.
+
+Four kinds of evidence hold the schemas and nbchat/records.py together: the schemas are valid
+draft 2020-12 schemas; the examples in data/examples/ validate and load; files written by
+nbchat itself validate line by line; and hand-made bad records are refused by both the schemas
+and the parser. Property tests do the same for generated values.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+import sys
+import unicodedata
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import example, given, reject
+from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
+
+import nbchat
+from nbchat import records
+from nbchat.errors import (
+    AuthenticationFailed,
+    CorruptFile,
+    InvalidUsername,
+    InvalidValue,
+    UnsupportedVersion,
+)
+from nbchat.records import RecordError
+from nbchat.types import (
+    ROLES,
+    Conversation,
+    ConversationSettings,
+    Message,
+    check_text,
+    check_title,
+)
+from nbchat.usernames import check_username, username_key
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+EXAMPLES = DATA / "examples"
+SCHEMA_FILES = ("users.schema.json", "conversation-header.schema.json", "message.schema.json")
+# The example accounts' passwords, as data/README.md gives them.
+EXAMPLE_PASSWORDS = {"Alice": "alice-example-pw", "Bob.Smith": "bob-example-pw"}
+
+
+@cache
+def schema(name: str) -> dict[str, Any]:
+    return json.loads((DATA / name).read_text(encoding="utf-8"))
+
+
+@cache
+def validator(name: str) -> Draft202012Validator:
+    return Draft202012Validator(schema(name), format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+
+def users_validator() -> Draft202012Validator:
+    return validator("users.schema.json")
+
+
+def header_validator() -> Draft202012Validator:
+    return validator("conversation-header.schema.json")
+
+
+def message_validator() -> Draft202012Validator:
+    return validator("message.schema.json")
+
+
+def assert_valid(check: Draft202012Validator, instance: object) -> None:
+    problems = [
+        f"{'/'.join(map(str, error.absolute_path)) or '(record)'}: {error.message}"
+        for error in check.iter_errors(instance)
+    ]
+    assert not problems, "\n".join(problems)
+
+
+def lines_of(path: Path) -> list[bytes]:
+    """A conversation file's lines, split as the store splits them (on b"\\n" only)."""
+    data = path.read_bytes()
+    assert data.endswith(b"\n"), f"{path.name} does not end with a line feed"
+    return [line + b"\n" for line in data[:-1].split(b"\n")]
+
+
+def assert_conversation_file_valid(path: Path) -> None:
+    header, *messages = lines_of(path)
+    assert_valid(header_validator(), json.loads(header))
+    for line in messages:
+        assert_valid(message_validator(), json.loads(line))
+
+
+def example_lines() -> list[bytes]:
+    return lines_of(EXAMPLES / "conversation.jsonl")
+
+
+def encode(record: object) -> bytes:
+    """A record as one line, with ASCII escapes so that lone surrogates survive."""
+    return json.dumps(record).encode("ascii") + b"\n"
+
+
+# -- the schemas themselves -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", SCHEMA_FILES)
+def test_each_schema_is_a_valid_draft_2020_12_schema(name: str) -> None:
+    """check_schema also compiles every pattern, as Python's re sees it."""
+    assert schema(name)["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    Draft202012Validator.check_schema(schema(name))
+
+
+def documented_subschemas(node: object, path: str = "#") -> list[tuple[str, dict[str, Any]]]:
+    """Every named property and every definition, anywhere in a schema."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    if isinstance(node, dict):
+        for keyword in ("properties", "$defs"):
+            for name, sub in node.get(keyword, {}).items():
+                found.append((f"{path}/{keyword}/{name}", sub))
+        for key, sub in node.items():
+            found.extend(documented_subschemas(sub, f"{path}/{key}"))
+    elif isinstance(node, list):
+        for index, sub in enumerate(node):
+            found.extend(documented_subschemas(sub, f"{path}/{index}"))
+    return found
+
+
+@pytest.mark.parametrize("name", SCHEMA_FILES)
+def test_every_property_and_definition_has_a_title_and_a_description(name: str) -> None:
+    """A schema is documentation: no field or definition goes unexplained."""
+    subschemas = documented_subschemas(schema(name))
+    assert subschemas
+    undocumented = [path for path, sub in subschemas if not (sub.get("title") and sub.get("description"))]
+    assert not undocumented
+    assert schema(name)["title"] and schema(name)["description"]
+
+
+def test_header_and_message_schemas_share_one_set_of_definitions() -> None:
+    """The two line schemas repeat their definitions; they must not drift apart."""
+    header_defs = schema("conversation-header.schema.json")["$defs"]
+    assert header_defs == schema("message.schema.json")["$defs"]
+    users_defs = schema("users.schema.json")["$defs"]
+    assert users_defs["id"] == header_defs["id"]
+    assert users_defs["time"]["pattern"] == header_defs["time"]["pattern"]
+
+
+def test_the_schemas_refuse_unknown_fields_exactly_where_nbchat_does() -> None:
+    """Header, settings and message refuse unknown fields; users.json tolerates them, as nbchat does."""
+    header = schema("conversation-header.schema.json")
+    assert header["additionalProperties"] is False
+    assert header["properties"]["settings"]["additionalProperties"] is False
+    assert schema("message.schema.json")["additionalProperties"] is False
+    users = schema("users.schema.json")
+    assert "additionalProperties" not in users
+    assert "additionalProperties" not in users["$defs"]["account"]
+
+
+def pattern(schema_name: str, definition: str) -> Callable[[str], bool]:
+    """A definition's pattern as jsonschema applies it (re.search)."""
+    compiled = re.compile(schema(schema_name)["$defs"][definition]["pattern"])
+    return lambda text: compiled.search(text) is not None
+
+
+def nbchat_accepts_on_one_line(text: str) -> bool:
+    try:
+        check_text("text", text, max_chars=len(text), single_line=True)
+    except InvalidValue:
+        return False
+    return True
+
+
+@pytest.mark.slow
+def test_the_one_line_rule_refuses_exactly_the_characters_nbchat_refuses() -> None:
+    """Checked for every code point. The schema's class comes from Unicode 15.1, so it may
+    also refuse characters still unassigned in this Python's Unicode database."""
+    one_line = pattern("message.schema.json", "oneLineText")
+    schema_only, nbchat_only = [], []
+    for code in range(sys.maxunicode + 1):
+        char = chr(code)
+        by_schema, by_nbchat = one_line(char), nbchat_accepts_on_one_line(char)
+        if by_nbchat and not by_schema and unicodedata.category(char) != "Cn":
+            schema_only.append(f"U+{code:04X}")
+        if by_schema and not by_nbchat:
+            nbchat_only.append(f"U+{code:04X}")
+    assert not schema_only, "the schema refuses characters nbchat accepts"
+    assert not nbchat_only, "nbchat refuses characters the schema accepts: regenerate the class"
+
+
+@pytest.mark.slow
+def test_a_trimmed_line_may_neither_begin_nor_end_with_what_str_strip_removes() -> None:
+    """Checked for every code point allowed on a line, at either end of a title."""
+    one_line = pattern("message.schema.json", "oneLineText")
+    trimmed = pattern("message.schema.json", "trimmedOneLineText")
+    wrong = [
+        f"U+{code:04X}"
+        for code in range(sys.maxunicode + 1)
+        if one_line(char := chr(code))
+        and not (trimmed(char + "x") == trimmed("x" + char) == (not char.isspace()))
+    ]
+    assert not wrong
+
+
+# -- the examples -----------------------------------------------------------------------------
+
+
+def test_the_example_accounts_file_validates() -> None:
+    """data/examples/users.json follows users.schema.json."""
+    users = json.loads((EXAMPLES / "users.json").read_text(encoding="utf-8"))
+    assert_valid(users_validator(), users)
+    assert [account["name"] for account in users["users"].values()] == list(EXAMPLE_PASSWORDS)
+
+
+def test_the_readme_gives_the_example_passwords() -> None:
+    """data/README.md names each example account and its password."""
+    readme = (DATA / "README.md").read_text(encoding="utf-8")
+    for name, password in EXAMPLE_PASSWORDS.items():
+        assert f"`{name}`" in readme and f"`{password}`" in readme
+
+
+def test_the_example_accounts_open_with_their_example_passwords(tmp_path: Path) -> None:
+    """Real cost-12 hashes: nbchat's own login accepts each password for its own account only."""
+    shutil.copy(EXAMPLES / "users.json", tmp_path / "users.json")
+    accounts = nbchat.Accounts(nbchat.Config(data_dir=tmp_path), bcrypt_rounds=4)
+    assert accounts.usernames() == list(EXAMPLE_PASSWORDS)
+    for name, password in EXAMPLE_PASSWORDS.items():
+        login = accounts.login(name, password)
+        assert login.display_name == name
+    with pytest.raises(AuthenticationFailed):
+        accounts.login("alice", "bob-example-pw")
+
+
+def test_the_example_conversation_validates_line_by_line() -> None:
+    """The header against the header schema, each later line against the message schema."""
+    assert_conversation_file_valid(EXAMPLES / "conversation.jsonl")
+
+
+def test_the_example_conversation_loads_through_the_parser() -> None:
+    """nbchat's own parser reads the example: four turns, the first answer with thinking and stats."""
+    header, *lines = example_lines()
+    conversation = records.parse_header(header)
+    messages = [records.parse_message(line) for line in lines]
+    assert conversation.title == "Soft-boiled eggs"
+    assert conversation.settings.model == "ollama:qwen3:1.7b"
+    assert [m.role for m in messages] == ["user", "assistant", "user", "assistant"]
+    answer = messages[1]
+    assert answer.thinking and answer.model == conversation.settings.model
+    assert answer.stats is not None
+    assert set(answer.stats) == {"prompt_tokens", "completion_tokens", "tokens_per_s", "finish_reason"}
+    assert all(m.time.tzinfo is not None for m in messages)
+    assert conversation.created < messages[0].time < messages[-1].time < conversation.updated
+
+
+def test_the_example_conversation_is_byte_for_byte_what_nbchat_writes() -> None:
+    """Parsing a line and writing it again gives the same bytes: the example is canonical."""
+    header, *lines = example_lines()
+    assert records.header_line(records.parse_header(header)) == header
+    for line in lines:
+        assert records.message_line(records.parse_message(line)) == line
+
+
+def test_the_example_conversation_opens_in_a_store(tmp_path: Path) -> None:
+    """Placed at conversations/alice/<id>.jsonl, the example lists and loads like any other."""
+    conversation_id = records.parse_header(example_lines()[0]).id
+    folder = tmp_path / "conversations" / "alice"
+    folder.mkdir(parents=True)
+    shutil.copy(EXAMPLES / "conversation.jsonl", folder / f"{conversation_id}.jsonl")
+    store = nbchat.ConversationStore(tmp_path, "alice")
+    assert [summary.id for summary in store.list()] == [conversation_id]
+    assert len(store.get(conversation_id).messages) == 4
+
+
+# -- files written by nbchat itself -------------------------------------------------------------
+
+
+@pytest.fixture
+def written(tmp_path: Path) -> Path:
+    """A data dir after a realistic session: two accounts, a failed and a good login, two
+    conversations with thinking and statistics, a rename, a settings change, a new password."""
+    data_dir = tmp_path / "data"
+    accounts = nbchat.Accounts(nbchat.Config(data_dir=data_dir), bcrypt_rounds=4)
+    accounts.register("Alice", "alice-secret-1")
+    accounts.register("bob.smith", "bob-secret-12")
+    with pytest.raises(AuthenticationFailed):
+        accounts.login("alice", "not her password")
+    store = accounts.login("ALICE", "alice-secret-1").conversations
+
+    eggs = store.create("Soft-boiled eggs", ConversationSettings(model="ollama:qwen3:1.7b", think=True))
+    store.append(eggs.id, Message("user", "How long for a runny yolk?"))
+    store.append(
+        eggs.id,
+        Message(
+            "assistant",
+            "About **6 minutes**,\nthen ice water.",
+            thinking="A large egg, water already boiling.",
+            model="ollama:qwen3:1.7b",
+            stats={
+                "prompt_tokens": 38,
+                "completion_tokens": 12,
+                "tokens_per_s": 41.7,
+                "finish_reason": "stop",
+                "truncated": False,
+                "seed": None,
+            },
+        ),
+    )
+    store.rename(eggs.id, "  Eggs, soft-boiled  ")
+    store.update_settings(eggs.id, temperature=0.2, max_new_tokens=2048, system="Be brief.\nUse grams.")
+    store.append(eggs.id, Message("user", "Et pour 6 œufs ? 🥚\u2028Merci\x85"))
+    store.create()  # a new conversation: no model chosen yet
+
+    accounts.change_password("bob.smith", "bob-secret-12", "bob-secret-34")
+    return data_dir
+
+
+def test_the_accounts_file_written_by_nbchat_validates(written: Path) -> None:
+    """users.json after registrations and a password change follows the schema."""
+    users = json.loads((written / "users.json").read_text(encoding="utf-8"))
+    assert_valid(users_validator(), users)
+    assert set(users["users"]) == {"alice", "bob.smith"}
+
+
+def test_conversation_files_written_by_nbchat_validate_line_by_line(written: Path) -> None:
+    """After appends, a rename and a settings change, every line follows its schema."""
+    files = sorted((written / "conversations" / "alice").glob("*.jsonl"))
+    assert len(files) == 2
+    for path in files:
+        assert_conversation_file_valid(path)
+    line_counts = sorted(len(lines_of(path)) for path in files)
+    assert line_counts == [1, 4]
+
+
+def test_every_line_nbchat_writes_parses_back_as_the_conversation_the_store_returns(written: Path) -> None:
+    """What is on disk is exactly what the store hands out."""
+    store = nbchat.ConversationStore(written, "alice")
+    for summary in store.list():
+        header, *lines = lines_of(store.directory / f"{summary.id}.jsonl")
+        conversation = store.get(summary.id)
+        assert records.parse_header(header) == replace(conversation, messages=())
+        assert tuple(records.parse_message(line) for line in lines) == conversation.messages
+
+
+def test_the_data_dir_is_laid_out_as_the_readme_says(written: Path) -> None:
+    """0700 directories, 0600 files, the lock files and the .account marker; no temp files left."""
+    user_dir = written / "conversations" / "alice"
+    private_dirs = [written, written / "conversations", user_dir]
+    private_files = [
+        written / "users.json",
+        written / "login-failures.json",
+        written / ".users.lock",
+        user_dir / ".account",
+        user_dir / ".lock",
+        *user_dir.glob("*.jsonl"),
+    ]
+    assert all(path.stat().st_mode & 0o777 == 0o700 for path in private_dirs)
+    assert all(path.stat().st_mode & 0o777 == 0o600 for path in private_files)
+    users = json.loads((written / "users.json").read_text(encoding="utf-8"))
+    assert (user_dir / ".account").read_text() == users["users"]["alice"]["account_id"] + "\n"
+    assert not list(written.rglob("*.tmp"))
+
+
+# -- records nbchat refuses are refused by the schemas too ---------------------------------------
+
+
+def changed(record: dict[str, Any], change: Callable[[dict[str, Any]], object]) -> object:
+    """``change`` edits the record in place (returning None) or returns a replacement."""
+    replacement = change(record)
+    return record if replacement is None else replacement
+
+
+def drop(record: dict[str, Any], key: str) -> None:
+    del record[key]
+
+
+def header_with(change: Callable[[dict[str, Any]], object]) -> object:
+    return changed(json.loads(example_lines()[0]), change)
+
+
+def message_with(change: Callable[[dict[str, Any]], object]) -> object:
+    return changed(json.loads(example_lines()[2]), change)  # the assistant turn: every field is set
+
+
+HEADER_FAULTS: dict[str, tuple[Callable[[dict[str, Any]], object], type[Exception]]] = {
+    "an unknown field": (lambda r: r.update(colour="blue"), RecordError),
+    "a missing field": (lambda r: drop(r, "updated"), RecordError),
+    "an unknown setting": (lambda r: r["settings"].update(top_p=0.9), RecordError),
+    "a missing setting": (lambda r: drop(r["settings"], "think"), RecordError),
+    "no settings object": (lambda r: r.update(settings=None), RecordError),
+    "an id in capitals": (lambda r: r.update(id=r["id"].upper()), RecordError),
+    "an id of 31 digits": (lambda r: r.update(id=r["id"][:31]), RecordError),
+    "an id with a line feed": (lambda r: r.update(id=r["id"][:31] + "\n"), RecordError),
+    "temperature 3": (lambda r: r["settings"].update(temperature=3), RecordError),
+    "a negative temperature": (lambda r: r["settings"].update(temperature=-0.1), RecordError),
+    "temperature as text": (lambda r: r["settings"].update(temperature="0.7"), RecordError),
+    "temperature true": (lambda r: r["settings"].update(temperature=True), RecordError),
+    "max_new_tokens 0": (lambda r: r["settings"].update(max_new_tokens=0), RecordError),
+    "max_new_tokens 131073": (lambda r: r["settings"].update(max_new_tokens=131_073), RecordError),
+    "think as text": (lambda r: r["settings"].update(think="yes"), RecordError),
+    "a blank model": (lambda r: r["settings"].update(model="   "), RecordError),
+    "a model on two lines": (lambda r: r["settings"].update(model="ollama:\nqwen3"), RecordError),
+    "a model of 301 characters": (lambda r: r["settings"].update(model="m" * 301), RecordError),
+    "a system prompt over 100000 characters": (
+        lambda r: r["settings"].update(system="s" * 100_001),
+        RecordError,
+    ),
+    "an empty title": (lambda r: r.update(title=""), RecordError),
+    "a title of spaces": (lambda r: r.update(title="   "), RecordError),
+    "a title on two lines": (lambda r: r.update(title="Eggs\nand toast"), RecordError),
+    "a title with a zero-width space": (lambda r: r.update(title="Eggs\u200b"), RecordError),
+    "a title of 201 characters": (lambda r: r.update(title="t" * 201), RecordError),
+    "a time without a timezone": (lambda r: r.update(created="2025-05-03T09:30:00.118204"), RecordError),
+    "a time that is not a time": (lambda r: r.update(updated="yesterday"), RecordError),
+    "a time as a number": (lambda r: r.update(updated=1746264600), RecordError),
+    "version 2": (lambda r: r.update(version=2), UnsupportedVersion),
+    "version 0": (lambda r: r.update(version=0), RecordError),
+    "version as text": (lambda r: r.update(version="1"), RecordError),
+    "no version": (lambda r: drop(r, "version"), RecordError),
+    "a list, not an object": (lambda r: [r], RecordError),
+}
+
+MESSAGE_FAULTS: dict[str, tuple[Callable[[dict[str, Any]], object], type[Exception]]] = {
+    "an unknown field": (lambda r: r.update(tool_calls=[]), RecordError),
+    "a missing field": (lambda r: drop(r, "thinking"), RecordError),
+    "role tool": (lambda r: r.update(role="tool"), RecordError),
+    "a role in capitals": (lambda r: r.update(role="User"), RecordError),
+    "a bad id": (lambda r: r.update(id="not-an-id"), RecordError),
+    "a time without a timezone": (lambda r: r.update(time="2025-05-03T09:30:19.873310"), RecordError),
+    "a date without a time": (lambda r: r.update(time="2025-05-03"), RecordError),
+    "content null": (lambda r: r.update(content=None), RecordError),
+    "content over 4000000 characters": (lambda r: r.update(content="c" * 4_000_001), RecordError),
+    "content with a lone surrogate": (lambda r: r.update(content="half \ud83e"), RecordError),
+    "thinking as a number": (lambda r: r.update(thinking=42), RecordError),
+    "a model with a line feed": (lambda r: r.update(model="ollama:qwen3\n"), RecordError),
+    "stats as a list": (lambda r: r.update(stats=[38, 112]), RecordError),
+    "a nested stat": (lambda r: r.update(stats={"usage": {"prompt_tokens": 38}}), RecordError),
+    "a list stat": (lambda r: r.update(stats={"tokens": [38, 112]}), RecordError),
+}
+
+
+@pytest.mark.parametrize(("change", "error"), HEADER_FAULTS.values(), ids=HEADER_FAULTS.keys())
+def test_a_header_nbchat_refuses_is_refused_by_the_schema(
+    change: Callable[[dict[str, Any]], object], error: type[Exception]
+) -> None:
+    """Each fault is refused twice: by the schema and by records.parse_header."""
+    record = header_with(change)
+    assert not header_validator().is_valid(record)
+    with pytest.raises(error):
+        records.parse_header(encode(record))
+
+
+@pytest.mark.parametrize(("change", "error"), MESSAGE_FAULTS.values(), ids=MESSAGE_FAULTS.keys())
+def test_a_message_nbchat_refuses_is_refused_by_the_schema(
+    change: Callable[[dict[str, Any]], object], error: type[Exception]
+) -> None:
+    """Each fault is refused twice: by the schema and by records.parse_message."""
+    record = message_with(change)
+    assert not message_validator().is_valid(record)
+    with pytest.raises(error):
+        records.parse_message(encode(record))
+
+
+def test_a_newer_format_is_reported_as_such_not_as_damage() -> None:
+    """A higher version wins over any other fault: the file is left for a newer nbchat."""
+    record = header_with(lambda r: r.update(version=2, something_new=True))
+    with pytest.raises(UnsupportedVersion, match="newer nbchat"):
+        records.parse_header(encode(record))
+
+
+def write_users(data_dir: Path, change: Callable[[dict[str, Any]], object]) -> object:
+    users = json.loads((EXAMPLES / "users.json").read_text(encoding="utf-8"))
+    users = changed(users, change)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "users.json").write_text(json.dumps(users), encoding="utf-8")
+    return users
+
+
+USERS_FAULTS: dict[str, tuple[Callable[[dict[str, Any]], object], type[Exception]]] = {
+    "version 2": (lambda u: u.update(version=2), UnsupportedVersion),
+    "no version": (lambda u: drop(u, "version"), CorruptFile),
+    "no users object": (lambda u: u.update(users=[]), CorruptFile),
+    "a key in capitals": (lambda u: u["users"].update(Carol=u["users"].pop("alice")), CorruptFile),
+    "a key that is a device name": (lambda u: u["users"].update(nul=u["users"].pop("alice")), CorruptFile),
+    "a key ending in a dot": (lambda u: u["users"].update({"alice.": u["users"].pop("alice")}), CorruptFile),
+    "a missing account_id": (lambda u: drop(u["users"]["alice"], "account_id"), CorruptFile),
+    "a bad account_id": (lambda u: u["users"]["alice"].update(account_id="42"), CorruptFile),
+    "a missing password hash": (lambda u: drop(u["users"]["alice"], "password_hash"), CorruptFile),
+    "a hash that is not bcrypt": (
+        lambda u: u["users"]["alice"].update(password_hash="pbkdf2:sha256:600000$x$y"),
+        CorruptFile,
+    ),
+    "a creation time that is not a time": (lambda u: u["users"]["alice"].update(created="May"), CorruptFile),
+    "an account that is not an object": (lambda u: u["users"].update(alice="Alice"), CorruptFile),
+}
+
+
+@pytest.mark.parametrize(("change", "error"), USERS_FAULTS.values(), ids=USERS_FAULTS.keys())
+def test_an_accounts_file_nbchat_refuses_is_refused_by_the_schema(
+    tmp_path: Path, change: Callable[[dict[str, Any]], object], error: type[Exception]
+) -> None:
+    """Each fault is refused by the schema, and nbchat reports the file instead of reading it."""
+    users = write_users(tmp_path, change)
+    assert not users_validator().is_valid(users)
+    with pytest.raises(error):
+        nbchat.Accounts(nbchat.Config(data_dir=tmp_path)).usernames()
+
+
+# -- where the schemas and the parser knowingly differ -----------------------------------------
+
+
+def test_nbchat_strips_spaces_around_a_title_while_the_schema_wants_the_stripped_form() -> None:
+    """nbchat never writes them, but tolerates them in a hand-edited file."""
+    record = header_with(lambda r: r.update(title="  Soft-boiled eggs "))
+    assert not header_validator().is_valid(record)
+    assert records.parse_header(encode(record)).title == "Soft-boiled eggs"
+
+
+def test_json_schema_cannot_refuse_a_token_count_written_with_a_fraction() -> None:
+    """In JSON Schema 512.0 is an integer; nbchat wants 512 and refuses it."""
+    record = header_with(lambda r: r["settings"].update(max_new_tokens=512.0))
+    assert header_validator().is_valid(record)
+    with pytest.raises(RecordError, match="whole number"):
+        records.parse_header(encode(record))
+
+
+def test_the_schema_wants_an_offset_on_account_times_which_nbchat_does_not_check() -> None:
+    """nbchat writes offsets in users.json but reads times without one; the schema keeps to what it writes."""
+    users = json.loads((EXAMPLES / "users.json").read_text(encoding="utf-8"))
+    users["users"]["alice"]["created"] = "2025-05-01T09:12:44"
+    assert not users_validator().is_valid(users)
+
+
+# -- gaps the schemas revealed in nbchat, fixed since ---------------------------------------------
+
+
+def test_version_true_is_refused_by_the_parser_as_by_the_schema() -> None:
+    """JSON true is not the number 1, but Python's True == 1."""
+    record = header_with(lambda r: r.update(version=True))
+    assert not header_validator().is_valid(record)
+    with pytest.raises(RecordError):
+        records.parse_header(encode(record))
+
+
+def test_version_true_is_refused_in_the_accounts_file_as_by_the_schema(tmp_path: Path) -> None:
+    """The same True == 1 slip in the accounts reader."""
+    users = write_users(tmp_path, lambda u: u.update(version=True))
+    assert not users_validator().is_valid(users)
+    with pytest.raises(CorruptFile):
+        nbchat.Accounts(nbchat.Config(data_dir=tmp_path)).usernames()
+
+
+def test_a_stat_with_a_lone_surrogate_is_refused_as_by_the_schema() -> None:
+    """Content and thinking refuse lone surrogates; stats do not, and UTF-8 cannot hold them."""
+    record = message_with(lambda r: r["stats"].update(finish_reason="\udc80"))
+    assert not message_validator().is_valid(record)
+    with pytest.raises(RecordError):
+        records.parse_message(encode(record))
+
+
+def test_a_time_with_an_offset_in_seconds_is_written_as_rfc_3339() -> None:
+    """An offset with seconds (+00:19:32) is outside RFC 3339; nbchat writes the time in UTC instead."""
+    odd_zone = timezone(timedelta(minutes=19, seconds=32))  # Amsterdam's offset until 1937
+    message = Message("user", "Hallo", time=datetime(1930, 5, 3, 9, 30, tzinfo=odd_zone))
+    assert_valid(message_validator(), json.loads(records.message_line(message)))
+
+
+def test_a_hash_bcrypt_cannot_read_is_reported_as_a_damaged_accounts_file(tmp_path: Path) -> None:
+    """A hash that merely starts with $2 passes the reader, then bcrypt raises at login."""
+    users = write_users(tmp_path, lambda u: u["users"]["alice"].update(password_hash="$2b$12$short"))
+    assert not users_validator().is_valid(users)
+    with pytest.raises(CorruptFile):  # not bcrypt's ValueError("Invalid salt") at login
+        nbchat.Accounts(nbchat.Config(data_dir=tmp_path), bcrypt_rounds=4).login("alice", "alice-example-pw")
+
+
+# -- properties: whatever nbchat accepts, it writes as a valid line and reads back equal ---------------
+
+LINE_CHARS = st.characters(exclude_categories=("Cc", "Cf", "Zl", "Zp", "Cs"))
+AWKWARD_CHARS = st.sampled_from(
+    [" ", "\u00a0", "\u3000", "\t", "\n", "\r", "\x00", "\x7f", "\x85", "\u200b", "\u2028", "\ufeff"]
+    + ["\U000e0001", ".", "-", "é", "🥚", "x"]
+)
+# Any offset, seconds included: nbchat writes every time in UTC.
+ZONES = st.integers(min_value=-(24 * 3600 - 1), max_value=24 * 3600 - 1).map(
+    lambda seconds: timezone(timedelta(seconds=seconds))
+)
+TIMES = st.datetimes(timezones=ZONES)
+IDS = st.uuids(version=4).map(lambda u: u.hex)
+FINITE_FLOATS = st.floats(allow_nan=False, allow_infinity=False)
+STAT_VALUES = st.none() | st.booleans() | st.integers() | FINITE_FLOATS | st.text()
+
+
+def mostly_one_line(min_size: int = 0, max_size: int = 40) -> st.SearchStrategy[str]:
+    """Usually valid one-line text, sometimes with characters nbchat refuses or strips."""
+    return st.text(LINE_CHARS, min_size=min_size, max_size=max_size) | st.text(
+        LINE_CHARS | AWKWARD_CHARS, min_size=min_size, max_size=max_size
+    )
+
+
+@st.composite
+def accepted_settings(draw: st.DrawFn) -> ConversationSettings:
+    try:
+        return ConversationSettings(
+            model=draw(st.none() | mostly_one_line(max_size=310)),
+            temperature=draw(st.floats(0, 2) | st.integers(0, 2) | st.floats(-1, 3)),
+            max_new_tokens=draw(st.integers(1, 131_072) | st.integers(-10, 200_000)),
+            think=draw(st.booleans()),
+            system=draw(st.text()),
+        )
+    except InvalidValue:
+        reject()
+
+
+@st.composite
+def accepted_conversations(draw: st.DrawFn) -> Conversation:
+    try:
+        return Conversation(
+            id=draw(IDS),
+            title=draw(mostly_one_line(min_size=1, max_size=210)),
+            created=draw(TIMES),
+            updated=draw(TIMES),
+            settings=draw(accepted_settings()),
+        )
+    except InvalidValue:
+        reject()
+
+
+@st.composite
+def accepted_messages(draw: st.DrawFn) -> Message:
+    try:
+        return Message(
+            id=draw(IDS),
+            role=draw(st.sampled_from(ROLES)),
+            content=draw(st.text()),
+            thinking=draw(st.none() | st.text()),
+            time=draw(TIMES),
+            model=draw(st.none() | mostly_one_line(max_size=310)),
+            stats=draw(st.none() | st.dictionaries(st.text(), STAT_VALUES)),
+        )
+    except InvalidValue:
+        reject()
+
+
+@given(accepted_conversations())
+def test_any_conversation_nbchat_accepts_has_a_valid_header_that_reads_back_equal(
+    conversation: Conversation,
+) -> None:
+    """Generated titles, times and settings, including ones nbchat strips or refuses."""
+    line = records.header_line(conversation)
+    assert line.count(b"\n") == 1 and line.endswith(b"\n")
+    assert_valid(header_validator(), json.loads(line))
+    assert records.parse_header(line) == conversation
+
+
+@given(accepted_messages())
+def test_any_message_nbchat_accepts_is_a_valid_line_that_reads_back_equal(message: Message) -> None:
+    """Generated roles, text, times, models and flat stats."""
+    line = records.message_line(message)
+    assert line.count(b"\n") == 1 and line.endswith(b"\n")
+    assert_valid(message_validator(), json.loads(line))
+    assert records.parse_message(line) == message
+
+
+def title_is_canonical(title: str) -> bool:
+    """nbchat accepts the title and would write it unchanged."""
+    try:
+        return check_title(title) == title
+    except InvalidValue:
+        return False
+
+
+@given(mostly_one_line(max_size=210))
+@example("t" * 200)
+@example("t" * 201)
+@example(" Eggs")
+@example("Eggs\u3000")
+@example("Eggs\n")
+def test_the_schema_accepts_a_title_exactly_when_nbchat_would_write_it_unchanged(title: str) -> None:
+    """Valid titles are the fixed points of check_title: one line, 1-200 characters, trimmed."""
+    record = header_with(lambda r: r.update(title=title))
+    assert header_validator().is_valid(record) == title_is_canonical(title)
+
+
+# Pieces that build valid names, device names (CON, com1.txt) and near misses (a Kelvin sign K).
+USERNAME_PARTS = st.sampled_from(
+    [*"aAbBzZ09_-.", "con", "NUL", "com1", "Lpt9", "aux", " ", "é", "\n", "\u212a"]
+)
+
+
+def username_accepted(name: str) -> bool:
+    try:
+        check_username(name)
+    except InvalidUsername:
+        return False
+    return True
+
+
+def key_accepted(key: str) -> bool:
+    return username_accepted(key) and username_key(key) == key
+
+
+@given(st.lists(USERNAME_PARTS, max_size=12).map("".join) | st.text(max_size=40))
+@example("a" * 32)
+@example("a" * 33)
+@example("con.txt")
+@example("com10")
+@example("alice\n")
+def test_the_schema_follows_the_username_rules_for_keys_and_display_names(name: str) -> None:
+    """Keys are lower-case usernames; display names are usernames with their capitals."""
+    users = json.loads((EXAMPLES / "users.json").read_text(encoding="utf-8"))
+    as_key = copy.deepcopy(users)
+    as_key["users"] = {name: users["users"]["alice"]}
+    assert users_validator().is_valid(as_key) == key_accepted(name)
+    as_name = copy.deepcopy(users)
+    as_name["users"]["alice"]["name"] = name
+    assert users_validator().is_valid(as_name) == username_accepted(name)
