@@ -74,6 +74,16 @@ def check_title(value: object) -> str:
     return title
 
 
+def check_model_id(what: str, value: object) -> str | None:
+    """A model id stripped to one non-empty line, or None for "no model"."""
+    if value is None:
+        return None
+    model = check_text(what, value, max_chars=MAX_MODEL_ID_CHARS, single_line=True).strip()
+    if not model:
+        raise InvalidValue(f"{what} cannot be empty; use None for 'no model'.")
+    return model
+
+
 @dataclass(frozen=True)
 class ConversationSettings:
     """The settings that belong to one conversation (never to the session).
@@ -89,13 +99,7 @@ class ConversationSettings:
     system: str = ""
 
     def __post_init__(self) -> None:
-        if self.model is not None:
-            model = check_text(
-                "The model id", self.model, max_chars=MAX_MODEL_ID_CHARS, single_line=True
-            ).strip()
-            if not model:
-                raise InvalidValue("The model id cannot be empty; use None for 'no model chosen'.")
-            object.__setattr__(self, "model", model)
+        object.__setattr__(self, "model", check_model_id("The model id", self.model))
         temperature = self.temperature
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
             raise InvalidValue(f"Temperature must be a number from 0 to 2, not {temperature!r}.")
@@ -149,13 +153,7 @@ class Message:
         _check_time("A message time", self.time)
         if self.thinking is not None:
             check_text("A message's thinking", self.thinking, max_chars=MAX_CONTENT_CHARS)
-        if self.model is not None:
-            model = check_text(
-                "A message's model", self.model, max_chars=MAX_MODEL_ID_CHARS, single_line=True
-            ).strip()
-            if not model:
-                raise InvalidValue("A message's model cannot be empty; use None when there is none.")
-            object.__setattr__(self, "model", model)
+        object.__setattr__(self, "model", check_model_id("A message's model", self.model))
         if self.stats is not None:
             _check_stats(self.stats)
             object.__setattr__(self, "stats", dict(self.stats))
