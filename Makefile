@@ -21,8 +21,11 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# Jupyter refuses to run as root unless told; containers and CI machines often are root.
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
+
 lab: $(STAMP)
-	$(BIN)/jupyter lab --ip 127.0.0.1 --port $(PORT) notebooks/chat.ipynb
+	$(BIN)/jupyter lab --ip 127.0.0.1 --port $(PORT) $(ROOT_FLAG) notebooks/chat.ipynb
 
 test: $(STAMP)
 	$(BIN)/ruff check nbchat tests
