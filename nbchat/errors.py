@@ -85,3 +85,46 @@ class StoreBusy(StoreError):
 
 class NbchatWarning(UserWarning):
     """Something was repaired or skipped; nothing was lost that had been saved."""
+
+
+class BackendError(NbchatError):
+    """A model engine (Ollama, the local model) failed or refused.
+
+    ``partial_text``/``partial_thinking`` hold what had streamed before the
+    failure, so the caller can keep it.
+    """
+
+    partial_text: str = ""
+    partial_thinking: str = ""
+
+
+class BackendUnavailable(BackendError):
+    """The engine cannot be reached (Ollama not running, model hub unreachable)."""
+
+
+class ModelNotFound(BackendError):
+    """The engine does not have the model asked for."""
+
+
+class BackendResponseError(BackendError):
+    """The engine answered with an error status; carries the server's own message."""
+
+    def __init__(self, message: str, status_code: int) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class GenerationFailed(BackendError):
+    """Generation broke off mid-reply (error line, dropped connection, exception in generate)."""
+
+
+class BackendTimeout(BackendError):
+    """The engine stopped answering for longer than the read timeout."""
+
+
+class ModelLoadError(BackendError):
+    """A local model could not be loaded (missing files, out of memory, unsupported)."""
+
+
+class ContextOverflow(BackendError):
+    """The prompt does not fit the model's context window."""

@@ -227,3 +227,64 @@ def _check_stats(stats: object) -> None:
             )
         if isinstance(value, float) and not math.isfinite(value):
             raise InvalidValue(f"Message stat {key!r} must be a finite number, not {value!r}.")
+
+
+# -- engines ------------------------------------------------------------------------------------
+
+FinishReason = Literal["stop", "length", "cancelled", "error"]
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """How to generate one reply. ``None`` leaves a knob to the engine's default."""
+
+    temperature: float = 0.7
+    max_new_tokens: int = 512
+    think: bool = False
+    seed: int | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    context_size: int | None = None
+
+    def __post_init__(self) -> None:
+        # The same rules as a conversation's settings, with the same messages.
+        ConversationSettings(
+            temperature=self.temperature, max_new_tokens=self.max_new_tokens, think=self.think
+        )
+        object.__setattr__(self, "temperature", float(self.temperature))
+        for name in ("seed", "top_k", "context_size"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise InvalidValue(f"{name} must be a whole number of at least 0, not {value!r}.")
+        if self.context_size is not None and self.context_size < 1:
+            raise InvalidValue(f"context_size must be at least 1, not {self.context_size}.")
+        top_p = self.top_p
+        if top_p is not None and (
+            isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1
+        ):
+            raise InvalidValue(f"top_p must be a number above 0 and at most 1, not {top_p!r}.")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of a streamed reply: answer text or thinking text."""
+
+    kind: Literal["text", "thinking"]
+    text: str
+
+
+@dataclass(frozen=True)
+class GenerationStats:
+    """What is known about a finished (or broken-off) reply."""
+
+    finish_reason: FinishReason
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    ttft_s: float | None = None
+    duration_s: float | None = None
+    tokens_per_s: float | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The form saved in a message's ``stats``: only what is known."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}

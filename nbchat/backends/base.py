@@ -1,0 +1,152 @@
+"""The small protocol every model engine implements, and the reply stream they share.
+
+A backend lists its models, reports its health and streams a reply. A
+``ReplyStream`` is iterated for ``Chunk``s (answer text and thinking kept
+apart), can be cancelled from any thread, keeps everything that streamed even
+when generation fails, and ends with ``GenerationStats``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Generator, Iterator, Sequence
+from dataclasses import replace
+from typing import Any, Protocol
+
+from nbchat.errors import BackendError
+from nbchat.types import Chunk, GenerationParams, GenerationStats, Message
+
+
+class Backend(Protocol):
+    """A model engine. ``model`` arguments are names inside the engine (no ``ollama:`` prefix)."""
+
+    prefix: str  # "ollama", "transformers": model ids are f"{prefix}:{name}"
+
+    def models(self) -> list[str]:
+        """Full model ids available now, e.g. ``["ollama:qwen3:1.7b"]``."""
+        ...
+
+    def health(self) -> dict[str, Any]:
+        """A small JSON-able report: reachable/loaded, version, device, errors."""
+        ...
+
+    def stream(self, model: str, messages: Sequence[Message], params: GenerationParams) -> ReplyStream:
+        """Start generating a reply to ``messages``; nothing blocks until iterated."""
+        ...
+
+
+class ReplyStream(ABC):
+    """One reply being generated. Iterate it once; ``text``/``thinking`` grow as it streams.
+
+    Subclasses implement ``_generate``: a generator yielding ``Chunk``s and
+    returning the final ``GenerationStats``, which checks ``self.cancelled``
+    (and may override ``_on_cancel`` to interrupt a blocking read at once).
+    """
+
+    def __init__(self, model_id: str) -> None:
+        self.model_id = model_id
+        self.stats: GenerationStats | None = None
+        self.error: BackendError | None = None
+        self._text: list[str] = []
+        self._thinking: list[str] = []
+        self._cancel = threading.Event()
+        self._done = threading.Event()
+        self._started = time.perf_counter()
+        self._first_chunk_at: float | None = None
+        self._iterated = False
+
+    # -- what callers use ------------------------------------------------------------------
+
+    @property
+    def text(self) -> str:
+        return "".join(self._text)
+
+    @property
+    def thinking(self) -> str:
+        return "".join(self._thinking)
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def cancel(self) -> None:
+        """Stop generating as soon as possible; what streamed so far is kept. Any thread."""
+        if not self._cancel.is_set():
+            self._cancel.set()
+            self._on_cancel()
+
+    def wait(self) -> ReplyStream:
+        """Consume the rest of the stream (raising its error, if any); returns ``self``."""
+        if not self._iterated:
+            for _ in self:
+                pass
+        else:
+            self._done.wait()
+            if self.error is not None:
+                raise self.error
+        return self
+
+    def __iter__(self) -> Iterator[Chunk]:
+        if self._iterated:
+            raise RuntimeError("A reply stream can be iterated only once; read .text afterwards.")
+        self._iterated = True
+        generator = self._generate()
+        try:
+            stats = yield from self._accumulate(generator)
+            self.stats = self._complete(stats)
+        except BackendError as exc:
+            exc.partial_text, exc.partial_thinking = self.text, self.thinking
+            self.error = exc
+            self.stats = self._complete(GenerationStats("error", error=str(exc)))
+            raise
+        finally:
+            generator.close()
+            self._done.set()
+
+    # -- for subclasses --------------------------------------------------------------------
+
+    @abstractmethod
+    def _generate(self) -> Generator[Chunk, None, GenerationStats]:
+        """Yield chunks; return the stats. Raise ``BackendError`` subclasses on failure."""
+
+    def _on_cancel(self) -> None:  # noqa: B027 - optional hook, doing nothing is a fine default
+        """Interrupt a blocking read (close a response, set a stopping flag). Any thread."""
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _accumulate(
+        self, generator: Generator[Chunk, None, GenerationStats]
+    ) -> Generator[Chunk, None, GenerationStats]:
+        text, thinking = self._text.append, self._thinking.append
+        while True:
+            try:
+                chunk = next(generator)
+            except StopIteration as stop:
+                return stop.value
+            if not chunk.text:
+                continue
+            if self._first_chunk_at is None:
+                self._first_chunk_at = time.perf_counter()
+            (text if chunk.kind == "text" else thinking)(chunk.text)
+            yield chunk
+
+    def _complete(self, stats: GenerationStats) -> GenerationStats:
+        """Fill in what the engine did not report, from this side's clock."""
+        now = time.perf_counter()
+        if self.cancelled and stats.finish_reason != "error":
+            stats = replace(stats, finish_reason="cancelled")
+        if stats.duration_s is None:
+            stats = replace(stats, duration_s=now - self._started)
+        if stats.ttft_s is None and self._first_chunk_at is not None:
+            stats = replace(stats, ttft_s=self._first_chunk_at - self._started)
+        if stats.tokens_per_s is None and stats.completion_tokens and self._first_chunk_at is not None:
+            generating = now - self._first_chunk_at
+            if generating > 0:
+                stats = replace(stats, tokens_per_s=stats.completion_tokens / generating)
+        return stats
