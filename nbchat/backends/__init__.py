@@ -1,1 +1,92 @@
-"""Model engines behind one protocol (``base.Backend``): Ollama over HTTP, Qwen3 in the kernel."""
+"""Model engines behind one protocol (``base.Backend``), and the registry that picks one.
+
+Model ids: ``ollama:<name>`` (e.g. ``ollama:qwen3:1.7b``), ``transformers:<hub id or
+local path>``, and the alias ``qwen3`` for the configured local Qwen3
+(``NBCHAT_QWEN_MODEL``, default ``Qwen/Qwen3-1.7B``). Backends are created once per
+kernel (one Ollama client per host, one local-model manager) and shared.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from nbchat.config import Config, load_config
+from nbchat.errors import BackendError, InvalidValue
+from nbchat.types import check_model_id
+
+if TYPE_CHECKING:
+    from nbchat.backends.base import Backend
+
+LOCAL_ALIAS = "qwen3"
+PREFIXES = ("ollama", "transformers")
+
+_backends: dict[tuple[str, str], Backend] = {}
+_backends_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model id split into its engine and the name inside that engine."""
+
+    prefix: str
+    name: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.prefix}:{self.name}"
+
+
+def parse_model_id(model_id: str, config: Config | None = None) -> ModelRef:
+    """``"ollama:qwen3:1.7b"`` → ``ModelRef("ollama", "qwen3:1.7b")``; unknown forms are refused."""
+    text = check_model_id("The model id", model_id)
+    if text is None:
+        raise InvalidValue("Choose a model first.")
+    if text == LOCAL_ALIAS:
+        return ModelRef("transformers", (config or load_config()).qwen_model)
+    prefix, sep, name = text.partition(":")
+    name = name.strip()
+    if not sep or prefix not in PREFIXES or not name:
+        raise InvalidValue(
+            f"Unknown model id {text!r}: use ollama:<name> (e.g. ollama:qwen3:1.7b), "
+            f"transformers:<hub id or local directory>, or {LOCAL_ALIAS!r} for the local Qwen3."
+        )
+    return ModelRef(prefix, name)
+
+
+def backend_for(prefix: str, config: Config | None = None) -> Backend:
+    """The shared backend of an engine (for Ollama: of the configured host)."""
+    config = config or load_config()
+    key = (prefix, config.ollama_host if prefix == "ollama" else "")
+    with _backends_lock:
+        backend = _backends.get(key)
+        if backend is None:
+            if prefix == "ollama":
+                from nbchat.backends.ollama import OllamaBackend
+
+                backend = OllamaBackend(config.ollama_host)
+            elif prefix == "transformers":
+                from nbchat.backends.transformers import TransformersBackend  # imports no torch yet
+
+                backend = TransformersBackend()
+            else:
+                raise InvalidValue(f"Unknown engine {prefix!r}; the engines are {', '.join(PREFIXES)}.")
+            _backends[key] = backend
+        return backend
+
+
+def resolve(model_id: str, config: Config | None = None) -> tuple[Backend, str]:
+    """The backend that serves ``model_id``, and the model's name inside it."""
+    ref = parse_model_id(model_id, config)
+    return backend_for(ref.prefix, config), ref.name
+
+
+def available_models(config: Config | None = None) -> list[str]:
+    """Model ids to offer now: the Ollama server's models (if reachable) and the local Qwen3."""
+    config = config or load_config()
+    try:
+        ollama = backend_for("ollama", config).models()
+    except BackendError:
+        ollama = []
+    return [*ollama, LOCAL_ALIAS]

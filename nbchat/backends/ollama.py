@@ -1,0 +1,339 @@
+"""Ollama over its HTTP API, with httpx.
+
+One pooled ``httpx.Client`` per host. Unlike the official client this one
+never waits forever (connect and read timeouts), turns a refused connection
+into a clear ``BackendUnavailable`` on the streaming path too, checks every
+streamed line for ``{"error": ...}``, and on cancel closes the response at
+once, so the server stops generating instead of working for nobody.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import threading
+import urllib.parse
+from collections.abc import Callable, Generator, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from nbchat.backends.base import ReplyStream
+from nbchat.errors import (
+    BackendError,
+    BackendResponseError,
+    BackendTimeout,
+    BackendUnavailable,
+    GenerationFailed,
+    ModelNotFound,
+)
+from nbchat.types import Chunk, GenerationParams, GenerationStats, Message
+
+PREFIX = "ollama"
+CONNECT_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 120.0  # a cold model load can keep the first token waiting a while
+DEFAULT_NUM_CTX = 8192  # sent explicitly: the server's own default depends on the machine
+
+
+@dataclass(frozen=True)
+class PullProgress:
+    """One step of ``ollama pull``: a status line, with byte counts while downloading."""
+
+    status: str
+    completed: int | None = None
+    total: int | None = None
+
+    @property
+    def fraction(self) -> float | None:
+        if self.total and self.completed is not None:
+            return min(self.completed / self.total, 1.0)
+        return None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What ``/api/show`` says about a model, cached per backend."""
+
+    capabilities: frozenset[str]
+    context_length: int | None
+
+    @property
+    def thinks(self) -> bool:
+        return "thinking" in self.capabilities
+
+
+class OllamaBackend:
+    """The models of one Ollama server."""
+
+    prefix = PREFIX
+
+    def __init__(
+        self,
+        host: str,
+        *,
+        connect_timeout: float = CONNECT_TIMEOUT_S,
+        read_timeout: float = READ_TIMEOUT_S,
+    ) -> None:
+        self.host = host.rstrip("/")
+        self.read_timeout = read_timeout
+        self._client = httpx.Client(
+            base_url=self.host,
+            timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
+            # A proxy from the environment must not capture traffic to this machine.
+            trust_env=not _is_loopback(self.host),
+            headers={"User-Agent": "nbchat", "Accept": "application/json"},
+        )
+        self._info: dict[str, ModelInfo] = {}
+        self._info_lock = threading.Lock()
+
+    def close(self) -> None:
+        self._client.close()
+
+    # -- listing and health ----------------------------------------------------------------
+
+    def models(self) -> list[str]:
+        """Model ids of every model the server has, e.g. ``ollama:qwen3:1.7b``."""
+        data = self._get_json("GET", "/api/tags")
+        return [
+            f"{PREFIX}:{m['name']}" for m in data.get("models", []) if isinstance(m, dict) and "name" in m
+        ]
+
+    def version(self) -> str:
+        return str(self._get_json("GET", "/api/version").get("version", "unknown"))
+
+    def health(self) -> dict[str, Any]:
+        """Reachable? Which version and models? Never raises: errors are reported in the dict."""
+        report: dict[str, Any] = {"engine": PREFIX, "url": self.host, "reachable": False}
+        try:
+            report["version"] = self.version()
+            report["reachable"] = True
+            report["models"] = self.models()
+        except BackendError as exc:
+            report["error"] = str(exc)
+        return report
+
+    def model_info(self, model: str) -> ModelInfo:
+        """Capabilities and context length from ``/api/show``, asked once per model."""
+        with self._info_lock:
+            cached = self._info.get(model)
+        if cached is not None:
+            return cached
+        data = self._get_json("POST", "/api/show", json={"model": model}, model=model)
+        context = next(
+            (v for k, v in (data.get("model_info") or {}).items() if k.endswith(".context_length")), None
+        )
+        info = ModelInfo(
+            capabilities=frozenset(data.get("capabilities") or ()),
+            context_length=context if isinstance(context, int) else None,
+        )
+        with self._info_lock:
+            self._info[model] = info
+        return info
+
+    def pull(self, model: str, progress: Callable[[PullProgress], None] | None = None) -> None:
+        """Download ``model`` into the server, reporting each progress line to ``progress``."""
+        with self._request_stream("POST", "/api/pull", {"model": model, "stream": True}, model) as response:
+            for data in _ndjson(response, what="the pull"):
+                step = PullProgress(str(data.get("status", "")), data.get("completed"), data.get("total"))
+                if progress is not None:
+                    progress(step)
+                if step.status == "success":
+                    break
+        with self._info_lock:
+            self._info.pop(model, None)
+
+    # -- chatting --------------------------------------------------------------------------
+
+    def stream(self, model: str, messages: Sequence[Message], params: GenerationParams) -> ReplyStream:
+        return OllamaReplyStream(self, model, messages, params)
+
+    def chat_request(
+        self, model: str, messages: Sequence[Message], params: GenerationParams
+    ) -> dict[str, Any]:
+        """The /api/chat body. History goes back without thinking, as the model wants it."""
+        info = self.model_info(model)
+        options: dict[str, Any] = {
+            "temperature": params.temperature,
+            "num_predict": params.max_new_tokens,
+            "num_ctx": params.context_size or min(DEFAULT_NUM_CTX, info.context_length or DEFAULT_NUM_CTX),
+        }
+        for name, value in (("top_p", params.top_p), ("top_k", params.top_k), ("seed", params.seed)):
+            if value is not None:
+                options[name] = value
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "stream": True,
+            "options": options,
+        }
+        if info.thinks:  # sent only when supported: a non-thinking model answers 400 to any "think"
+            body["think"] = params.think
+        return body
+
+    # -- HTTP plumbing ---------------------------------------------------------------------
+
+    def _get_json(
+        self, method: str, path: str, *, json: dict[str, Any] | None = None, model: str | None = None
+    ) -> dict[str, Any]:
+        with self._errors(model):
+            response = self._client.request(method, path, json=json)
+        if response.status_code != 200:
+            raise self._status_error(response, model)
+        try:
+            data = response.json()
+        except ValueError:
+            raise BackendResponseError(
+                f"Ollama at {self.host} answered {path} with something that is not JSON; "
+                "is OLLAMA_HOST pointing at an Ollama server?",
+                response.status_code,
+            ) from None
+        if not isinstance(data, dict):
+            raise BackendResponseError(f"Ollama at {self.host} answered {path} unexpectedly.", 200)
+        return data
+
+    @contextmanager
+    def _request_stream(
+        self, method: str, path: str, body: dict[str, Any], model: str | None
+    ) -> Iterator[httpx.Response]:
+        with self._errors(model), self._client.stream(method, path, json=body) as response:
+            if response.status_code != 200:
+                response.read()
+                raise self._status_error(response, model)
+            yield response
+
+    @contextmanager
+    def _errors(self, model: str | None) -> Iterator[None]:
+        """Turn httpx's exceptions into nbchat errors that say what to do."""
+        try:
+            yield
+        except httpx.ConnectError as exc:
+            raise BackendUnavailable(
+                f"Cannot reach Ollama at {self.host} ({exc}). Start it with `ollama serve` "
+                "(or open the Ollama app), or set OLLAMA_HOST to the address it listens on."
+            ) from None
+        except httpx.ConnectTimeout:
+            raise BackendUnavailable(
+                f"Ollama at {self.host} did not accept a connection in time; is the address right?"
+            ) from None
+        except httpx.ReadTimeout:
+            raise BackendTimeout(
+                f"Ollama at {self.host} sent nothing for {self.read_timeout:.0f} s"
+                + (f" while running {model!r}" if model else "")
+                + "; it may be overloaded or stuck. Try again, or restart Ollama."
+            ) from None
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.StreamError) as exc:
+            raise GenerationFailed(
+                f"The connection to Ollama at {self.host} broke off ({exc}); is the server still running?"
+            ) from None
+
+    def _status_error(self, response: httpx.Response, model: str | None) -> BackendError:
+        message = _server_message(response)
+        if response.status_code == 404 and model is not None:
+            return ModelNotFound(
+                f"Ollama at {self.host} has no model {model!r} ({message}). Download it with "
+                f"`ollama pull {model}`; `ollama list` shows the models you have."
+            )
+        return BackendResponseError(
+            f"Ollama at {self.host} answered {response.status_code}: {message}", response.status_code
+        )
+
+
+class OllamaReplyStream(ReplyStream):
+    """A reply streamed from ``/api/chat`` as NDJSON."""
+
+    def __init__(
+        self, backend: OllamaBackend, model: str, messages: Sequence[Message], params: GenerationParams
+    ) -> None:
+        super().__init__(f"{PREFIX}:{model}")
+        self._backend = backend
+        self._model = model
+        self._messages = list(messages)
+        self._params = params
+        self._response: httpx.Response | None = None
+
+    def _generate(self) -> Generator[Chunk, None, GenerationStats]:
+        backend = self._backend
+        body = backend.chat_request(self._model, self._messages, self._params)
+        try:
+            with backend._request_stream("POST", "/api/chat", body, self._model) as response:
+                self._response = response
+                for data in _ndjson(response, what="the reply"):
+                    if self.cancelled:
+                        break  # leaving the block closes the response: the server stops too
+                    message = data.get("message") or {}
+                    if message.get("thinking"):
+                        yield Chunk("thinking", message["thinking"])
+                    if message.get("content"):
+                        yield Chunk("text", message["content"])
+                    if data.get("done"):
+                        return _stats(data)
+        except BackendError:
+            if self.cancelled:  # our own close interrupted the read
+                return GenerationStats("cancelled")
+            raise
+        if self.cancelled:
+            return GenerationStats("cancelled")
+        raise GenerationFailed(
+            f"Ollama at {backend.host} closed the reply before it was finished; "
+            "the text so far is kept. Is the server still running?"
+        )
+
+    def _on_cancel(self) -> None:
+        response = self._response
+        if response is not None:
+            with contextlib.suppress(Exception):  # best effort: the reader notices cancelled anyway
+                response.close()
+
+
+def _ndjson(response: httpx.Response, what: str) -> Iterator[dict[str, Any]]:
+    """Each JSON object of an NDJSON body; an ``{"error": ...}`` line becomes GenerationFailed."""
+    for line in response.iter_lines():
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except ValueError:
+            raise GenerationFailed(
+                f"Ollama sent a line that is not JSON during {what}: {line[:200]!r}"
+            ) from None
+        if not isinstance(data, dict):
+            raise GenerationFailed(f"Ollama sent an unexpected line during {what}: {line[:200]!r}")
+        if "error" in data:
+            raise GenerationFailed(f"Ollama reported an error during {what}: {data['error']}")
+        yield data
+
+
+def _stats(done: dict[str, Any]) -> GenerationStats:
+    """Stats from the final line (durations in nanoseconds)."""
+    eval_count, eval_ns = done.get("eval_count"), done.get("eval_duration")
+    total_ns = done.get("total_duration")
+    return GenerationStats(
+        finish_reason="length" if done.get("done_reason") == "length" else "stop",
+        prompt_tokens=done.get("prompt_eval_count"),
+        completion_tokens=eval_count,
+        duration_s=total_ns / 1e9 if isinstance(total_ns, (int, float)) else None,
+        tokens_per_s=eval_count / eval_ns * 1e9 if eval_count and eval_ns else None,
+    )
+
+
+def _server_message(response: httpx.Response) -> str:
+    try:
+        data = response.json()
+    except ValueError:
+        return response.text.strip()[:500] or response.reason_phrase
+    if isinstance(data, dict) and "error" in data:
+        return str(data["error"])
+    return response.text.strip()[:500]
+
+
+def _is_loopback(url: str) -> bool:
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
