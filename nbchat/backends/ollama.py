@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import socket
 import threading
 import urllib.parse
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -282,39 +283,59 @@ class OllamaReplyStream(ReplyStream):
         )
 
     def _on_cancel(self) -> None:
+        """Wake a read blocked on a silent server: shut the socket down under it.
+
+        Closing the response from this thread would not interrupt ``recv`` in the
+        reading thread; ``shutdown`` does, and the server sees the hang-up at once.
+        """
         response = self._response
-        if response is not None:
-            with contextlib.suppress(Exception):  # best effort: the reader notices cancelled anyway
-                response.close()
+        if response is None:
+            return  # not connected yet: the reader checks ``cancelled`` first thing
+        network = response.extensions.get("network_stream")
+        sock = network.get_extra_info("socket") if network is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):  # already closed: nothing to wake
+                sock.shutdown(socket.SHUT_RDWR)
 
 
 def _ndjson(response: httpx.Response, what: str) -> Iterator[dict[str, Any]]:
-    """Each JSON object of an NDJSON body; an ``{"error": ...}`` line becomes GenerationFailed."""
-    for line in response.iter_lines():
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line)
-        except ValueError:
-            raise GenerationFailed(
-                f"Ollama sent a line that is not JSON during {what}: {line[:200]!r}"
-            ) from None
-        if not isinstance(data, dict):
-            raise GenerationFailed(f"Ollama sent an unexpected line during {what}: {line[:200]!r}")
-        if "error" in data:
-            raise GenerationFailed(f"Ollama reported an error during {what}: {data['error']}")
-        yield data
+    """Each JSON object of an NDJSON body; an ``{"error": ...}`` line becomes GenerationFailed.
+
+    Splits raw bytes itself: httpx's text decoding and line splitting cost more
+    per line than the JSON parsing, and a reply is thousands of tiny lines.
+    """
+    pending = b""
+    for piece in response.iter_bytes():
+        lines = (pending + piece).split(b"\n") if pending else piece.split(b"\n")
+        pending = lines.pop()
+        for line in lines:
+            if line.strip():
+                yield _parse_line(line, what)
+    if pending.strip():
+        yield _parse_line(pending, what)
+
+
+def _parse_line(line: bytes, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(line)
+    except ValueError:
+        raise GenerationFailed(f"Ollama sent a line that is not JSON during {what}: {line[:200]!r}") from None
+    if not isinstance(data, dict):
+        raise GenerationFailed(f"Ollama sent an unexpected line during {what}: {line[:200]!r}")
+    if "error" in data:
+        raise GenerationFailed(f"Ollama reported an error during {what}: {data['error']}")
+    return data
 
 
 def _stats(done: dict[str, Any]) -> GenerationStats:
     """Stats from the final line (durations in nanoseconds)."""
+    # Durations are left to the stream's own clock (what the user waited); the server's
+    # eval figures give the pure generation speed.
     eval_count, eval_ns = done.get("eval_count"), done.get("eval_duration")
-    total_ns = done.get("total_duration")
     return GenerationStats(
         finish_reason="length" if done.get("done_reason") == "length" else "stop",
         prompt_tokens=done.get("prompt_eval_count"),
         completion_tokens=eval_count,
-        duration_s=total_ns / 1e9 if isinstance(total_ns, (int, float)) else None,
         tokens_per_s=eval_count / eval_ns * 1e9 if eval_count and eval_ns else None,
     )
 

@@ -1,0 +1,1 @@
+"""Test rigs shipped with nbchat so users' own tests and the notebooks can use them."""

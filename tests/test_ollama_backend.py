@@ -1,0 +1,300 @@
+"""The Ollama backend against the loopback server that implements Ollama's documented contract."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from nbchat import Config, Message
+from nbchat.backends import resolve
+from nbchat.backends.ollama import OllamaBackend, PullProgress
+from nbchat.errors import (
+    BackendResponseError,
+    BackendTimeout,
+    BackendUnavailable,
+    GenerationFailed,
+    ModelNotFound,
+)
+from nbchat.testing.ollama_server import FakeModel, OllamaTestServer
+from nbchat.types import GenerationParams
+
+HELLO = [Message("user", "Hello there")]
+
+
+@pytest.fixture
+def server() -> Iterator[OllamaTestServer]:
+    with OllamaTestServer() as running:
+        yield running
+
+
+@pytest.fixture
+def backend(server: OllamaTestServer) -> Iterator[OllamaBackend]:
+    client = OllamaBackend(server.url, read_timeout=5.0)
+    yield client
+    client.close()
+
+
+def chat_bodies(server: OllamaTestServer) -> list[dict]:
+    return [r["body"] for r in server.requests if r["path"] == "/api/chat"]
+
+
+def wait_until(condition, timeout: float = 3.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
+# -- listing and health ---------------------------------------------------------------------
+
+
+def test_models_are_listed_with_the_engine_prefix(backend: OllamaBackend) -> None:
+    assert sorted(backend.models()) == ["ollama:llama3.2:1b", "ollama:qwen3:1.7b"]
+
+
+def test_health_reports_version_and_models(backend: OllamaBackend, server: OllamaTestServer) -> None:
+    report = backend.health()
+    assert report["reachable"] is True and report["version"] == server.version
+    assert "ollama:qwen3:1.7b" in report["models"] and report["url"] == server.url
+
+
+def test_health_of_a_stopped_server_says_how_to_start_it() -> None:
+    server = OllamaTestServer().start()
+    server.stop()
+    report = OllamaBackend(server.url).health()
+    assert report["reachable"] is False
+    assert server.url in report["error"] and "ollama serve" in report["error"]
+
+
+def test_capabilities_and_context_length_come_from_show_once(backend, server) -> None:
+    info = backend.model_info("qwen3:1.7b")
+    assert info.thinks and info.context_length == 40960
+    backend.stream("qwen3:1.7b", HELLO, GenerationParams()).wait()
+    backend.stream("qwen3:1.7b", HELLO, GenerationParams()).wait()
+    assert sum(r["path"] == "/api/show" for r in server.requests) == 1
+
+
+# -- streaming ------------------------------------------------------------------------------
+
+
+def test_thinking_and_answer_stream_apart(backend: OllamaBackend, server: OllamaTestServer) -> None:
+    server.reply_words = ["Four", " it", " is."]
+    stream = backend.stream("qwen3:1.7b", HELLO, GenerationParams(think=True))
+    chunks = list(stream)
+    kinds = [c.kind for c in chunks]
+    assert kinds == sorted(kinds, key=lambda k: k != "thinking"), "thinking comes first"
+    assert stream.thinking == "Let me think about that."
+    assert stream.text == "Four it is."
+    assert chat_bodies(server)[-1]["think"] is True
+
+
+def test_thinking_off_is_sent_to_a_thinking_model(backend, server) -> None:
+    stream = backend.stream("qwen3:1.7b", HELLO, GenerationParams(think=False))
+    assert all(c.kind == "text" for c in stream)
+    assert stream.text == "You said: Hello there" and stream.thinking == ""
+    assert chat_bodies(server)[-1]["think"] is False
+
+
+def test_think_is_never_sent_to_a_model_without_the_capability(backend, server) -> None:
+    stream = backend.stream("llama3.2:1b", HELLO, GenerationParams(think=True))
+    assert stream.wait().text == "You said: Hello there"
+    assert "think" not in chat_bodies(server)[-1]
+
+
+def test_options_are_mapped_to_ollamas_names(backend, server) -> None:
+    params = GenerationParams(
+        temperature=0.3, max_new_tokens=99, seed=7, top_p=0.9, top_k=20, context_size=4096
+    )
+    backend.stream("qwen3:1.7b", HELLO, params).wait()
+    assert chat_bodies(server)[-1]["options"] == {
+        "temperature": 0.3,
+        "num_predict": 99,
+        "num_ctx": 4096,
+        "seed": 7,
+        "top_p": 0.9,
+        "top_k": 20,
+    }
+
+
+def test_context_size_is_always_explicit(backend, server) -> None:
+    backend.stream("qwen3:1.7b", HELLO, GenerationParams()).wait()
+    assert chat_bodies(server)[-1]["options"]["num_ctx"] == 8192
+    server.add_model(FakeModel("tiny:ctx", thinking=False, context_length=2048))
+    backend.stream("tiny:ctx", HELLO, GenerationParams()).wait()
+    assert chat_bodies(server)[-1]["options"]["num_ctx"] == 2048
+
+
+def test_history_goes_back_without_thinking(backend, server) -> None:
+    history = [
+        Message("system", "Be brief."),
+        Message("user", "2+2?"),
+        Message("assistant", "4", thinking="Arithmetic, easy."),
+        Message("user", "And 3+3?"),
+    ]
+    backend.stream("qwen3:1.7b", history, GenerationParams()).wait()
+    assert chat_bodies(server)[-1]["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "And 3+3?"},
+    ]
+
+
+def test_final_stats_come_from_the_done_line(backend, server) -> None:
+    stream = backend.stream("qwen3:1.7b", HELLO, GenerationParams(think=True)).wait()
+    stats = stream.stats
+    assert stats is not None and stats.finish_reason == "stop"
+    assert stats.completion_tokens == 5 + 4  # thinking words + "You said: Hello there"
+    assert stats.prompt_tokens == 2
+    assert stats.tokens_per_s and stats.tokens_per_s > 0
+    assert stats.ttft_s is not None and stats.duration_s is not None and stats.duration_s >= stats.ttft_s
+
+
+def test_hitting_max_new_tokens_finishes_with_length(backend, server) -> None:
+    server.chunk_count = 50
+    stream = backend.stream("llama3.2:1b", HELLO, GenerationParams(max_new_tokens=5)).wait()
+    assert stream.text == "w0 w1 w2 w3 w4 "
+    assert stream.stats is not None and stream.stats.finish_reason == "length"
+
+
+def test_the_model_id_registry_reaches_the_configured_host(server, tmp_path) -> None:
+    bare = server.url.removeprefix("http://")  # OLLAMA_HOST may be a bare host:port
+    from nbchat import load_config
+
+    config = load_config({"OLLAMA_HOST": bare, "NBCHAT_DATA_DIR": str(tmp_path)})
+    backend, name = resolve("ollama:llama3.2:1b", config)
+    assert backend.stream(name, HELLO, GenerationParams()).wait().text == "You said: Hello there"
+
+
+def test_a_proxy_in_the_environment_does_not_capture_loopback(monkeypatch, server) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("ALL_PROXY", "http://127.0.0.1:9")
+    assert OllamaBackend(server.url).version() == server.version
+
+
+# -- cancelling -----------------------------------------------------------------------------
+
+
+def test_cancel_stops_the_server_generating_too(backend, server) -> None:
+    server.chunk_count, server.chunk_delay_s = 10_000, 0.005
+    stream = backend.stream("llama3.2:1b", HELLO, GenerationParams(max_new_tokens=10_000))
+    received = []
+    for chunk in stream:
+        received.append(chunk)
+        if len(received) == 20:
+            threading.Thread(target=stream.cancel).start()
+    assert 20 <= len(received) < 200
+    assert stream.stats is not None and stream.stats.finish_reason == "cancelled"
+    assert stream.text.startswith("w0 w1 ")
+    assert wait_until(lambda: server.cancelled_streams == 1 and server.active_streams == 0)
+
+
+def test_cancel_interrupts_a_stalled_read_at_once(server) -> None:
+    backend = OllamaBackend(server.url, read_timeout=30.0)
+    server.fault, server.fault_after_chunks = "stall", 2
+    stream = backend.stream("llama3.2:1b", HELLO, GenerationParams())
+    iterator = iter(stream)
+    next(iterator), next(iterator)
+    threading.Timer(0.3, stream.cancel).start()
+    started = time.monotonic()
+    rest = list(iterator)
+    assert time.monotonic() - started < 3, "cancel must not wait for the 30 s read timeout"
+    assert rest == [] and stream.stats is not None and stream.stats.finish_reason == "cancelled"
+    assert stream.text == "You said: "
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+
+def test_an_unreachable_server_is_a_clear_error_when_streaming_too() -> None:
+    server = OllamaTestServer().start()
+    server.stop()
+    with pytest.raises(BackendUnavailable, match="ollama serve") as error:
+        OllamaBackend(server.url).stream("qwen3:1.7b", HELLO, GenerationParams()).wait()
+    assert server.url in str(error.value) and "OLLAMA_HOST" in str(error.value)
+
+
+def test_an_unknown_model_names_itself_and_the_pull_command(backend) -> None:
+    with pytest.raises(ModelNotFound, match=r"`ollama pull phi`;.*`ollama list`"):
+        backend.stream("phi", HELLO, GenerationParams()).wait()
+
+
+@pytest.mark.parametrize("status", ["500", "503"])
+def test_an_error_status_carries_the_servers_message(backend, server, status) -> None:
+    server.fault = status
+    with pytest.raises(BackendResponseError) as error:
+        backend.stream("qwen3:1.7b", HELLO, GenerationParams()).wait()
+    assert error.value.status_code == int(status)
+    assert f"answered {status}" in str(error.value)
+
+
+def test_a_404_from_chat_is_model_not_found(backend, server) -> None:
+    backend.model_info("qwen3:1.7b")  # known to /api/show, then the chat itself says 404
+    server.fault = "404"
+    with pytest.raises(ModelNotFound, match=r"ollama pull qwen3:1\.7b"):
+        backend.stream("qwen3:1.7b", HELLO, GenerationParams()).wait()
+
+
+def test_a_mid_stream_error_line_keeps_the_text_so_far(backend, server) -> None:
+    server.fault, server.fault_after_chunks = "midstream_error", 3
+    stream = backend.stream("llama3.2:1b", HELLO, GenerationParams())
+    with pytest.raises(GenerationFailed, match="an error was encountered while running the model") as error:
+        stream.wait()
+    assert error.value.partial_text == stream.text == "You said: Hello "
+    assert stream.stats is not None and stream.stats.finish_reason == "error"
+
+
+def test_a_dropped_connection_keeps_the_text_so_far(backend, server) -> None:
+    server.fault, server.fault_after_chunks = "drop", 2
+    stream = backend.stream("llama3.2:1b", HELLO, GenerationParams())
+    with pytest.raises(GenerationFailed, match="Ollama") as error:
+        stream.wait()
+    assert error.value.partial_text == "You said: "
+
+
+def test_a_stalled_server_cannot_hang_the_kernel(server) -> None:
+    server.fault, server.fault_after_chunks = "stall", 2
+    backend = OllamaBackend(server.url, read_timeout=0.5)
+    stream = backend.stream("llama3.2:1b", HELLO, GenerationParams())
+    started = time.monotonic()
+    with pytest.raises(BackendTimeout, match=r"sent nothing for 0 s|sent nothing for 1 s") as error:
+        stream.wait()
+    assert time.monotonic() - started < 3
+    assert error.value.partial_text == "You said: "
+
+
+def test_after_an_error_the_next_prompt_works(backend, server) -> None:
+    server.fault = "midstream_error"
+    with pytest.raises(GenerationFailed):
+        backend.stream("llama3.2:1b", HELLO, GenerationParams()).wait()
+    server.fault = None
+    assert backend.stream("llama3.2:1b", HELLO, GenerationParams()).wait().text == "You said: Hello there"
+
+
+# -- pulling --------------------------------------------------------------------------------
+
+
+def test_pull_reports_progress_then_the_model_is_there(backend) -> None:
+    steps: list[PullProgress] = []
+    backend.pull("qwen3:0.6b", steps.append)
+    statuses = [s.status for s in steps]
+    assert statuses[0] == "pulling manifest" and statuses[-1] == "success"
+    downloading = [s for s in steps if s.total]
+    assert downloading and downloading[-1].fraction == 1.0
+    assert "ollama:qwen3:0.6b" in backend.models()
+
+
+def test_pulling_an_unknown_model_is_a_clear_error(backend) -> None:
+    with pytest.raises((GenerationFailed, BackendResponseError), match="file does not exist"):
+        backend.pull("does-not-exist")
+
+
+def test_stream_against_the_real_config(server, tmp_path) -> None:
+    config = Config(data_dir=tmp_path, ollama_host=server.url)
+    backend, _ = resolve("ollama:qwen3:1.7b", config)
+    assert "ollama:qwen3:1.7b" in backend.models()
