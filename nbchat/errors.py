@@ -54,6 +54,10 @@ class NotLoggedIn(AccountError):
     """The operation needs a logged-in user (or the login has ended)."""
 
 
+class InvalidValue(NbchatError):
+    """A title, setting, message field, model id or generation parameter nbchat refuses."""
+
+
 class StoreError(NbchatError):
     """Conversation storage failed or was asked for something impossible."""
 
@@ -62,8 +66,6 @@ class ConversationNotFound(StoreError):
     """No conversation of the logged-in user has that id."""
 
 
-class InvalidValue(StoreError):
-    """A title, setting or message field has a value nbchat refuses."""
 
 
 class CorruptFile(StoreError):
