@@ -17,6 +17,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -103,12 +104,14 @@ def bench_ollama(rounds: int) -> dict[str, object]:
 
 
 def bench_qwen(quick: bool) -> dict[str, object]:
-    script = HERE / "qwen_threads.py"
-    if not script.exists():
-        return {}
-    args = [sys.executable, str(script), "--json"] + (["--quick"] if quick else [])
-    output = subprocess.check_output(args, text=True)
-    return json.loads(output.strip().splitlines()[-1])
+    """(a) Runs bench/qwen_threads.py (its table is printed as it goes) and takes its ratios."""
+    with tempfile.TemporaryDirectory() as scratch:
+        figures = Path(scratch) / "qwen.json"
+        args = [sys.executable, str(HERE / "qwen_threads.py"), "--json", str(figures)]
+        if quick:
+            args += ["--variants", "raw,backend,backend+work", "--rounds", "3", "--skip-probes"]
+        subprocess.run(args, check=True)
+        return json.loads(figures.read_text())
 
 
 def main() -> int:

@@ -42,6 +42,7 @@ round so that a steady drift cancels out.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import queue
 import shutil
@@ -294,6 +295,8 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=13)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--skip-probes", action="store_true", help="leave out the small-op probe")
+    parser.add_argument("--json", help="also write the ratios to raw as JSON to this file")
     args = parser.parse_args()
     if args.serve:
         serve(args.serve, args.checkpoint)
@@ -309,13 +312,19 @@ def main() -> None:
             if args.checkpoint
             else build_checkpoint(scratch / "qwen3", args.hidden_size, args.layers)
         )
-        run_variants(str(checkpoint), args.variants.split(","), args.rounds)
-        run_probes(args.rounds)
+        ratios = run_variants(str(checkpoint), args.variants.split(","), args.rounds)
+        if args.json:
+            figures = {f"qwen_{v.replace('+', '_')}_ratio": r for v, r in ratios.items()}
+            if "backend" in ratios and "backend+work" in ratios:
+                figures["qwen_stream_ratio"] = min(ratios["backend"], ratios["backend+work"])
+            Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+        if not args.skip_probes:
+            run_probes(args.rounds)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def run_variants(checkpoint: str, variants: list[str], rounds: int) -> None:
+def run_variants(checkpoint: str, variants: list[str], rounds: int) -> dict[str, float]:
     import torch
 
     print(
@@ -348,7 +357,7 @@ def run_variants(checkpoint: str, variants: list[str], rounds: int) -> None:
         for process in processes.values():
             process.kill()
             process.wait()
-    report(speeds)
+    return report(speeds)
 
 
 def read_line(process: subprocess.Popen[str]) -> str:
@@ -356,17 +365,19 @@ def read_line(process: subprocess.Popen[str]) -> str:
     return process.stdout.readline().strip()
 
 
-def report(speeds: dict[str, list[float]]) -> None:
+def report(speeds: dict[str, list[float]]) -> dict[str, float]:
+    """Print the table; return each variant's median per-round ratio to raw."""
     raw = speeds.get("raw")
+    ratios: dict[str, float] = {}
     print(f"{'variant':<24}{'tok/s (median)':>15}{'vs raw':>9}   per round")
     for variant, values in speeds.items():
-        ratio = (
-            ""
-            if raw is None
-            else f"{statistics.median(v / r for v, r in zip(values, raw, strict=True)):.2f}x"
-        )
+        shown = ""
+        if raw is not None:
+            ratios[variant] = statistics.median(v / r for v, r in zip(values, raw, strict=True))
+            shown = f"{ratios[variant]:.2f}x"
         rounds = " ".join(f"{v:.1f}" for v in values)
-        print(f"{variant:<24}{statistics.median(values):>15.2f}{ratio:>9}   {rounds}")
+        print(f"{variant:<24}{statistics.median(values):>15.2f}{shown:>9}   {rounds}")
+    return ratios
 
 
 if __name__ == "__main__":
