@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from polling import wait_until
 
 from nbchat import Config, Message
 from nbchat.backends import resolve
@@ -39,15 +40,6 @@ def backend(server: OllamaTestServer) -> Iterator[OllamaBackend]:
 
 def chat_bodies(server: OllamaTestServer) -> list[dict]:
     return [r["body"] for r in server.requests if r["path"] == "/api/chat"]
-
-
-def wait_until(condition, timeout: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 # -- listing and health ---------------------------------------------------------------------

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from polling import wait_until
 
 from nbchat.backends.transformers import (
     LoadProgress,
@@ -78,15 +79,6 @@ def running(pid: int) -> bool:
 def consume(reply: TransformersReply, started: threading.Event) -> None:
     for _ in reply:
         started.set()
-
-
-def wait_until(condition, seconds: float) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 # -- importing stays light ------------------------------------------------------------------
