@@ -138,7 +138,7 @@ class Accounts:
         key = username.lower()
         encoded = check_password(password, username)
         # Hash outside the lock (it takes a while); re-check everything inside it.
-        password_hash = bcrypt.hashpw(encoded, bcrypt.gensalt(self._rounds)).decode("ascii")
+        password_hash = self._hash(encoded)
         with self._users_lock():
             users = self._read_users()
             if key in users:
@@ -176,7 +176,7 @@ class Accounts:
     def change_password(self, username: str, old_password: str, new_password: str) -> None:
         key, _ = self._authenticate(username, old_password)
         encoded = check_password(new_password, username)
-        password_hash = bcrypt.hashpw(encoded, bcrypt.gensalt(self._rounds)).decode("ascii")
+        password_hash = self._hash(encoded)
         with self._users_lock():
             users = self._read_users()
             if key not in users:
@@ -247,9 +247,12 @@ class Accounts:
             return False  # could never have been registered
         return bcrypt.checkpw(encoded, stored)
 
+    def _hash(self, encoded: bytes) -> str:
+        return bcrypt.hashpw(encoded, bcrypt.gensalt(self._rounds)).decode("ascii")
+
     def _dummy(self) -> bytes:
         if self._dummy_hash is None:
-            self._dummy_hash = bcrypt.hashpw(uuid.uuid4().bytes, bcrypt.gensalt(self._rounds))
+            self._dummy_hash = self._hash(uuid.uuid4().bytes).encode("ascii")
         return self._dummy_hash
 
     def _write_throttle(self, failures: dict[str, dict[str, Any]], now: float) -> None:

@@ -18,7 +18,7 @@ class ScriptedStream(ReplyStream):
     """A stream that plays a fixed script: the smallest honest engine, to test the shared base."""
 
     def __init__(self, script: list[Chunk], fail_after: int | None = None) -> None:
-        super().__init__("test:scripted")
+        super().__init__("test", "scripted", [], GenerationParams())
         self.script, self.fail_after = script, fail_after
 
     def _generate(self) -> Generator[Chunk, None, GenerationStats]:

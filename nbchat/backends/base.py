@@ -45,8 +45,13 @@ class ReplyStream(ABC):
     (and may override ``_on_cancel`` to interrupt a blocking read at once).
     """
 
-    def __init__(self, model_id: str) -> None:
-        self.model_id = model_id
+    def __init__(
+        self, prefix: str, model: str, messages: Sequence[Message], params: GenerationParams
+    ) -> None:
+        self.model_id = f"{prefix}:{model}"
+        self._model = model  # the name inside the engine
+        self._messages = list(messages)
+        self._params = params
         self.stats: GenerationStats | None = None
         self.error: BackendError | None = None
         self._text: list[str] = []

@@ -248,11 +248,8 @@ class OllamaReplyStream(ReplyStream):
     def __init__(
         self, backend: OllamaBackend, model: str, messages: Sequence[Message], params: GenerationParams
     ) -> None:
-        super().__init__(f"{PREFIX}:{model}")
+        super().__init__(PREFIX, model, messages, params)
         self._backend = backend
-        self._model = model
-        self._messages = list(messages)
-        self._params = params
         self._response: httpx.Response | None = None
 
     def _generate(self) -> Generator[Chunk, None, GenerationStats]:

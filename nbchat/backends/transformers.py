@@ -701,11 +701,8 @@ class TransformersReply(ReplyStream):
     def __init__(
         self, backend: TransformersBackend, model: str, messages: list[Message], params: GenerationParams
     ) -> None:
-        super().__init__(f"{PREFIX}:{model}")
+        super().__init__(PREFIX, model, messages, params)
         self._backend = backend
-        self._model = model
-        self._messages = messages
-        self._params = params
         self._handle: _LocalModel | None = None
         self._ended = False
         self._request_id = next(_REQUEST_IDS)
