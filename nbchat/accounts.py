@@ -39,7 +39,7 @@ from nbchat.errors import (
 from nbchat.files import atomic_write_bytes, ensure_private_dir, fsync_dir, locked
 from nbchat.store import ConversationStore, claim_directory
 from nbchat.types import is_valid_id, new_id, utcnow
-from nbchat.usernames import check_username, username_key
+from nbchat.usernames import check_username, hub_username, username_key
 
 USERS_VERSION = 1
 THROTTLE_VERSION = 1
@@ -143,12 +143,7 @@ class Accounts:
             users = self._read_users()
             if key in users:
                 raise UsernameTaken(f"The username {username!r} is taken (names ignore case).")
-            if len(users) >= self.config.max_users:
-                raise UserLimitReached(
-                    f"This installation already has {len(users)} accounts, its limit "
-                    f"(NBCHAT_MAX_USERS={self.config.max_users}). Ask an administrator to raise "
-                    "it or delete an unused account."
-                )
+            self._refuse_when_full(users)
             self._set_aside_orphaned_conversations(key)
             account_id = new_id()
             claim_directory(self.data_dir, key, account_id)
@@ -168,6 +163,44 @@ class Accounts:
         key, record = self._authenticate(username, password)
         store = ConversationStore(self.data_dir, key, account_id=record["account_id"])
         return Login(key, record["name"], store)
+
+    def hub_login(self, hub_name: str) -> Login:
+        """Log a JupyterHub user in without a password: the hub already proved who they are.
+
+        Only for ``JUPYTERHUB_USER`` in a hub-spawned kernel (see ``ChatSession``).
+        The account is created on first use, within the user cap, with a random
+        password nobody knows; its username is ``hub_username(hub_name)``.
+        """
+        key = hub_username(hub_name).lower()
+        with self._users_lock():
+            users = self._read_users()
+            record = users.get(key)
+            if record is None:
+                self._refuse_when_full(users, f"so the hub user {hub_name!r} cannot get one")
+                self._set_aside_orphaned_conversations(key)
+                now = utcnow().isoformat(timespec="seconds")
+                record = {
+                    "name": hub_username(hub_name),
+                    "account_id": new_id(),
+                    "password_hash": self._hash(uuid.uuid4().hex.encode("ascii")),
+                    "created": now,
+                    "password_changed": now,
+                    "hub_name": hub_name,
+                }
+                claim_directory(self.data_dir, key, record["account_id"])
+                users[key] = record
+                self._write_users(users)
+        store = ConversationStore(self.data_dir, key, account_id=record["account_id"])
+        return Login(key, record.get("hub_name") or record["name"], store)
+
+    def _refuse_when_full(self, users: dict[str, Any], consequence: str = "") -> None:
+        """The user cap: raise ``UserLimitReached`` when no account can be added."""
+        if len(users) >= self.config.max_users:
+            raise UserLimitReached(
+                f"This installation already has {len(users)} accounts, its limit "
+                f"(NBCHAT_MAX_USERS={self.config.max_users}){', ' + consequence if consequence else ''}. "
+                "Ask an administrator to raise it or delete an unused account."
+            )
 
     def logout(self, login: Login) -> None:
         """End a login: its conversation store drops everything it held in memory."""

@@ -34,6 +34,7 @@ class Config:
     openai_base_url: str | None = None
     openai_api_key: str | None = field(default=None, repr=False)
     hub_user: str | None = None
+    trust_hub_user: bool = True  # log JUPYTERHUB_USER in without a password
 
     @property
     def users_file(self) -> Path:
@@ -55,7 +56,19 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
         openai_base_url=(env.get("OPENAI_BASE_URL") or "").strip() or None,
         openai_api_key=env.get("OPENAI_API_KEY") or None,
         hub_user=(env.get("JUPYTERHUB_USER") or "").strip() or None,
+        trust_hub_user=_flag("NBCHAT_TRUST_HUB_USER", env.get("NBCHAT_TRUST_HUB_USER"), default=True),
     )
+
+
+def _flag(name: str, raw: str | None, *, default: bool) -> bool:
+    text = (raw or "").strip().lower()
+    if not text:
+        return default
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be 1/true/yes/on or 0/false/no/off, not {raw!r}.")
 
 
 def _data_dir(raw: str | None) -> Path:

@@ -66,8 +66,6 @@ class ConversationNotFound(StoreError):
     """No conversation of the logged-in user has that id."""
 
 
-
-
 class CorruptFile(StoreError):
     """A data file could not be read; it was moved aside, never deleted."""
 
@@ -129,4 +127,25 @@ class ModelLoadError(BackendError):
 
 
 class ContextOverflow(BackendError):
-    """The prompt does not fit the model's context window."""
+    """The prompt does not fit the model's context window; ``needed``/``available`` in tokens."""
+
+    def __init__(self, message: str, needed: int | None = None, available: int | None = None) -> None:
+        super().__init__(message)
+        self.needed = needed
+        self.available = available
+
+
+class SessionError(NbchatError):
+    """The session cannot do that now (nothing selected, no model chosen, a reply in flight)."""
+
+
+class NoConversation(SessionError):
+    """No conversation is selected."""
+
+
+class ModelNotChosen(SessionError):
+    """The conversation has no model yet: the "choose a model" rule."""
+
+
+class ReplyInProgress(SessionError):
+    """A reply is still streaming in this session."""

@@ -8,6 +8,8 @@ so ``Alice`` and ``alice`` are one account on every filesystem.
 
 from __future__ import annotations
 
+import hashlib
+import re
 import string
 
 from nbchat.errors import InvalidUsername
@@ -47,3 +49,39 @@ def check_username(name: object) -> str:
 def username_key(name: object) -> str:
     """The case-folded key (and directory name) of a valid username."""
     return check_username(name).lower()
+
+
+#: The tail every hashed hub username ends with; a valid hub name ending so is hashed too.
+HASHED_TAIL = re.compile(r"-[0-9a-f]{8}\Z", re.IGNORECASE)
+
+
+def hub_username(hub_name: str) -> str:
+    """The nbchat username of a JupyterHub user: the hub name itself when it is valid.
+
+    Hub names may hold '@', spaces or non-ASCII letters (``Ann.Lee@uni.edu``);
+    those become a readable, valid name plus a hash of the full hub name, so
+    two hub users never share an account: ``Ann.Lee-uni.edu-5d41402a``. A valid
+    name that ends like a hashed one (``-`` and 8 hex digits) is hashed as well,
+    so no hub user can take the account of another by choosing its name.
+    """
+    if not isinstance(hub_name, str) or not hub_name.strip():
+        raise InvalidUsername("The JupyterHub user name (JUPYTERHUB_USER) is empty.")
+    try:
+        encoded = hub_name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidUsername(
+            "The JupyterHub user name (JUPYTERHUB_USER) is not valid Unicode text."
+        ) from None
+    if not HASHED_TAIL.search(hub_name):
+        try:
+            return check_username(hub_name)
+        except InvalidUsername:
+            pass
+    digest = hashlib.sha256(encoded).hexdigest()[:8]
+    readable = "".join(c if c in ALLOWED else "-" for c in hub_name)
+    readable = re.sub(r"-{2,}", "-", readable).strip(".-")
+    readable = readable[: MAX_USERNAME_CHARS - len("hub--") - len(digest)].rstrip(".-")
+    name = f"{readable}-{digest}" if readable else digest
+    if not readable or name.split(".", 1)[0].lower() in WINDOWS_DEVICE_NAMES:
+        name = f"hub-{name}"
+    return check_username(name)

@@ -86,7 +86,7 @@ def available_models(config: Config | None = None) -> list[str]:
     """Model ids to offer now: the Ollama server's models (if reachable) and the local Qwen3."""
     config = config or load_config()
     try:
-        ollama = backend_for("ollama", config).models()
+        ollama = sorted(backend_for("ollama", config).models())  # a dropdown reads best in order
     except BackendError:
         ollama = []
     return [*ollama, LOCAL_ALIAS]

@@ -32,6 +32,14 @@ class Backend(Protocol):
         """A small JSON-able report: reachable/loaded, version, device, errors."""
         ...
 
+    def context_window(self, model: str) -> int:
+        """How many tokens the prompt and the reply may use together."""
+        ...
+
+    def count_tokens(self, model: str, messages: Sequence[Message], *, think: bool = False) -> int:
+        """Prompt tokens of ``messages`` as this engine would send them (exact or estimated)."""
+        ...
+
     def stream(self, model: str, messages: Sequence[Message], params: GenerationParams) -> ReplyStream:
         """Start generating a reply to ``messages``; nothing blocks until iterated."""
         ...

@@ -31,6 +31,7 @@ from nbchat.errors import (
     GenerationFailed,
     ModelNotFound,
 )
+from nbchat.history import estimate_tokens
 from nbchat.types import Chunk, GenerationParams, GenerationStats, Message
 
 PREFIX = "ollama"
@@ -146,6 +147,19 @@ class OllamaBackend:
         with self._info_lock:
             self._info.pop(model, None)
 
+    def context_window(self, model: str) -> int:
+        """The context size nbchat asks the server for (``num_ctx``): the model's, at most 8192.
+
+        Ollama's own default is far smaller than most models allow and it cuts
+        longer prompts silently, so nbchat always sends ``num_ctx`` explicitly.
+        """
+        info = self.model_info(model)
+        return min(DEFAULT_NUM_CTX, info.context_length or DEFAULT_NUM_CTX)
+
+    def count_tokens(self, model: str, messages: Sequence[Message], *, think: bool = False) -> int:
+        """An estimate (``nbchat.history.estimate_tokens``): the tokenizer lives in the server."""
+        return estimate_tokens(messages)
+
     # -- chatting --------------------------------------------------------------------------
 
     def stream(self, model: str, messages: Sequence[Message], params: GenerationParams) -> ReplyStream:
@@ -159,7 +173,7 @@ class OllamaBackend:
         options: dict[str, Any] = {
             "temperature": params.temperature,
             "num_predict": params.max_new_tokens,
-            "num_ctx": params.context_size or min(DEFAULT_NUM_CTX, info.context_length or DEFAULT_NUM_CTX),
+            "num_ctx": params.context_size or self.context_window(model),
         }
         for name, value in (("top_p", params.top_p), ("top_k", params.top_k), ("seed", params.seed)):
             if value is not None:

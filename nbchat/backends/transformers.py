@@ -672,7 +672,13 @@ class TransformersBackend:
         return unload(model)
 
     def count_tokens(self, model: str, messages: Sequence[Message], *, think: bool = False) -> int:
-        return count_tokens(model, messages, think=think)
+        """Exact prompt tokens (the real tokenizer and chat template); loads the model if needed."""
+        handle = self._loaded_model(model)
+        return len(_prompt_ids(handle, _render_prompt(handle, messages, think)))
+
+    def context_window(self, model: str) -> int:
+        """The model's context length (``max_position_embeddings``); loads the model if needed."""
+        return int(self._loaded_model(model).info["max_position_embeddings"])
 
     def render_prompt(self, model: str, messages: Sequence[Message], *, think: bool = False) -> str:
         """The exact text the model is given for ``messages`` (thinking stripped from the history)."""

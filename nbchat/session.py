@@ -1,0 +1,442 @@
+"""The kernel-resident session: who is logged in, which conversation, send → stream → save.
+
+One ``ChatSession`` per kernel (``nbchat.get_session()``) is shared by every
+panel, the ``%chat`` magic and users' own code, so they all see the same
+login, the same current conversation and the same loaded models. Everything a
+user can do goes through it; it reaches a user's files only through the
+``Login`` that accounts hand out, so a session can never return another
+user's conversations, whatever ids it is given.
+
+Under JupyterHub (``JUPYTERHUB_USER`` set in the kernel's environment) the
+hub has already authenticated the user, so ``get_session()`` logs that user in
+without a password. ``NBCHAT_TRUST_HUB_USER=0`` switches this off.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from nbchat.accounts import Accounts, Login
+from nbchat.config import Config, load_config
+from nbchat.errors import (
+    ConfigError,
+    ContextOverflow,
+    InvalidValue,
+    ModelNotChosen,
+    NbchatError,
+    NbchatWarning,
+    NoConversation,
+    NotLoggedIn,
+    ReplyInProgress,
+)
+from nbchat.health import HealthReport, check_health
+from nbchat.history import sendable, truncate_history
+from nbchat.reply import Reply, stats_record
+from nbchat.types import (
+    DEFAULT_TITLE,
+    Conversation,
+    ConversationSettings,
+    ConversationSummary,
+    GenerationParams,
+    Message,
+)
+
+if TYPE_CHECKING:
+    from nbchat.backends.base import ReplyStream
+    from nbchat.store import ConversationStore
+
+#: How long ``logout`` waits for a stopped reply to be saved before letting go.
+LOGOUT_WAIT_S = 30.0
+#: A conversation still called "New conversation" takes its title from its first prompt.
+AUTO_TITLE_CHARS = 60
+
+Listener = Callable[["ChatSession"], None]
+
+
+class ChatSession:
+    """Everything one kernel's user does with nbchat; safe to call from any thread."""
+
+    def __init__(self, config: Config | None = None, *, accounts: Accounts | None = None) -> None:
+        self.config = config or (accounts.config if accounts is not None else load_config())
+        self.accounts = accounts or Accounts(self.config)
+        self._login: Login | None = None
+        self._hub = False
+        self._current: str | None = None
+        self._reply: Reply | None = None
+        self._mutex = threading.RLock()
+        self._listeners: list[Listener] = []
+        self.hub_error: NbchatError | None = None  # why the JupyterHub user could not be logged in
+
+    # -- who -------------------------------------------------------------------------------
+
+    @property
+    def user(self) -> str | None:
+        """The logged-in user's name as they wrote it (hub name under JupyterHub), or None."""
+        login = self._login
+        return login.display_name if login is not None else None
+
+    @property
+    def username(self) -> str | None:
+        """The account key (lower-case username) of the logged-in user, or None."""
+        login = self._login
+        return login.username if login is not None else None
+
+    @property
+    def hub_login(self) -> bool:
+        """True when the user was logged in by JupyterHub's identity, not a password."""
+        return self._hub and self._login is not None
+
+    def register(self, username: str, password: str) -> None:
+        """Create an account (it does not log in)."""
+        self.accounts.register(username, password)
+
+    def login(self, username: str, password: str) -> None:
+        """Log in; a user already logged in here is logged out first (only if the password is right)."""
+        login = self.accounts.login(username, password)
+        self._switch_to(login, hub=False)
+
+    def login_from_hub(self) -> None:
+        """Log in the JupyterHub user of this kernel (``JUPYTERHUB_USER``) without a password."""
+        config = self.config
+        if config.hub_user is None:
+            raise ConfigError("JUPYTERHUB_USER is not set: this kernel was not started by JupyterHub.")
+        if not config.trust_hub_user:
+            raise ConfigError(
+                "Logging in as the JupyterHub user is switched off (NBCHAT_TRUST_HUB_USER=0); "
+                "log in with a username and password."
+            )
+        self._switch_to(self.accounts.hub_login(config.hub_user), hub=True)
+
+    def logout(self) -> None:
+        """Stop any reply (its partial text is saved), then forget everything of this user."""
+        with self._mutex:
+            reply = self._reply
+        if reply is not None and not reply.done:
+            reply.cancel()
+            reply.join(LOGOUT_WAIT_S)
+        with self._mutex:
+            login, self._login = self._login, None
+            self._current = None
+            self._reply = None
+            self._hub = False
+            if login is not None:
+                self.accounts.logout(login)
+        self._changed()
+
+    def change_password(self, old_password: str, new_password: str) -> None:
+        self.accounts.change_password(self._require_login().username, old_password, new_password)
+
+    def delete_account(self, password: str) -> None:
+        """Delete the logged-in account and all its conversations, then log out."""
+        username = self._require_login().username
+        self.accounts.delete_account(username, password)
+        self.logout()
+
+    def _switch_to(self, login: Login, *, hub: bool) -> None:
+        if self._login is not None:
+            self.logout()
+        with self._mutex:
+            self._login = login
+            self._hub = hub
+        self._changed()
+
+    # -- conversations ---------------------------------------------------------------------
+
+    def conversations(self) -> list[ConversationSummary]:
+        """The user's conversations, most recently updated first."""
+        return self._store().list()
+
+    @property
+    def current(self) -> Conversation | None:
+        """The current conversation, read fresh (other kernels' messages included), or None."""
+        with self._mutex:
+            conversation_id = self._current
+            if conversation_id is None or self._login is None:
+                return None
+            return self._store().get(conversation_id)
+
+    def new_conversation(self, title: str | None = None) -> Conversation:
+        """Start a conversation and make it current; it has no model until one is chosen."""
+        with self._mutex:
+            conversation = self._store().create(title)
+            self._current = conversation.id
+        self._changed()
+        return conversation
+
+    def select(self, conversation_id: str) -> Conversation:
+        """Make a conversation of this user current."""
+        with self._mutex:
+            conversation = self._store().get(conversation_id)
+            self._current = conversation.id
+        self._changed()
+        return conversation
+
+    def rename(self, conversation_id: str, title: str) -> Conversation:
+        conversation = self._store().rename(conversation_id, title)
+        self._changed()
+        return conversation
+
+    def delete(self, conversation_id: str) -> None:
+        """Delete a conversation for good; if it was current, none is current afterwards."""
+        with self._mutex:
+            reply = self._reply
+            if reply is not None and not reply.done and reply.conversation_id == conversation_id:
+                raise ReplyInProgress("A reply is still streaming into that conversation; stop it first.")
+            self._store().delete(conversation_id)
+            if self._current == conversation_id:
+                self._current = None
+        self._changed()
+
+    def history(self) -> list[Message]:
+        """The current conversation's messages, oldest first (thinking kept for display)."""
+        return list(self._require_current().messages)
+
+    # -- settings --------------------------------------------------------------------------
+
+    @property
+    def settings(self) -> ConversationSettings:
+        """The current conversation's settings."""
+        return self._require_current().settings
+
+    def configure(self, **changes: Any) -> ConversationSettings:
+        """Change the current conversation's settings; the next message uses them.
+
+        ``model``, ``temperature`` (0–2), ``max_new_tokens`` (1 to the model's
+        context), ``think``, ``system``. Unknown names and bad values are refused
+        and nothing changes.
+        """
+        with self._mutex:
+            conversation = self._require_current()
+            settings = conversation.settings.updated(**changes)  # validates every value
+            if settings.model is not None and "model" in changes:
+                from nbchat.backends import parse_model_id
+
+                parse_model_id(settings.model, self.config)  # refuse an unknown form now, not at send
+            settings = self._fit_max_tokens(settings, explicit="max_new_tokens" in changes)
+            updated = self._store().update_settings(conversation.id, **settings.to_dict())
+        self._changed()
+        return updated.settings
+
+    def _fit_max_tokens(self, settings: ConversationSettings, *, explicit: bool) -> ConversationSettings:
+        """Max new tokens must leave room for a prompt in the model's context (when known cheaply).
+
+        A value the user just gave is refused; a value carried over from the
+        previous model (choosing a small-context model) is lowered to half the
+        context, with a warning, so picking a model in a dropdown never fails.
+        """
+        window = self._known_context_window(settings.model)
+        if window is None or settings.max_new_tokens < window:
+            return settings
+        if not explicit:
+            fitted = max(1, window // 2)
+            warnings.warn(
+                f"Max new tokens lowered from {settings.max_new_tokens:,} to {fitted:,}: "
+                f"{settings.model}'s context holds only {window:,} tokens.",
+                NbchatWarning,
+                stacklevel=3,
+            )
+            return settings.updated(max_new_tokens=fitted)
+        if settings.max_new_tokens >= window:
+            raise InvalidValue(
+                f"Max new tokens must be below {settings.model}'s context of {window:,} tokens "
+                f"(the prompt needs room too), not {settings.max_new_tokens:,}."
+            )
+
+    def _known_context_window(self, model_id: str | None) -> int | None:
+        if model_id is None:
+            return None
+        from nbchat.backends import resolve
+        from nbchat.backends.transformers import loaded
+        from nbchat.errors import BackendError
+
+        backend, name = resolve(model_id, self.config)
+        if backend.prefix == "transformers" and name not in loaded():
+            return None  # known only once loaded; checked again when the reply starts
+        try:
+            return backend.context_window(name)
+        except BackendError:
+            return None  # the engine is unreachable now; send() will say so
+
+    # -- chatting --------------------------------------------------------------------------
+
+    @property
+    def reply(self) -> Reply | None:
+        """The latest reply of this login: streaming now, or the last one."""
+        return self._reply
+
+    def send(self, prompt: str) -> Reply:
+        """Save ``prompt`` as the user's message and start the reply; returns it at once.
+
+        Iterate the returned ``Reply`` for chunks, or ``wait()`` for it; it is
+        saved to the conversation when it ends, also if it was stopped or failed
+        part-way (then marked ``partial``).
+        """
+        from nbchat.backends import resolve
+
+        with self._mutex:
+            store = self._store()
+            if self._reply is not None and not self._reply.done:
+                raise ReplyInProgress("A reply is still streaming; wait for it or stop it first.")
+            if not isinstance(prompt, str):
+                raise InvalidValue(f"A message must be text, not {type(prompt).__name__}.")
+            if not prompt.strip():
+                raise InvalidValue("The message is empty; type something to send.")
+            conversation = self._require_current()
+            settings = conversation.settings
+            if settings.model is None:
+                raise ModelNotChosen(
+                    "Choose a model for this conversation first, e.g. "
+                    "configure(model='ollama:qwen3:1.7b') or model='qwen3' for the local Qwen3; "
+                    "nbchat.models() lists what is available."
+                )
+            backend, name = resolve(settings.model, self.config)
+            question = store.append(conversation.id, Message("user", prompt))
+            if conversation.title == DEFAULT_TITLE and not conversation.messages:
+                store.rename(conversation.id, _title_from(prompt))
+            history = [*conversation.messages, question]
+
+            def start(reply: Reply) -> ReplyStream:
+                return _start_reply(reply, backend, name, settings, history)
+
+            def save(reply: Reply) -> Message | None:
+                if not reply.text and not reply.thinking and reply.error is None:
+                    return None  # stopped before the first token: nothing to keep
+                message = Message(
+                    "assistant",
+                    reply.text,
+                    thinking=reply.thinking or None,
+                    model=reply.model,
+                    stats=stats_record(reply),
+                )
+                return store.append(conversation.id, message)
+
+            def ended(reply: Reply) -> None:
+                if reply.done:
+                    self._changed()
+
+            reply = Reply(conversation.id, settings.model, question, start, save)
+            reply.subscribe(ended)
+            self._reply = reply
+        self._changed()
+        return reply._begin()
+
+    def stop(self) -> Reply | None:
+        """Stop the reply in flight (its partial text is kept and saved); returns it, or None."""
+        reply = self._reply
+        if reply is None or reply.done:
+            return None
+        reply.cancel()
+        return reply
+
+    # -- models and health -----------------------------------------------------------------
+
+    def models(self) -> list[str]:
+        """Model ids to choose from now: the Ollama server's and the local Qwen3."""
+        from nbchat.backends import available_models
+
+        return available_models(self.config)
+
+    def health(self) -> HealthReport:
+        return check_health(
+            self.config,
+            session={"user": self.user, "hub": self.hub_login, "conversation": self._current},
+        )
+
+    # -- views -----------------------------------------------------------------------------
+
+    def on_change(self, listener: Listener) -> None:
+        """Call ``listener(session)`` after logins, logouts, conversation and settings changes."""
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(self)
+            except Exception:  # a view's bug must not break the session
+                import logging
+
+                logging.getLogger(__name__).exception("An nbchat session listener failed")
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _require_login(self) -> Login:
+        login = self._login
+        if login is None:
+            raise NotLoggedIn("Log in first (or register, then log in).")
+        return login
+
+    def _store(self) -> ConversationStore:
+        return self._require_login().conversations
+
+    def _require_current(self) -> Conversation:
+        with self._mutex:
+            self._require_login()
+            if self._current is None:
+                raise NoConversation("No conversation is selected: start a new one or pick one first.")
+            return self._store().get(self._current)
+
+    def __repr__(self) -> str:
+        who = self.user or "nobody logged in"
+        return f"<ChatSession {who}, conversation {self._current}>"
+
+
+def _start_reply(
+    reply: Reply, backend: Any, name: str, settings: ConversationSettings, history: list[Message]
+) -> ReplyStream:
+    """In the reply's thread: fit the history into the model's context, then start streaming."""
+    window = backend.context_window(name)  # a local model loads here, off the main thread
+    budget = window - settings.max_new_tokens
+    if budget <= 0:
+        raise ContextOverflow(
+            f"Max new tokens ({settings.max_new_tokens:,}) leaves no room for the conversation in "
+            f"{settings.model}'s context of {window:,} tokens; lower it.",
+            available=budget,
+        )
+    system = [Message("system", settings.system)] if settings.system.strip() else []
+    everything = system + history
+
+    def count(messages: list[Message]) -> int:
+        return backend.count_tokens(name, messages, think=settings.think)
+
+    kept = truncate_history(everything, budget, count)
+    system_kept, turns = sendable(everything)
+    reply.dropped_messages = len(system_kept) + sum(map(len, turns)) - len(kept)
+    params = GenerationParams(
+        temperature=settings.temperature,
+        max_new_tokens=settings.max_new_tokens,
+        think=settings.think,
+        context_size=window,
+    )
+    return backend.stream(name, kept, params)
+
+
+def _title_from(prompt: str) -> str:
+    line = " ".join(prompt.split())
+    return line if len(line) <= AUTO_TITLE_CHARS else line[: AUTO_TITLE_CHARS - 1].rstrip() + "…"
+
+
+_session: ChatSession | None = None
+_session_lock = threading.Lock()
+
+
+def get_session() -> ChatSession:
+    """The one session of this kernel, created on first use.
+
+    Under JupyterHub it starts with the hub user logged in (unless
+    ``NBCHAT_TRUST_HUB_USER=0``).
+    """
+    global _session
+    with _session_lock:
+        if _session is None:
+            session = ChatSession()
+            if session.config.hub_user is not None and session.config.trust_hub_user:
+                try:
+                    session.login_from_hub()
+                except NbchatError as exc:  # e.g. the user cap: the session still works, logged out
+                    session.hub_error = exc
+                    warnings.warn(f"Could not log the JupyterHub user in: {exc}", NbchatWarning, stacklevel=2)
+            _session = session
+        return _session

@@ -1,0 +1,258 @@
+"""Logging a JupyterHub user in: how hub names become nbchat usernames, the password-less
+account ``Accounts.hub_login`` gives them, and the ``NBCHAT_TRUST_HUB_USER`` switch."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
+
+from nbchat import (
+    Accounts,
+    AuthenticationFailed,
+    Config,
+    ConfigError,
+    InvalidUsername,
+    UserLimitReached,
+    load_config,
+)
+from nbchat.usernames import check_username, hub_username
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+PASSWORD = "correct horse"
+HASHED = re.compile(r"-[0-9a-f]{8}\Z")  # the hash of the hub name that ends a made-up username
+
+#: Hub names nbchat cannot use as they are, each for another rule.
+ODD_HUB_NAMES = [
+    "Ann.Lee@uni.edu",  # '@'
+    "ann lee",  # a space
+    " alice",  # a leading space
+    "名前",  # nothing ASCII at all
+    "José",  # one non-ASCII letter
+    "CON",  # a Windows device name
+    "con.x",  # a device name before the first '.'
+    "x" * 40,  # too long
+    "-@-",  # nothing readable left
+    ".hidden",  # starts with '.'
+    "a/b",  # a path separator
+    "Ann.Lee-uni.edu-00000000",  # valid, but shaped like a made-up name
+]
+
+
+def users_schema_validator() -> Draft202012Validator:
+    schema = json.loads((DATA / "users.schema.json").read_text(encoding="utf-8"))
+    return Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+
+# -- hub_username ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["alice", "Bob", "first.last", "a-b_c", "0day", "x" * 32])
+def test_a_valid_hub_name_is_the_username(name: str) -> None:
+    assert hub_username(name) == name
+
+
+@pytest.mark.parametrize("hub_name", ODD_HUB_NAMES)
+def test_an_odd_hub_name_becomes_a_valid_username_ending_in_its_hash(hub_name: str) -> None:
+    username = hub_username(hub_name)
+    assert check_username(username) == username
+    assert username != hub_name
+    assert HASHED.search(username)
+    assert hub_username(hub_name) == username  # the same every time: the next login finds it
+
+
+def test_made_up_usernames_stay_readable() -> None:
+    assert re.fullmatch(r"Ann\.Lee-uni\.edu-[0-9a-f]{8}", hub_username("Ann.Lee@uni.edu"))
+    assert re.fullmatch(r"CON-[0-9a-f]{8}", hub_username("CON"))
+    assert re.fullmatch(r"hub-con\.x-[0-9a-f]{8}", hub_username("con.x"))  # never a device name
+    assert re.fullmatch(r"hub-[0-9a-f]{8}", hub_username("名前"))  # nothing readable: 'hub-'
+    assert re.fullmatch(r"hub-[0-9a-f]{8}", hub_username("-@-"))
+    assert re.fullmatch(r"x{19}-[0-9a-f]{8}", hub_username("x" * 40))
+
+
+def test_distinct_odd_hub_names_get_distinct_accounts() -> None:
+    keys = [hub_username(name).lower() for name in ODD_HUB_NAMES]
+    assert len(set(keys)) == len(keys)
+
+
+def test_a_hub_user_cannot_take_another_ones_account_by_choosing_its_made_up_name() -> None:
+    """A hub user named like Ann's made-up username (in any case) gets an account of their own."""
+    ann = hub_username("Ann.Lee@uni.edu")
+    for impostor in (ann, ann.lower(), ann.upper()):
+        assert hub_username(impostor).lower() != ann.lower()
+
+
+def test_hub_names_that_differ_only_in_case_are_one_account_like_usernames() -> None:
+    """As with local accounts; JupyterHub lower-cases names by default anyway."""
+    assert hub_username("Alice").lower() == hub_username("alice").lower()
+
+
+@pytest.mark.parametrize("hub_name", ["", " ", "\t\n", None, 42])
+def test_an_empty_hub_name_is_refused(hub_name: object) -> None:
+    with pytest.raises(InvalidUsername, match="JUPYTERHUB_USER"):
+        hub_username(hub_name)  # type: ignore[arg-type]
+
+
+def test_a_hub_name_that_is_not_valid_unicode_is_refused() -> None:
+    """A non-UTF-8 byte in JUPYTERHUB_USER reaches Python as a lone surrogate."""
+    with pytest.raises(InvalidUsername, match="not valid Unicode"):
+        hub_username("ann\udcff")
+
+
+@settings(max_examples=500)
+@given(st.text(min_size=1, max_size=60).filter(str.strip))
+@example("Ann.Lee@uni.edu")
+@example("ǅ")  # a title-case letter
+@example("ß" * 40)
+def test_every_hub_name_becomes_a_stable_valid_username(hub_name: str) -> None:
+    username = hub_username(hub_name)
+    assert check_username(username) == username
+    assert hub_username(hub_name) == username
+    assert username == hub_name or HASHED.search(username)
+
+
+@settings(max_examples=200)
+@given(st.lists(st.text(min_size=1, max_size=40).filter(str.strip), min_size=2, max_size=30))
+def test_distinct_hub_names_never_share_an_account(hub_names: list[str]) -> None:
+    """Two hub names share an account only if they are one name in different case."""
+    owner: dict[str, str] = {}
+    for hub_name in hub_names:
+        key = hub_username(hub_name).lower()
+        first = owner.setdefault(key, hub_name)
+        assert first.lower() == hub_name.lower()
+
+
+# -- Accounts.hub_login ---------------------------------------------------------------------
+
+
+def test_the_first_hub_login_creates_the_account(accounts: Accounts) -> None:
+    login = accounts.hub_login("Ann.Lee@uni.edu")
+    username = hub_username("Ann.Lee@uni.edu")
+    assert accounts.usernames() == [username]
+    assert login.username == username.lower()
+    assert login.display_name == "Ann.Lee@uni.edu"
+    assert login.conversations.list() == []
+
+
+def test_a_valid_hub_name_keeps_its_capitals_for_display(accounts: Accounts) -> None:
+    login = accounts.hub_login("Alice")
+    assert (login.username, login.display_name) == ("alice", "Alice")
+    assert accounts.usernames() == ["Alice"]
+
+
+@pytest.mark.parametrize("hub_name", ODD_HUB_NAMES)
+def test_any_hub_name_gets_an_account(accounts: Accounts, hub_name: str) -> None:
+    login = accounts.hub_login(hub_name)
+    assert login.display_name == hub_name
+    assert login.username == hub_username(hub_name).lower()
+    assert accounts.usernames() == [hub_username(hub_name)]
+
+
+def test_the_next_hub_login_opens_the_same_account(accounts: Accounts) -> None:
+    first = accounts.hub_login("Ann.Lee@uni.edu")
+    conversation = first.conversations.create("Thesis notes")
+    accounts.logout(first)
+
+    again = accounts.hub_login("Ann.Lee@uni.edu")
+    assert again.username == first.username
+    assert [c.id for c in again.conversations.list()] == [conversation.id]
+    assert accounts.usernames() == [hub_username("Ann.Lee@uni.edu")]
+
+
+def test_hub_users_do_not_see_each_others_conversations(accounts: Accounts) -> None:
+    ann = accounts.hub_login("ann@uni.edu")
+    ann.conversations.create("Ann's")
+    bob = accounts.hub_login("bob@uni.edu")
+    assert bob.username != ann.username
+    assert bob.conversations.list() == []
+
+
+def test_hub_logins_respect_the_user_cap(config: Config) -> None:
+    accounts = Accounts(replace(config, max_users=2), bcrypt_rounds=4)
+    accounts.register("alice", PASSWORD)
+    accounts.hub_login("bob@uni.edu")
+    with pytest.raises(UserLimitReached, match=r"NBCHAT_MAX_USERS=2.*'carol@uni\.edu'"):
+        accounts.hub_login("carol@uni.edu")
+    assert len(accounts.usernames()) == 2
+    assert accounts.hub_login("bob@uni.edu").display_name == "bob@uni.edu"  # existing ones still may
+
+
+@pytest.mark.parametrize("guess", ["", PASSWORD, "Ann.Lee@uni.edu", "ann.lee-uni.edu"])
+def test_a_hub_account_cannot_be_logged_into_with_a_password(accounts: Accounts, guess: str) -> None:
+    """Its password is random and never shown: only the hub can log its user in."""
+    username = accounts.hub_login("Ann.Lee@uni.edu").username
+    with pytest.raises(AuthenticationFailed):
+        accounts.login(username, guess)
+
+
+def test_a_hub_name_that_is_not_valid_unicode_creates_no_account(accounts: Accounts) -> None:
+    with pytest.raises(InvalidUsername, match="not valid Unicode"):
+        accounts.hub_login("ann\udcff")
+    assert accounts.usernames() == []
+
+
+def test_users_json_with_hub_accounts_follows_its_schema(config: Config) -> None:
+    """Hub accounts add a 'hub_name' field, which users.json's schema allows."""
+    accounts = Accounts(replace(config, max_users=100), bcrypt_rounds=4)
+    accounts.register("alice", PASSWORD)
+    for hub_name in ODD_HUB_NAMES:
+        accounts.hub_login(hub_name)
+    users = json.loads(accounts.config.users_file.read_text(encoding="utf-8"))
+    problems = [error.message for error in users_schema_validator().iter_errors(users)]
+    assert problems == []
+    hub_names = {record.get("hub_name") for record in users["users"].values()}
+    assert hub_names == {None, *ODD_HUB_NAMES}
+    assert len(accounts.usernames()) == 1 + len(ODD_HUB_NAMES)  # and nbchat reads it back
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(hub_name=st.text(min_size=1, max_size=40).filter(str.strip))
+def test_any_hub_name_logs_in_to_one_account(tmp_path_factory: pytest.TempPathFactory, hub_name: str) -> None:
+    accounts = Accounts(Config(data_dir=tmp_path_factory.mktemp("hub")), bcrypt_rounds=4)
+    first = accounts.hub_login(hub_name)
+    second = accounts.hub_login(hub_name)
+    assert first.username == second.username == hub_username(hub_name).lower()
+    assert second.display_name == hub_name
+    assert len(accounts.usernames()) == 1
+
+
+# -- NBCHAT_TRUST_HUB_USER and JUPYTERHUB_USER ----------------------------------------------
+
+
+def env(tmp_path: Path, **values: str) -> dict[str, str]:
+    return {"NBCHAT_DATA_DIR": str(tmp_path), **values}
+
+
+def test_the_hub_user_is_trusted_by_default(tmp_path: Path) -> None:
+    config = load_config(env(tmp_path, JUPYTERHUB_USER="ann"))
+    assert config.trust_hub_user is True
+    assert config.hub_user == "ann"
+
+
+@pytest.mark.parametrize(("raw", "expected"), [(" Ann.Lee@uni.edu ", "Ann.Lee@uni.edu"), ("", None)])
+def test_the_hub_user_comes_from_jupyterhub_user(tmp_path: Path, raw: str, expected: str | None) -> None:
+    assert load_config(env(tmp_path, JUPYTERHUB_USER=raw)).hub_user == expected
+    assert load_config(env(tmp_path)).hub_user is None
+
+
+@pytest.mark.parametrize("raw", ["0", "false", "no", "off", "FALSE", " Off "])
+def test_trusting_the_hub_user_can_be_switched_off(tmp_path: Path, raw: str) -> None:
+    assert load_config(env(tmp_path, NBCHAT_TRUST_HUB_USER=raw)).trust_hub_user is False
+
+
+@pytest.mark.parametrize("raw", ["1", "true", "yes", "on", "YES", "", "  "])
+def test_trusting_the_hub_user_can_be_switched_on(tmp_path: Path, raw: str) -> None:
+    """Empty counts as unset: the default, on."""
+    assert load_config(env(tmp_path, NBCHAT_TRUST_HUB_USER=raw)).trust_hub_user is True
+
+
+@pytest.mark.parametrize("raw", ["maybe", "2", "enabled", "y"])
+def test_an_unclear_trust_setting_is_refused_naming_the_variable(tmp_path: Path, raw: str) -> None:
+    with pytest.raises(ConfigError, match=f"NBCHAT_TRUST_HUB_USER.*{raw!r}"):
+        load_config(env(tmp_path, NBCHAT_TRUST_HUB_USER=raw))
