@@ -28,7 +28,7 @@ lab: $(STAMP)
 	$(BIN)/jupyter lab --ip 127.0.0.1 --port $(PORT) $(ROOT_FLAG) notebooks/chat.ipynb
 
 test: $(STAMP)
-	$(BIN)/ruff check nbchat tests
+	$(BIN)/ruff check nbchat tests bench conftest.py
 	$(BIN)/python -m pytest
 
 clean:

@@ -9,24 +9,67 @@ from nbchat.config import Config, load_config
 from nbchat.errors import (
     AccountError,
     AuthenticationFailed,
+    BackendError,
+    BackendUnavailable,
     ConfigError,
+    ContextOverflow,
     ConversationNotFound,
     CorruptFile,
+    GenerationFailed,
     InvalidPassword,
     InvalidUsername,
     InvalidValue,
     LoginThrottled,
+    ModelNotChosen,
+    ModelNotFound,
     NbchatError,
     NbchatWarning,
+    NoConversation,
     NotLoggedIn,
+    ReplyInProgress,
+    SessionError,
     StoreBusy,
     StoreError,
     UnsupportedVersion,
     UserLimitReached,
     UsernameTaken,
 )
+from nbchat.health import HealthReport
+from nbchat.history import estimate_tokens, truncate_history
+from nbchat.reply import Reply
+from nbchat.session import ChatSession, get_session
 from nbchat.store import ConversationStore
 from nbchat.types import Conversation, ConversationSettings, ConversationSummary, Message
+
+
+def models() -> list[str]:
+    """Model ids available now: the Ollama server's models (if reachable) and the local ``qwen3``."""
+    return get_session().models()
+
+
+def health() -> HealthReport:
+    """Check Ollama, the local model, the data dir and accounts; pretty in a notebook."""
+    return get_session().health()
+
+
+def last_reply() -> Reply | None:
+    """The latest reply of this kernel's session (from the panel, the magic or ``send``)."""
+    return get_session().reply
+
+
+def load_ipython_extension(ipython: object) -> None:
+    """``%load_ext nbchat``: register the ``%chat`` and ``%%chat`` magics."""
+    from nbchat.magic import load_ipython_extension as load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: object) -> None:
+    """``%unload_ext nbchat``: stop protecting ``%chat`` questions from IPython's ``?`` help."""
+    from nbchat.magic import unload_ipython_extension as unload
+
+    unload(ipython)
+
 
 __version__ = "0.1.0"
 
@@ -34,27 +77,47 @@ __all__ = [
     "AccountError",
     "Accounts",
     "AuthenticationFailed",
+    "BackendError",
+    "BackendUnavailable",
+    "ChatSession",
     "Config",
     "ConfigError",
+    "ContextOverflow",
     "Conversation",
     "ConversationNotFound",
     "ConversationSettings",
     "ConversationStore",
     "ConversationSummary",
     "CorruptFile",
+    "GenerationFailed",
+    "HealthReport",
     "InvalidPassword",
     "InvalidUsername",
     "InvalidValue",
     "Login",
     "LoginThrottled",
     "Message",
+    "ModelNotChosen",
+    "ModelNotFound",
     "NbchatError",
     "NbchatWarning",
+    "NoConversation",
     "NotLoggedIn",
+    "Reply",
+    "ReplyInProgress",
+    "SessionError",
     "StoreBusy",
     "StoreError",
     "UnsupportedVersion",
     "UserLimitReached",
     "UsernameTaken",
+    "estimate_tokens",
+    "get_session",
+    "health",
+    "last_reply",
     "load_config",
+    "load_ipython_extension",
+    "models",
+    "truncate_history",
+    "unload_ipython_extension",
 ]

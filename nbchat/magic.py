@@ -1,0 +1,456 @@
+"""``%chat`` and ``%%chat``: the chat in one line of any cell (``%load_ext nbchat``).
+
+The line magic reads its options first and takes the rest of the line,
+verbatim, as the prompt, so apostrophes and quotes need no escaping::
+
+    %chat --new -m ollama:qwen3:1.7b what is a monad?
+    %chat explain {err}                  # {name}: a variable of the notebook
+    %chat --error why did this fail?     # the last traceback goes along
+    answer = %chat -t 0.2 give me a haiku
+
+The cell magic takes options on its first line and the prompt as its body.
+The reply streams into the cell as Markdown and is saved in the current
+conversation of the logged-in user; ``%chat --help`` lists every option.
+Expected errors (no model chosen, not logged in, ...) print one clear line,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import re
+import shlex
+import string
+import sys
+import time
+import traceback
+from collections.abc import Mapping
+from typing import Any
+
+from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
+
+from nbchat.errors import InvalidValue, NbchatError, NoConversation, NotLoggedIn
+from nbchat.reply import Reply
+from nbchat.session import ChatSession, get_session
+
+#: How often the streamed Markdown is redrawn (a redraw per token would flood the browser).
+REDRAW_INTERVAL_S = 0.1
+#: How much of a traceback ``--error`` sends: its last lines, where the cause is.
+MAX_TRACEBACK_CHARS = 6000
+DEFAULT_ERROR_QUESTION = "Why did this fail, and how do I fix it?"
+
+
+class UsageError(NbchatError):
+    """The magic's options were not understood."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse would exit the kernel's process
+        raise UsageError(f"{message} (see %chat --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="%chat",
+        add_help=False,
+        # argparse %-formats usage (and help strings): every literal % is written %%.
+        usage="%%chat [options] [prompt]   or   %%%%chat [options] + the prompt as the cell's body",
+        description=(
+            "Chat with a model from any cell; the reply streams in as Markdown and is saved in the "
+            "current conversation. {name} in a prompt is replaced by the notebook's variable name "
+            "({{ and }} for literal braces). The reply is also returned: answer = %chat ..."
+        ),
+        epilog=(
+            "Examples:  %chat --login alice   |   %chat --new -m ollama:qwen3:1.7b what is a monad?   |   "
+            "%chat explain {err}   |   %chat --error   |   %chat -c Ideas --list"
+        ),
+    )
+    parser.add_argument("-h", "--help", action="store_true", help="show this help")
+    who = parser.add_argument_group("account")
+    who.add_argument("--login", metavar="USER", help="log in (the password is asked for, never echoed)")
+    who.add_argument("--register", metavar="USER", help="create an account, then log in")
+    who.add_argument("--logout", action="store_true", help="log out; nothing of the user stays in memory")
+    chats = parser.add_argument_group("conversations")
+    chats.add_argument("-c", "--conversation", metavar="ID-OR-TITLE", help="switch to a conversation")
+    chats.add_argument(
+        "--new",
+        nargs="?",
+        const="",
+        metavar="TITLE",
+        help='start a new conversation (on the line, quote the title: --new "My title")',
+    )
+    chats.add_argument("--list", action="store_true", help="list your conversations")
+    settings = parser.add_argument_group("settings of the conversation (kept for its next messages)")
+    settings.add_argument(
+        "-m", "--model", metavar="ID", help="ollama:<name>, transformers:<id or path>, qwen3"
+    )
+    settings.add_argument("-t", "--temperature", type=float, metavar="T", help="0 to 2")
+    settings.add_argument("-n", "--max-tokens", type=int, metavar="N", help="max new tokens of a reply")
+    settings.add_argument("--think", action=argparse.BooleanOptionalAction, help="let the model think first")
+    settings.add_argument("--system", metavar="TEXT", help="the system prompt ('' to clear it)")
+    prompt = parser.add_argument_group("prompt")
+    prompt.add_argument(
+        "--error", action="store_true", help="send this kernel's last traceback with the question"
+    )
+    prompt.add_argument("--raw", action="store_true", help="send the prompt as written: no {name} filling")
+    other = parser.add_argument_group("information")
+    other.add_argument("--models", action="store_true", help="list the models available now")
+    other.add_argument("--health", action="store_true", help="check Ollama, the local model and storage")
+    return parser
+
+
+PARSER = build_parser()
+
+
+class ChatAnswer(str):
+    """What ``answer = %chat ...`` holds: the reply's text; ``.reply`` has thinking and stats.
+
+    It shows nothing when it is a cell's last value: the reply has already
+    streamed into the cell above.
+    """
+
+    reply: Reply
+
+    def __new__(cls, reply: Reply) -> ChatAnswer:
+        answer = super().__new__(cls, reply.text)
+        answer.reply = reply
+        return answer
+
+    def _ipython_display_(self) -> None:
+        pass
+
+
+@magics_class
+class ChatMagics(Magics):
+    """The ``%chat`` line magic and ``%%chat`` cell magic."""
+
+    @no_var_expand  # nbchat fills {name} itself, with {{ }} escapes and clear errors
+    @line_cell_magic
+    def chat(self, line: str, cell: str | None = None) -> ChatAnswer | None:
+        """Chat from any cell: %chat [options] prompt, or %%chat [options] with the prompt below.
+
+        Run ``%chat --help`` for every option.
+        """
+        try:
+            return run(line, cell, self.shell.user_ns if self.shell is not None else {})
+        except NotLoggedIn as exc:
+            _say(f"{exc} In a cell: %chat --login NAME (or --register NAME).")
+        except NbchatError as exc:
+            _say(str(exc))
+        return None
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    ipython.register_magics(ChatMagics)
+    cleanup = ipython.input_transformers_cleanup
+    if keep_questions not in cleanup:
+        cleanup.append(keep_questions)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    cleanup = ipython.input_transformers_cleanup
+    if keep_questions in cleanup:
+        cleanup.remove(keep_questions)
+
+
+#: ``%chat ...`` alone on a line, or assigned: ``answer = %chat ...``.
+_CHAT_LINE = re.compile(
+    r"(?P<indent>[ \t]*)(?:(?P<target>[A-Za-z_][\w.]*)\s*=\s*)?%chat(?P<rest>(?:[ \t].*)?)",
+    re.DOTALL,
+)
+
+
+def keep_questions(lines: list[str]) -> list[str]:
+    """Let ``%chat what is a monad?`` reach the magic: IPython reads a line ending in ``?`` as help.
+
+    An input transformer run before IPython's own: a ``%chat`` line that ends
+    in ``?`` becomes the explicit magic call IPython would have made, so the
+    question is sent instead of IPython looking up an object called ``monad``.
+    ``%chat?`` itself still shows the magic's help.
+    """
+    if not lines or lines[0].lstrip().startswith("%%"):
+        return lines  # a cell magic's body is its own business
+    result = []
+    for line in lines:
+        body = line.rstrip("\r\n")
+        match = _CHAT_LINE.fullmatch(body)
+        rest = match["rest"].strip() if match else ""
+        if match is None or not rest.endswith("?") or rest in ("?", "??"):
+            result.append(line)
+            continue
+        call = f"get_ipython().run_line_magic('chat', {rest!r})"
+        target = f"{match['target']} = " if match["target"] else ""
+        result.append(f"{match['indent']}{target}{call}{line[len(body):]}")
+    return result
+
+
+def run(line: str, cell: str | None, namespace: Mapping[str, Any]) -> ChatAnswer | None:
+    """Carry out one ``%chat``/``%%chat``: options in order, then the prompt, if any."""
+    if cell is None:
+        argv, prompt = split_line(line, PARSER)
+    else:
+        argv, prompt = _split_all(line), cell
+    options = PARSER.parse_args(argv)
+    if options.help:
+        print(PARSER.format_help())
+        return None
+    session = get_session()
+    if options.logout:
+        session.logout()
+        print("Logged out.")
+    if options.register:
+        password = _ask_password(f"New password for {options.register}: ")
+        if _ask_password("Repeat the password: ") != password:
+            raise InvalidValue("The two passwords differ; nothing was created.")
+        session.register(options.register, password)
+        session.login(options.register, password)
+        print(f"Registered and logged in as {session.user}.")
+    if options.login:
+        session.login(options.login, _ask_password(f"Password for {options.login}: "))
+        print(f"Logged in as {session.user}.")
+    if options.conversation is not None:
+        conversation = session.select(find_conversation(session, options.conversation))
+        print(f"Conversation: {conversation.title}")
+    if options.new is not None:
+        session.new_conversation(options.new or None)
+    changes = _setting_changes(options)
+    if changes:
+        if session.user is not None and session.current is None:
+            session.new_conversation()
+        session.configure(**changes)
+    if options.list:
+        _show_markdown(conversation_table(session))
+    if options.models:
+        _show_markdown("\n".join(f"- `{model}`" for model in session.models()) or "No models found.")
+    if options.health:
+        _show(session.health())
+
+    prompt = prompt.strip()
+    if prompt and not options.raw:
+        prompt = interpolate(prompt, namespace)  # the question only: a traceback's braces are text
+    if options.error:
+        prompt = with_last_traceback(prompt)
+    if not prompt:
+        if not (argv or cell is not None):
+            print(status_line(session))
+        return None
+    if session.user is not None and session.current is None:
+        raise NoConversation(
+            "No conversation is selected: start one with %chat --new -m MODEL your question, "
+            "or pick one with %chat -c TITLE (--list shows them)."
+        )
+    return stream_into_cell(session.send(prompt))
+
+
+# -- parsing ------------------------------------------------------------------------------------
+
+
+def split_line(line: str, parser: argparse.ArgumentParser) -> tuple[list[str], str]:
+    """The leading options of a line (as argv) and the prompt after them, exactly as typed.
+
+    ``--`` ends the options explicitly (for a prompt starting with ``-``). An
+    option with an optional value (``--new``) takes the next word only if it is
+    quoted, so ``--new what is x`` starts a conversation and asks "what is x".
+    """
+    argv: list[str] = []
+    rest = line.lstrip()
+    while rest.startswith("-"):
+        word, rest = _next_token(rest)
+        if word == "--":
+            break
+        argv.append(word)
+        action = parser._option_string_actions.get(word.split("=", 1)[0])
+        if action is None or "=" in word or action.nargs == 0:
+            continue  # a flag, or unknown (argparse reports it)
+        if action.nargs == "?" and not rest.startswith(("'", '"')):
+            continue
+        value, rest = _next_token(rest)
+        if not value and not rest:
+            continue  # the value is missing: argparse says so
+        argv.append(value)
+    return argv, rest.strip()
+
+
+def _next_token(text: str) -> tuple[str, str]:
+    """One shell-style word from the start of ``text`` (quotes honoured) and the text after it."""
+    text = text.lstrip()
+    quote: str | None = None
+    end = 0
+    while end < len(text):
+        char = text[end]
+        if quote is not None:
+            if char == quote:
+                quote = None
+        elif char in "'\"":
+            quote = char
+        elif char.isspace():
+            break
+        end += 1
+    raw, rest = text[:end], text[end:].lstrip()
+    return _split_all(raw)[0] if raw else "", rest
+
+
+def _split_all(text: str) -> list[str]:
+    try:
+        return shlex.split(text)
+    except ValueError as exc:  # an unclosed quote
+        raise UsageError(f"Could not read the options: {exc}.") from None
+
+
+def _setting_changes(options: argparse.Namespace) -> dict[str, Any]:
+    changes: dict[str, Any] = {}
+    if options.model is not None:
+        changes["model"] = options.model
+    if options.temperature is not None:
+        changes["temperature"] = options.temperature
+    if options.max_tokens is not None:
+        changes["max_new_tokens"] = options.max_tokens
+    if options.think is not None:
+        changes["think"] = options.think
+    if options.system is not None:
+        changes["system"] = options.system
+    return changes
+
+
+# -- prompts ------------------------------------------------------------------------------------
+
+
+def interpolate(prompt: str, namespace: Mapping[str, Any]) -> str:
+    """Fill ``{name}`` (also ``{name.attr}``, ``{name[0]}``, ``{name!r}``) from the notebook."""
+    try:
+        return string.Formatter().vformat(prompt, (), _Names(namespace))
+    except KeyError as exc:
+        name = exc.args[0]
+        raise InvalidValue(
+            f"{{{name}}} in the prompt names nothing defined in this notebook: define {name} first, "
+            "write {{ and }} for literal braces, or use --raw to send the prompt as written."
+        ) from None
+    except (IndexError, ValueError, AttributeError, TypeError) as exc:
+        raise InvalidValue(
+            f"Could not fill in the prompt's braces ({exc}): write {{{{ and }}}} for literal braces, "
+            "or use --raw to send the prompt as written."
+        ) from None
+
+
+class _Names(dict):  # type: ignore[type-arg]
+    def __init__(self, namespace: Mapping[str, Any]) -> None:
+        super().__init__()
+        self._namespace = namespace
+
+    def __missing__(self, key: str) -> Any:
+        if key in self._namespace:
+            return self._namespace[key]
+        raise KeyError(key)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.__missing__(key)
+
+
+def with_last_traceback(question: str) -> str:
+    """The question (or a default one) followed by this kernel's last traceback."""
+    value = getattr(sys, "last_value", None)
+    if value is None:
+        raise InvalidValue("No error has happened in this kernel yet, so --error has nothing to send.")
+    text = "".join(traceback.format_exception(type(value), value, value.__traceback__))
+    if len(text) > MAX_TRACEBACK_CHARS:
+        text = "...\n" + text[-MAX_TRACEBACK_CHARS:]
+    return f"{question or DEFAULT_ERROR_QUESTION}\n\n```\n{text.rstrip()}\n```"
+
+
+def find_conversation(session: ChatSession, wanted: str) -> str:
+    """A conversation id from an id, an id's start (6+ characters) or a title (any case)."""
+    summaries = session.conversations()
+    for summary in summaries:
+        if summary.id == wanted:
+            return summary.id
+    by_title = [s for s in summaries if s.title.casefold() == wanted.strip().casefold()]
+    by_prefix = [s for s in summaries if len(wanted) >= 6 and s.id.startswith(wanted)]
+    matches = by_title or by_prefix
+    if len(matches) == 1:
+        return matches[0].id
+    if matches:
+        ids = ", ".join(s.id[:8] for s in matches)
+        raise InvalidValue(f"{len(matches)} conversations are called {wanted!r} ({ids}); pick one by id.")
+    raise InvalidValue(f"No conversation of yours is called {wanted!r}; %chat --list shows them.")
+
+
+# -- output -------------------------------------------------------------------------------------
+
+
+def stream_into_cell(reply: Reply) -> ChatAnswer:
+    """Show the reply as Markdown while it streams (redrawn at most every 0.1 s)."""
+    from IPython.display import Markdown, display
+
+    handle = display(Markdown("…"), display_id=True)
+    shown_at = 0.0
+    try:
+        for _ in reply:
+            if time.monotonic() - shown_at >= REDRAW_INTERVAL_S:
+                handle.update(Markdown(reply.markdown()))
+                shown_at = time.monotonic()
+    except KeyboardInterrupt:  # the kernel's Interrupt: stop the reply, keep what came
+        reply.cancel()
+        reply.join()
+    except NbchatError:
+        pass  # shown below, under the partial text
+    handle.update(Markdown(reply.markdown() + footer(reply)))
+    return ChatAnswer(reply)
+
+
+def footer(reply: Reply) -> str:
+    stats = reply.stats
+    if stats is None:
+        return ""
+    parts = [f"`{reply.model}`"]
+    if stats.completion_tokens:
+        parts.append(f"{stats.completion_tokens} tokens")
+    if stats.tokens_per_s:
+        parts.append(f"{stats.tokens_per_s:.1f} tokens/s")
+    if reply.dropped_messages:
+        parts.append(f"{reply.dropped_messages} older messages left out to fit the context")
+    return "\n\n<sub>" + " · ".join(parts) + "</sub>"
+
+
+def conversation_table(session: ChatSession) -> str:
+    summaries = session.conversations()
+    if not summaries:
+        return "No conversations yet: `%chat --new -m MODEL your question` starts one."
+    current = session.current.id if session.current is not None else None
+    rows = ["| | title | model | updated | id |", "|---|---|---|---|---|"]
+    for s in summaries:
+        mark = "▶" if s.id == current else ""
+        title = s.title.replace("|", "\\|")
+        updated = s.updated.astimezone().strftime("%Y-%m-%d %H:%M")
+        rows.append(f"| {mark} | {title} | {s.model or '—'} | {updated} | `{s.id[:8]}` |")
+    return "\n".join(rows)
+
+
+def status_line(session: ChatSession) -> str:
+    if session.user is None:
+        return "Not logged in: %chat --login NAME (or --register NAME). %chat --help lists every option."
+    current = session.current
+    if current is None:
+        return f"Logged in as {session.user}; no conversation selected (%chat --new, or -c TITLE)."
+    model = current.model or "no model chosen yet (-m)"
+    return f"Logged in as {session.user}; conversation {current.title!r} with {model}."
+
+
+def _ask_password(prompt: str) -> str:
+    return getpass.getpass(prompt)
+
+
+def _show_markdown(text: str) -> None:
+    from IPython.display import Markdown, display
+
+    display(Markdown(text))
+
+
+def _show(obj: Any) -> None:
+    from IPython.display import display
+
+    display(obj)
+
+
+def _say(message: str) -> None:
+    print(f"nbchat: {message}", file=sys.stderr)
