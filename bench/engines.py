@@ -6,7 +6,8 @@
 (b) Ollama: nbchat's backend vs the official ``ollama`` client, both streaming 20,000 chunks
     as fast as they come from the loopback server running in its own process (target >= 1.1).
 (c) ``import nbchat``: wall time in a fresh interpreter, and whether torch got imported (must not).
-(a) Qwen3 streaming vs raw ``model.generate``: see ``bench/qwen_threads.py`` (run from here too).
+(a) Qwen3 streaming vs raw ``model.generate``: ``bench/qwen_threads.py`` (run from here with the
+    variants raw, raw_control, backend, backend+work; run it alone for every design compared).
 """
 
 from __future__ import annotations
@@ -107,9 +108,9 @@ def bench_qwen(quick: bool) -> dict[str, object]:
     """(a) Runs bench/qwen_threads.py (its table is printed as it goes) and takes its ratios."""
     with tempfile.TemporaryDirectory() as scratch:
         figures = Path(scratch) / "qwen.json"
-        args = [sys.executable, str(HERE / "qwen_threads.py"), "--json", str(figures)]
-        if quick:
-            args += ["--variants", "raw,backend,backend+work", "--rounds", "3", "--skip-probes"]
+        args = [sys.executable, str(HERE / "qwen_threads.py"), "--json", str(figures), "--skip-probes"]
+        # raw_control (a second raw process) shows the noise floor next to nbchat's figures.
+        args += ["--variants", "raw,raw_control,backend,backend+work", "--rounds", "3" if quick else "7"]
         subprocess.run(args, check=True)
         return json.loads(figures.read_text())
 

@@ -7,9 +7,10 @@ that loads the same random ~164M-parameter Qwen3 checkpoint built by
 ``nbchat.testing.tiny_qwen3`` and generates 64 greedy tokens
 (``min_new_tokens=64``, so eos cannot end a run early) after one warm-up
 generation. The driver then asks the variants for one timed generation each,
-round after round, one variant at a time (the others sleep on a pipe), and
-reports the median tokens/s and the median ratio to ``raw`` measured in the
-same round. Comparing within a round matters: on shared cloud machines the
+round after round, one variant at a time (the others sleep on a pipe), with a
+``raw`` run before and after every other variant's run, and reports the median
+tokens/s and the median (and quartiles) of each run's ratio to the mean of the
+two ``raw`` runs around it. Comparing neighbours matters: on shared cloud machines the
 memory bandwidth, which bounds CPU decoding, drifts by 2x within minutes.
 
 Variants ("+work": before every generation the process's main thread runs
@@ -346,18 +347,35 @@ def run_variants(checkpoint: str, variants: list[str], rounds: int) -> dict[str,
             if read_line(process) != "ready":
                 raise SystemExit(f"variant {variant} failed to start")
         speeds: dict[str, list[float]] = {v: [] for v in variants}
+        ratios: dict[str, list[float]] = {v: [] for v in variants if v != "raw"}
+
+        def measure(variant: str) -> float:
+            process = processes[variant]
+            assert process.stdin is not None
+            process.stdin.write("go\n")
+            process.stdin.flush()
+            speed = float(read_line(process))
+            speeds[variant].append(speed)
+            return speed
+
+        others = [v for v in variants if v != "raw"]
         for number in range(rounds):
-            for variant in variants if number % 2 == 0 else variants[::-1]:  # linear drift cancels
-                process = processes[variant]
-                assert process.stdin is not None
-                process.stdin.write("go\n")
-                process.stdin.flush()
-                speeds[variant].append(float(read_line(process)))
+            order = others if number % 2 == 0 else others[::-1]  # linear drift cancels
+            if "raw" not in variants:
+                for variant in order:
+                    measure(variant)
+                continue
+            before = measure("raw")
+            for variant in order:  # raw, A, raw, B, raw, ...: each run sits between two raw runs
+                speed = measure(variant)
+                after = measure("raw")
+                ratios[variant].append(speed / ((before + after) / 2))
+                before = after
     finally:
         for process in processes.values():
             process.kill()
             process.wait()
-    return report(speeds)
+    return report(speeds, ratios)
 
 
 def read_line(process: subprocess.Popen[str]) -> str:
@@ -365,19 +383,21 @@ def read_line(process: subprocess.Popen[str]) -> str:
     return process.stdout.readline().strip()
 
 
-def report(speeds: dict[str, list[float]]) -> dict[str, float]:
-    """Print the table; return each variant's median per-round ratio to raw."""
-    raw = speeds.get("raw")
-    ratios: dict[str, float] = {}
-    print(f"{'variant':<24}{'tok/s (median)':>15}{'vs raw':>9}   per round")
+def report(speeds: dict[str, list[float]], ratios: dict[str, list[float]]) -> dict[str, float]:
+    """Print the table; return each variant's median ratio to the raw runs either side of it."""
+    medians: dict[str, float] = {"raw": 1.0} if "raw" in speeds else {}
+    print(f"{'variant':<24}{'tok/s (median)':>15}{'vs raw':>9}{'quartiles':>14}   per run")
     for variant, values in speeds.items():
-        shown = ""
-        if raw is not None:
-            ratios[variant] = statistics.median(v / r for v, r in zip(values, raw, strict=True))
-            shown = f"{ratios[variant]:.2f}x"
-        rounds = " ".join(f"{v:.1f}" for v in values)
-        print(f"{variant:<24}{statistics.median(values):>15.2f}{shown:>9}   {rounds}")
-    return ratios
+        shown = quartiles = ""
+        if ratios.get(variant):
+            medians[variant] = statistics.median(ratios[variant])
+            shown = f"{medians[variant]:.3f}x"
+            if len(ratios[variant]) >= 4:
+                low, _, high = statistics.quantiles(ratios[variant], n=4)
+                quartiles = f"{low:.2f}-{high:.2f}"
+        runs = " ".join(f"{v:.1f}" for v in values)
+        print(f"{variant:<24}{statistics.median(values):>15.2f}{shown:>9}{quartiles:>14}   {runs}")
+    return medians
 
 
 if __name__ == "__main__":
