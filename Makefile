@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.nbchat-installed
 PORT ?= 8888
 
-.PHONY: lab test venv clean
+.PHONY: lab test venv clean chromium
 
 venv: $(STAMP)
 
@@ -27,7 +27,14 @@ ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 lab: $(STAMP)
 	$(BIN)/jupyter lab --ip 127.0.0.1 --port $(PORT) $(ROOT_FLAG) notebooks/chat.ipynb
 
-test: $(STAMP)
+# The browser tests drive Debian's Chromium; Playwright never downloads a browser of its own.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+chromium:
+	@test -x /usr/bin/chromium || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
+test: $(STAMP) chromium
 	$(BIN)/ruff check nbchat tests bench conftest.py
 	$(BIN)/python -m pytest
 

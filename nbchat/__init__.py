@@ -42,6 +42,22 @@ from nbchat.store import ConversationStore
 from nbchat.types import Conversation, ConversationSettings, ConversationSummary, Message
 
 
+def panel(session: ChatSession | None = None) -> None:
+    """Show the chat panel in this cell (``nbchat.ChatPanel()`` gives the widget itself)."""
+    from nbchat.panel import panel as show
+
+    show(session)
+
+
+def __getattr__(name: str) -> object:
+    # ChatPanel needs ipywidgets: imported on first use, so ``import nbchat`` stays light.
+    if name == "ChatPanel":
+        from nbchat.panel import ChatPanel
+
+        return ChatPanel
+    raise AttributeError(f"module 'nbchat' has no attribute {name!r}")
+
+
 def models() -> list[str]:
     """Model ids available now: the Ollama server's models (if reachable) and the local ``qwen3``."""
     return get_session().models()
@@ -79,6 +95,7 @@ __all__ = [
     "AuthenticationFailed",
     "BackendError",
     "BackendUnavailable",
+    "ChatPanel",
     "ChatSession",
     "Config",
     "ConfigError",
@@ -118,6 +135,7 @@ __all__ = [
     "load_config",
     "load_ipython_extension",
     "models",
+    "panel",
     "truncate_history",
     "unload_ipython_extension",
 ]

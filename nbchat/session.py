@@ -339,6 +339,17 @@ class ChatSession:
 
         return available_models(self.config)
 
+    def model_choices(self) -> tuple[list[str], str | None]:
+        """What a model picker offers now, and why Ollama's models are missing, if they are."""
+        from nbchat.backends import LOCAL_ALIAS, backend_for
+        from nbchat.errors import BackendError
+
+        try:
+            ollama = sorted(backend_for("ollama", self.config).models())
+        except BackendError as exc:
+            return [LOCAL_ALIAS], f"{exc} Only the local model is offered."
+        return [*ollama, LOCAL_ALIAS], None
+
     def health(self) -> HealthReport:
         return check_health(
             self.config,

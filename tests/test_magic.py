@@ -388,9 +388,7 @@ def test_health_and_models_are_shown(
     assert server.url in shown and "alice" in shown
 
 
-def test_a_bare_chat_says_who_is_logged_in_and_where(
-    shell: InteractiveShell, passwords: list[str]
-) -> None:
+def test_a_bare_chat_says_who_is_logged_in_and_where(shell: InteractiveShell, passwords: list[str]) -> None:
     assert "Not logged in" in run(shell, "%chat").stdout
     logged_in_chat(shell, passwords)
     assert f"Logged in as alice; conversation 'Chat' with {MODEL}." in run(shell, "%chat").stdout

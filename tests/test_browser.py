@@ -1,0 +1,318 @@
+"""The chat panel in a real JupyterLab, clicked through by headless Chromium (Playwright).
+
+JupyterLab runs on 127.0.0.1 with token auth, a scratch root dir, scratch
+Jupyter dirs and a scratch nbchat data dir; its kernel reaches the loopback
+Ollama server of this process through ``OLLAMA_HOST``, exactly as a user's
+kernel reaches a real Ollama. The browser is Debian's Chromium
+(``/usr/bin/chromium``; ``make test`` installs it), never one Playwright
+downloads. Screenshots of the key states go to ``test-artifacts/`` (not
+committed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from nbchat.testing.ollama_server import OllamaTestServer
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+PASSWORD = "correct horse"
+MODEL = "ollama:llama3.2:1b"
+KERNEL_IDLE = "#jp-main-statusbar span[title^='Change kernel']:has-text('| Idle')"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def ollama() -> Iterator[OllamaTestServer]:
+    with OllamaTestServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory, ollama: OllamaTestServer) -> Iterator[dict[str, object]]:
+    """JupyterLab on loopback with a notebook that shows the panel; yields its URL and data dir."""
+    scratch = tmp_path_factory.mktemp("lab")
+    root, jupyter, data = scratch / "root", scratch / "jupyter", scratch / "nbchat-data"
+    root.mkdir()
+    settings = jupyter / "lab-settings"
+    notification = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    notification.parent.mkdir(parents=True)
+    notification.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+    notebook = {
+        "cells": [
+            {
+                "cell_type": "code",
+                "execution_count": None,
+                "id": "panel",
+                "metadata": {},
+                "outputs": [],
+                "source": ["import nbchat\n", "nbchat.panel()"],
+            }
+        ],
+        "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    (root / "chat.ipynb").write_text(json.dumps(notebook))
+    token = secrets.token_hex(16)
+    env = dict(
+        os.environ,
+        NBCHAT_DATA_DIR=str(data),
+        OLLAMA_HOST=ollama.url,
+        JUPYTER_CONFIG_DIR=str(jupyter / "config"),
+        JUPYTER_DATA_DIR=str(jupyter / "data"),
+        JUPYTER_RUNTIME_DIR=str(jupyter / "runtime"),
+        IPYTHONDIR=str(jupyter / "ipython"),
+        JUPYTERLAB_SETTINGS_DIR=str(settings),
+        JUPYTERLAB_WORKSPACES_DIR=str(jupyter / "workspaces"),
+    )
+    env.pop("JUPYTERHUB_USER", None)
+    for attempt in range(2):  # a port picked and released can be taken in between: retry once
+        port = free_port()
+        log = (scratch / f"lab-{attempt}.log").open("w")
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "jupyterlab",
+                "--no-browser",
+                "--allow-root",
+                "--ip",
+                "127.0.0.1",
+                f"--port={port}",
+                "--ServerApp.port_retries=0",
+                f"--IdentityProvider.token={token}",
+                f"--ServerApp.root_dir={root}",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}"
+        if _wait_for_lab(url, token, process):
+            break
+        process.kill()
+        process.wait()
+    else:
+        raise RuntimeError(f"JupyterLab did not start; see {scratch}/lab-*.log")
+    try:
+        yield {"url": url, "token": token, "data": data}
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_for_lab(url: str, token: str, process: subprocess.Popen[bytes]) -> bool:
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if httpx.get(f"{url}/api/status", params={"token": token}, timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    return False
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM.exists(), "Debian's Chromium is missing: `apt-get install -y chromium` (make test does)"
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def shot(page: object, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)  # type: ignore[attr-defined]
+
+
+def selected_label(page: object, css: str) -> str:
+    label = page.locator(f"{css} select").evaluate(  # type: ignore[attr-defined]
+        "el => el.selectedIndex < 0 ? '' : el.options[el.selectedIndex].text"
+    )
+    return label.replace("\xa0", " ")  # ipywidgets shows option labels with no-break spaces
+
+
+def option_labels(page: object, css: str) -> list[str]:
+    texts = page.locator(f"{css} select option").all_inner_texts()  # type: ignore[attr-defined]
+    return [text.replace("\xa0", " ") for text in texts]
+
+
+def choose(page: object, css: str, label: str) -> None:
+    """Pick a dropdown entry by the label a person reads."""
+    index = option_labels(page, css).index(label)
+    page.locator(f"{css} select").select_option(index=index)  # type: ignore[attr-defined]
+
+
+def conversation_header(data: Path, user: str) -> list[dict]:
+    return [
+        json.loads(path.read_text().splitlines()[0])
+        for path in sorted((data / "conversations" / user).glob("*.jsonl"))
+    ]
+
+
+def log_in(page: object, name: str, *, register: bool) -> None:
+    page.fill(".nbchat-username input", name)  # type: ignore[attr-defined]
+    page.fill(".nbchat-password input", PASSWORD)  # type: ignore[attr-defined]
+    page.click("button.nbchat-register" if register else "button.nbchat-login")  # type: ignore[attr-defined]
+    page.wait_for_selector(".nbchat-user:has-text('Logged in as')")  # type: ignore[attr-defined]
+
+
+def log_out(page: object) -> None:
+    page.click("button.nbchat-logout")  # type: ignore[attr-defined]
+    page.wait_for_selector(".nbchat-username input")  # type: ignore[attr-defined]
+
+
+def test_two_users_chat_through_the_panel_in_jupyterlab(
+    lab: dict[str, object], browser: object, ollama: OllamaTestServer
+) -> None:
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})  # type: ignore[attr-defined]
+    page.set_default_timeout(30_000)
+    page.goto(f"{lab['url']}/lab/tree/chat.ipynb?token={lab['token']}")
+    page.wait_for_selector(KERNEL_IDLE, timeout=90_000)
+    page.click(".jp-Notebook .jp-Cell .jp-InputArea-editor")
+    page.keyboard.press("Shift+Enter")
+    page.wait_for_selector(".nbchat-username input", timeout=60_000)
+    shot(page, "1-login")
+
+    # Two accounts; registering logs in, so each logs out again.
+    log_in(page, "alice", register=True)
+    log_out(page)
+    log_in(page, "bob", register=True)
+    log_out(page)
+    expect(page.locator(".nbchat-password input")).to_have_value("")
+
+    # Alice logs in: "choose a model", Send disabled.
+    log_in(page, "alice", register=False)
+    assert selected_label(page, ".nbchat-model") == "— choose a model —"
+    expect(page.locator("button.nbchat-send")).to_be_disabled()
+    assert "ollama:llama3.2:1b" in option_labels(page, ".nbchat-model")
+    shot(page, "2-choose-a-model")
+
+    # She picks a model and asks; the reply streams in and is rendered as Markdown.
+    choose(page, ".nbchat-model", MODEL)
+    expect(page.locator("button.nbchat-send")).to_be_enabled()
+    ollama.reply_words = [
+        "Here ",
+        "is ",
+        "**bold** ",
+        "and ",
+        "code:\n\n",
+        "```python\n",
+        "print('hi')\n",
+        "```\n",
+        *[f"word{i} " for i in range(40)],
+    ]
+    ollama.chunk_delay_s = 0.08
+    page.fill(".nbchat-prompt textarea", "Show me some Markdown")
+    page.click("button.nbchat-send")
+    streaming = page.locator(".nbchat-streaming")
+    expect(streaming).to_contain_text("Here is")
+    expect(page.locator("button.nbchat-stop")).to_be_enabled()
+    expect(page.locator("button.nbchat-send")).to_be_disabled()
+    assert "word39" not in streaming.inner_text()  # seen mid-stream, not only at the end
+    shot(page, "3-streaming")
+    expect(page.locator(".nbchat-streaming")).to_have_count(0, timeout=30_000)
+    answer = page.locator(".nbchat-message-assistant").last
+    expect(answer.locator("strong")).to_have_text("bold")
+    expect(answer.locator("pre")).to_contain_text("print('hi')")
+    expect(answer).to_contain_text("word39")
+    expect(page.locator(".nbchat-status")).to_contain_text("tokens/s")
+    ollama.chunk_delay_s = 0.0
+    ollama.reply_words = None
+    shot(page, "4-reply")
+
+    # Temperature on the fly: the slider's keyboard, then the next message uses it (Ctrl+Enter sends).
+    page.locator(".nbchat-temperature .noUi-handle").focus()
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    expect(page.locator(".nbchat-temperature .widget-readout")).to_have_text("0.80")
+    deadline = time.monotonic() + 10
+    while (
+        time.monotonic() < deadline
+        and conversation_header(lab["data"], "alice")[0]["settings"]["temperature"] != 0.8
+    ):
+        time.sleep(0.2)
+    assert conversation_header(lab["data"], "alice")[0]["settings"]["temperature"] == 0.8
+    page.fill(".nbchat-prompt textarea", "and now warmer")
+    page.locator(".nbchat-prompt textarea").press("Control+Enter")
+    expect(page.locator(".nbchat-message-assistant")).to_have_count(2)
+    chats = [r["body"] for r in ollama.requests if r["path"] == "/api/chat"]
+    assert chats[-1]["options"]["temperature"] == 0.8 and chats[-1]["messages"][-1]["content"] == (
+        "and now warmer"
+    )
+
+    # Rename, then a second conversation that is deleted again.
+    page.click("button.nbchat-rename")
+    page.fill(".nbchat-rename-text input", "Markdown demo")
+    page.click("button.nbchat-rename-ok")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.nbchat-conversations option')]"
+        ".some(o => o.text.replace(/\\u00a0/g, ' ') === 'Markdown demo')"
+    )
+    page.click("button.nbchat-new")
+    expect(page.locator(".nbchat-message")).to_have_count(0)
+    assert selected_label(page, ".nbchat-model") == "— choose a model —"
+    assert len(option_labels(page, ".nbchat-conversations")) == 2
+    page.click("button.nbchat-delete")
+    page.click("button.nbchat-delete-confirm")
+    page.wait_for_function("() => document.querySelectorAll('.nbchat-conversations option').length === 1")
+    assert selected_label(page, ".nbchat-model") == "— choose a model —"
+    expect(page.locator("button.nbchat-send")).to_be_disabled()
+    assert [h["title"] for h in conversation_header(lab["data"], "alice")] == ["Markdown demo"]
+    shot(page, "5-after-delete")
+
+    # Back to her conversation: its model and temperature come back with it.
+    choose(page, ".nbchat-conversations", "Markdown demo")
+    expect(page.locator(".nbchat-message-assistant")).to_have_count(2)
+    assert selected_label(page, ".nbchat-model") == MODEL
+    expect(page.locator(".nbchat-temperature .widget-readout")).to_have_text("0.80")
+    shot(page, "panel")
+
+    # Logging out empties everything, in the same tab.
+    log_out(page)
+    expect(page.locator(".nbchat-message")).to_have_count(0)
+    expect(page.locator(".nbchat-chat-view")).to_have_count(0)
+    shot(page, "6-logged-out")
+
+    # Bob sees none of Alice's conversations.
+    log_in(page, "bob", register=False)
+    assert option_labels(page, ".nbchat-conversations") == []
+    expect(page.locator(".nbchat-message")).to_have_count(0)
+    assert "Markdown demo" not in page.locator(".nbchat-panel").inner_text()
+    shot(page, "7-bob")
+    page.close()
