@@ -139,6 +139,10 @@ class SessionError(NbchatError):
     """The session cannot do that now (nothing selected, no model chosen, a reply in flight)."""
 
 
+class PolicyError(SessionError):
+    """The site policy (``[policy]`` in the site config file) forbids that."""
+
+
 class NoConversation(SessionError):
     """No conversation is selected."""
 

@@ -275,6 +275,14 @@ class ChatPanel(widgets.VBox):
 
     def _show_logged_out(self) -> None:
         self.children = [widgets.HTML(_STYLE), self.login_view]
+        self.register_button.layout.display = (
+            None if self.session.config.policy.allow_registration else "none"
+        )
+        hub_error = self.session.hub_error
+        if hub_error is not None and not self.login_message.value:
+            self.login_message.value = (
+                f"<span class='nbchat-error'>JupyterHub login failed: {html.escape(str(hub_error))}</span>"
+            )
         self.messages.children = ()
         self._shown = (None, 0)
         self._streaming = self._live = None
@@ -299,6 +307,7 @@ class ChatPanel(widgets.VBox):
             self._show_delete(False)
             self._load_models()
         hub = " (JupyterHub)" if session.hub_login else ""
+        self.logout_button.layout.display = "none" if session.hub_login else None  # the hub logs out
         self.user_label.value = f"Logged in as <b>{html.escape(session.user or '')}</b>{hub}"
         summaries = session.conversations()
         self.conversations.options = [(s.title, s.id) for s in summaries]

@@ -30,6 +30,7 @@ from nbchat.errors import (
     NbchatWarning,
     NoConversation,
     NotLoggedIn,
+    PolicyError,
     ReplyInProgress,
 )
 from nbchat.health import HealthReport, check_health
@@ -90,7 +91,13 @@ class ChatSession:
         return self._hub and self._login is not None
 
     def register(self, username: str, password: str) -> None:
-        """Create an account (it does not log in)."""
+        """Create an account (it does not log in), unless the site policy closed registration."""
+        policy = self.config.policy
+        if not policy.allow_registration:
+            raise PolicyError(
+                f"Registration is closed on this site ({policy.source}: allow_registration = false); "
+                "ask an administrator for an account."
+            )
         self.accounts.register(username, password)
 
     def login(self, username: str, password: str) -> None:
@@ -161,10 +168,43 @@ class ChatSession:
     def new_conversation(self, title: str | None = None) -> Conversation:
         """Start a conversation and make it current; it has no model until one is chosen."""
         with self._mutex:
-            conversation = self._store().create(title)
+            store = self._store()
+            conversation = store.create(title)
+            start = self._policy_defaults(conversation.settings)
+            if start != conversation.settings:
+                conversation = store.update_settings(conversation.id, **start.to_dict())
             self._current = conversation.id
         self._changed()
         return conversation
+
+    def _policy_defaults(self, settings: ConversationSettings) -> ConversationSettings:
+        """A new conversation's settings under the site policy: its system prompt, within its caps."""
+        policy = self.config.policy
+        changes: dict[str, Any] = {}
+        if policy.default_system:
+            changes["system"] = policy.default_system
+        if policy.max_new_tokens is not None and settings.max_new_tokens > policy.max_new_tokens:
+            changes["max_new_tokens"] = policy.max_new_tokens
+        if policy.max_temperature is not None and settings.temperature > policy.max_temperature:
+            changes["temperature"] = policy.max_temperature
+        return settings.updated(**changes) if changes else settings
+
+    def _enforce_policy(self, settings: ConversationSettings) -> None:
+        """Refuse settings the site policy forbids, naming the rule and where it is set."""
+        policy = self.config.policy
+        if settings.model is not None and not policy.allows_model(settings.model):
+            allowed = ", ".join(policy.models or ())
+            raise PolicyError(f"{settings.model} is not allowed here: {policy.source} allows only {allowed}.")
+        if policy.max_new_tokens is not None and settings.max_new_tokens > policy.max_new_tokens:
+            raise PolicyError(
+                f"Max new tokens must be at most {policy.max_new_tokens:,} here ({policy.source}), "
+                f"not {settings.max_new_tokens:,}."
+            )
+        if policy.max_temperature is not None and settings.temperature > policy.max_temperature:
+            raise PolicyError(
+                f"Temperature must be at most {policy.max_temperature} here ({policy.source}), "
+                f"not {settings.temperature}."
+            )
 
     def select(self, conversation_id: str) -> Conversation:
         """Make a conversation of this user current."""
@@ -216,6 +256,7 @@ class ChatSession:
 
                 parse_model_id(settings.model, self.config)  # refuse an unknown form now, not at send
             settings = self._fit_max_tokens(settings, explicit="max_new_tokens" in changes)
+            self._enforce_policy(settings)
             updated = self._store().update_settings(conversation.id, **settings.to_dict())
         self._changed()
         return updated.settings
@@ -292,6 +333,7 @@ class ChatSession:
                     "configure(model='ollama:qwen3:1.7b') or model='qwen3' for the local Qwen3; "
                     "nbchat.models() lists what is available."
                 )
+            self._enforce_policy(settings)  # settings saved before a policy change do not slip past it
             backend, name = resolve(settings.model, self.config)
             question = store.append(conversation.id, Message("user", prompt))
             if conversation.title == DEFAULT_TITLE and not conversation.messages:
@@ -337,18 +379,20 @@ class ChatSession:
         """Model ids to choose from now: the Ollama server's and the local Qwen3."""
         from nbchat.backends import available_models
 
-        return available_models(self.config)
+        return [m for m in available_models(self.config) if self.config.policy.allows_model(m)]
 
     def model_choices(self) -> tuple[list[str], str | None]:
         """What a model picker offers now, and why Ollama's models are missing, if they are."""
         from nbchat.backends import LOCAL_ALIAS, backend_for
         from nbchat.errors import BackendError
 
+        allowed = self.config.policy.allows_model
+        local = [LOCAL_ALIAS] if allowed(LOCAL_ALIAS) else []
         try:
             ollama = sorted(backend_for("ollama", self.config).models())
         except BackendError as exc:
-            return [LOCAL_ALIAS], f"{exc} Only the local model is offered."
-        return [*ollama, LOCAL_ALIAS], None
+            return local, f"{exc} Only the local model is offered."
+        return [m for m in ollama if allowed(m)] + local, None
 
     def health(self) -> HealthReport:
         return check_health(

@@ -33,7 +33,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
             "JUPYTERHUB_USER": "alice",
         }
     )
-    assert config.data_dir == tmp_path
+    assert config.data_dir == tmp_path / "alice"  # a hub user's own directory on the shared volume
     assert config.max_users == 3
     assert config.ollama_host == "http://gpu-box:9999"
     assert config.qwen_model == "/models/qwen3"

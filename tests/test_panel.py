@@ -303,3 +303,26 @@ def test_saved_thinking_is_folded_and_a_stopped_reply_is_marked() -> None:
     assert message_markdown(message) == (
         "<details><summary>Thinking</summary>\n\nhmm\n\n</details>\n\n42\n\n*(stopped)*"
     )
+
+
+# -- JupyterHub and site policy ---------------------------------------------------------------
+
+
+def test_under_jupyterhub_the_panel_shows_the_hub_user_and_no_login_form(session: ChatSession) -> None:
+    hub_session = ChatSession(replace(session.config, hub_user="ann@uni.edu"), accounts=session.accounts)
+    hub_session.login_from_hub()
+    panel = ChatPanel(hub_session)
+    assert panel.chat_view in panel.children and panel.login_view not in panel.children
+    assert "ann@uni.edu" in panel.user_label.value and "(JupyterHub)" in panel.user_label.value
+    assert panel.logout_button.layout.display == "none"
+
+
+def test_closed_registration_hides_the_register_button(session: ChatSession) -> None:
+    from nbchat.config import Policy
+
+    closed = ChatSession(
+        replace(session.config, policy=Policy(allow_registration=False)), accounts=session.accounts
+    )
+    panel = ChatPanel(closed)
+    assert panel.register_button.layout.display == "none"
+    assert ChatPanel(session).register_button.layout.display is None
