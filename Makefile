@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.nbchat-installed
 PORT ?= 8888
 
-.PHONY: lab test venv clean chromium
+.PHONY: lab test venv clean chromium proxy
 
 venv: $(STAMP)
 
@@ -34,7 +34,11 @@ chromium:
 	@test -x /usr/bin/chromium || { $(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
-test: $(STAMP) chromium
+# The hub tests need JupyterHub's proxy, an npm package.
+proxy:
+	@command -v configurable-http-proxy >/dev/null || $(SUDO) npm install -g --silent configurable-http-proxy
+
+test: $(STAMP) chromium proxy
 	$(BIN)/ruff check nbchat tests bench conftest.py
 	$(BIN)/python -m pytest
 

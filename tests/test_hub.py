@@ -1,0 +1,246 @@
+"""nbchat on a real JupyterHub: two hub users, each recognised without an nbchat password.
+
+The hub (JupyterHub with configurable-http-proxy, all on 127.0.0.1) uses the
+dummy authenticator and the simple local-process spawner: every user's server
+runs as this OS user with its own home directory, so nbchat's default data
+dir (platformdirs, under ``$HOME``) is per user, as on a real hub where each
+server runs as its own OS user. Separation is then checked the two ways open
+here: through nbchat (B's kernel cannot select A's conversation by id) and by
+permissions (A's data dir is 0700, its files 0600). Headless Debian Chromium,
+driven by Playwright, logs into the hub as a person would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from browser import CHROMIUM, CHROMIUM_ARGS, KERNEL_IDLE, choose, free_port, shot
+
+from nbchat.testing.ollama_server import OllamaTestServer
+
+HUB_PASSWORD = "hub password"
+MODEL = "ollama:llama3.2:1b"
+PROBE_CELL = """\
+from pathlib import Path
+probe = Path("other-users-conversation.txt")
+if probe.exists():
+    try:
+        nbchat.get_session().select(probe.read_text().strip())
+        print("PROBE: reached another user's conversation")
+    except nbchat.NbchatError as exc:
+        print(f"PROBE: refused: {type(exc).__name__}")
+"""
+
+
+def notebook() -> str:
+    cells = [
+        {
+            "cell_type": "code",
+            "execution_count": None,
+            "id": "panel",
+            "metadata": {},
+            "outputs": [],
+            "source": ["import nbchat\n", "nbchat.panel()"],
+        },
+        {
+            "cell_type": "code",
+            "execution_count": None,
+            "id": "probe",
+            "metadata": {},
+            "outputs": [],
+            "source": PROBE_CELL.splitlines(keepends=True),
+        },
+    ]
+    return json.dumps(
+        {
+            "cells": cells,
+            "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}},
+            "nbformat": 4,
+            "nbformat_minor": 5,
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def ollama() -> Iterator[OllamaTestServer]:
+    with OllamaTestServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory, ollama: OllamaTestServer) -> Iterator[dict[str, object]]:
+    """A JupyterHub on loopback; yields its URL and the users' home directory root."""
+    proxy = shutil.which("configurable-http-proxy")
+    assert proxy, (
+        "configurable-http-proxy is missing: `npm install -g configurable-http-proxy` (make test does)"
+    )
+    scratch = tmp_path_factory.mktemp("hub")
+    homes, settings = scratch / "home", scratch / "lab-settings"
+    notification = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    notification.parent.mkdir(parents=True)
+    notification.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+    for user in ("ann", "ben"):
+        (homes / user).mkdir(parents=True)
+        (homes / user / "chat.ipynb").write_text(notebook())
+    bin_dir = Path(sys.executable).parent
+    for attempt in range(2):  # ports picked and released can be taken in between: retry once
+        port, hub_port, api_port = free_port(), free_port(), free_port()
+        config = scratch / "jupyterhub_config.py"
+        config.write_text(
+            f"""
+c = get_config()  # noqa
+c.JupyterHub.bind_url = "http://127.0.0.1:{port}"
+c.JupyterHub.hub_ip = "127.0.0.1"
+c.JupyterHub.hub_port = {hub_port}
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{api_port}"
+c.ConfigurableHTTPProxy.command = [{proxy!r}]
+c.JupyterHub.db_url = "sqlite:///{scratch}/hub.sqlite"
+c.JupyterHub.cookie_secret_file = "{scratch}/cookie_secret"
+c.JupyterHub.authenticator_class = "dummy"
+c.DummyAuthenticator.password = {HUB_PASSWORD!r}
+c.Authenticator.allow_all = True
+c.JupyterHub.spawner_class = "simple"
+c.SimpleLocalProcessSpawner.home_dir_template = "{homes}/{{username}}"
+c.Spawner.cmd = [{str(bin_dir / "jupyterhub-singleuser")!r}]
+c.Spawner.args = ["--allow-root"]
+c.Spawner.default_url = "/lab"
+c.Spawner.start_timeout = 90
+c.Spawner.http_timeout = 90
+c.Spawner.environment = {{
+    "OLLAMA_HOST": {ollama.url!r},
+    "JUPYTERLAB_SETTINGS_DIR": {str(settings)!r},
+}}
+"""
+        )
+        log = (scratch / f"hub-{attempt}.log").open("w")
+        env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+        env.pop("NBCHAT_DATA_DIR", None)
+        process = subprocess.Popen(
+            [str(bin_dir / "jupyterhub"), "-f", str(config)],
+            cwd=scratch,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # the proxy and the users' servers go with it at the end
+        )
+        url = f"http://127.0.0.1:{port}"
+        if _wait_for_hub(url, process):
+            break
+        _stop(process)
+    else:
+        raise RuntimeError(f"JupyterHub did not start; see {scratch}/hub-*.log")
+    try:
+        yield {"url": url, "homes": homes}
+    finally:
+        _stop(process)
+
+
+def _wait_for_hub(url: str, process: subprocess.Popen[bytes]) -> bool:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if httpx.get(f"{url}/hub/api", timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    return False
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """Stop the hub (it stops the users' servers and the proxy), then anything left in its group."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(30)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM.exists(), "Debian's Chromium is missing: `apt-get install -y chromium` (make test does)"
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def data_dir(homes: Path, user: str) -> Path:
+    return homes / user / ".local" / "share" / "nbchat"
+
+
+def chat_as(browser: object, hub: dict[str, object], user: str, prompt: str) -> object:
+    """Log into the hub, open the chat notebook, run it and send one prompt through the panel."""
+    from playwright.sync_api import expect
+
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})  # type: ignore[attr-defined]
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(f"{hub['url']}/hub/login")
+    page.fill("#username_input", user)
+    page.fill("#password_input", HUB_PASSWORD)
+    page.click("#login_submit")
+    page.wait_for_url(f"**/user/{user}/lab**", timeout=120_000)
+    page.goto(f"{hub['url']}/user/{user}/lab/tree/chat.ipynb")
+    page.wait_for_selector(KERNEL_IDLE, timeout=120_000)
+    page.locator(".jp-Notebook .jp-Cell").first.click()
+    page.keyboard.press("Shift+Enter")
+    page.keyboard.press("Shift+Enter")
+    page.wait_for_selector(".nbchat-user", timeout=60_000)
+    expect(page.locator(".nbchat-user")).to_contain_text(f"Logged in as {user} (JupyterHub)")
+    expect(page.locator(".nbchat-username")).to_have_count(0)  # no nbchat login form
+    expect(page.locator("button.nbchat-logout")).to_be_hidden()
+    choose(page, ".nbchat-model", MODEL)
+    page.fill(".nbchat-prompt textarea", prompt)
+    page.click("button.nbchat-send")
+    expect(page.locator(".nbchat-message-assistant")).to_contain_text(f"You said: {prompt}")
+    expect(page.locator(".nbchat-streaming")).to_have_count(0)
+    shot(page, f"hub-{user}")
+    return context
+
+
+def test_two_hub_users_chat_without_nbchat_passwords_and_stay_apart(
+    hub: dict[str, object], browser: object
+) -> None:
+    homes = Path(str(hub["homes"]))
+    ann_context = chat_as(browser, hub, "ann", "a secret of ann's")
+    ann_files = list((data_dir(homes, "ann") / "conversations" / "ann").glob("*.jsonl"))
+    assert len(ann_files) == 1 and "a secret of ann's" in ann_files[0].read_text()
+    ann_context.close()  # type: ignore[attr-defined]
+
+    # Ben's kernel is told the id of Ann's conversation and tries to open it.
+    (homes / "ben" / "other-users-conversation.txt").write_text(ann_files[0].stem)
+    ben_context = chat_as(browser, hub, "ben", "hello from ben")
+    page = ben_context.pages[0]  # type: ignore[attr-defined]
+    assert page.locator(".nbchat-conversations select option").count() == 1
+    assert "a secret of ann's" not in page.locator(".nbchat-panel").inner_text()
+    probe = page.locator(".jp-Cell").nth(1).locator(".jp-OutputArea-output")
+    probe.wait_for()
+    assert probe.inner_text().strip() == "PROBE: refused: ConversationNotFound"
+    ben_context.close()  # type: ignore[attr-defined]
+
+    # On disk each user has a private data dir of their own.
+    ben_files = list((data_dir(homes, "ben") / "conversations" / "ben").glob("*.jsonl"))
+    assert len(ben_files) == 1 and "a secret of ann's" not in ben_files[0].read_text()
+    for user in ("ann", "ben"):
+        root = data_dir(homes, user)
+        assert stat.S_IMODE(root.stat().st_mode) == 0o700
+        for path in root.rglob("*"):
+            expected = 0o700 if path.is_dir() else 0o600
+            assert stat.S_IMODE(path.stat().st_mode) == expected, path
