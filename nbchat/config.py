@@ -37,6 +37,7 @@ else:  # pragma: no cover - Python 3.10
 DEFAULT_OLLAMA_PORT = 11434
 DEFAULT_QWEN_MODEL = "Qwen/Qwen3-1.7B"
 DEFAULT_MAX_USERS = 10
+DEFAULT_READ_TIMEOUT_S = 120.0  # a cold model load on a server can keep the first token waiting
 DEFAULT_SITE_CONFIG = Path("/etc/nbchat/config.toml")
 
 #: ``[nbchat]`` keys of the site file and the environment variables they stand in for.
@@ -48,6 +49,7 @@ SITE_SETTINGS = {
     "openai_base_url": "OPENAI_BASE_URL",
     "openai_api_key": "OPENAI_API_KEY",
     "trust_hub_user": "NBCHAT_TRUST_HUB_USER",
+    "read_timeout": "NBCHAT_READ_TIMEOUT",
 }
 
 
@@ -84,6 +86,7 @@ class Config:
     openai_api_key: str | None = field(default=None, repr=False)
     hub_user: str | None = None
     trust_hub_user: bool = True  # log JUPYTERHUB_USER in without a password
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S  # the longest an HTTP engine may stay silent
     policy: Policy = field(default_factory=Policy)
     site_file: Path | None = None  # the site config file that was read, if any
 
@@ -116,6 +119,9 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
         openai_api_key=merged.get("OPENAI_API_KEY") or None,
         hub_user=hub_user,
         trust_hub_user=trust_hub_user,
+        read_timeout_s=_positive_float(
+            "NBCHAT_READ_TIMEOUT", merged.get("NBCHAT_READ_TIMEOUT"), DEFAULT_READ_TIMEOUT_S
+        ),
         policy=policy,
         site_file=site_file,
     )
@@ -232,6 +238,18 @@ def _positive_int(name: str, raw: str | None, default: int) -> int:
         raise ConfigError(f"{name} must be a whole number such as {default}, not {raw!r}.") from None
     if value < 1:
         raise ConfigError(f"{name} must be at least 1, not {value}.")
+    return value
+
+
+def _positive_float(name: str, raw: str | None, default: float) -> float:
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds such as {default:g}, not {raw!r}.") from None
+    if not value > 0 or value == float("inf"):
+        raise ConfigError(f"{name} must be a positive number of seconds, not {raw!r}.")
     return value
 
 

@@ -26,6 +26,7 @@ class HealthReport:
     storage: dict[str, Any]
     accounts: dict[str, Any]
     session: dict[str, Any] = field(default_factory=dict)
+    openai: dict[str, Any] | None = None  # only when OPENAI_BASE_URL is set
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -42,6 +43,7 @@ class HealthReport:
             "storage": self.storage,
             "accounts": self.accounts,
             "session": self.session,
+            "openai": self.openai,
             "problems": list(self.problems),
             "notes": list(self.notes),
         }
@@ -64,8 +66,15 @@ class HealthReport:
         free = storage.get("free_bytes")
         free_text = f", {free / 2**30:.1f} GiB free" if isinstance(free, int) else ""
         accounts = self.accounts
-        lines = [
-            f"Ollama: {engine}",
+        lines = [f"Ollama: {engine}"]
+        if self.openai is not None:
+            server = self.openai
+            if server.get("reachable") and "models" in server:
+                listed = ", ".join(server["models"]) or "no models listed"
+                lines.append(f"OpenAI-compatible server: reachable at {server['url']}: {listed}")
+            else:
+                lines.append(f"OpenAI-compatible server at {server.get('url')}: {server.get('error')}")
+        lines += [
             f"Local model: {local}",
             f"Data: {storage.get('path')} ({writable}{free_text})",
             f"Accounts: {accounts.get('users', '?')} of {accounts.get('max_users')} used",
@@ -109,7 +118,20 @@ def check_health(config: Config | None = None, session: dict[str, Any] | None = 
     except OSError as exc:  # e.g. the data dir's parent is a file: storage reports the fix
         accounts["error"] = f"The accounts file cannot be read: {exc.strerror or exc}."
 
-    report = HealthReport(ollama, local, storage, accounts, session or {})
+    openai: dict[str, Any] | None = None
+    if config.openai_base_url:
+        try:
+            openai = backend_for("openai", config).health()
+        except NbchatError as exc:  # an unusable OPENAI_BASE_URL
+            openai = {
+                "engine": "openai",
+                "url": config.openai_base_url,
+                "reachable": False,
+                "error": str(exc),
+            }
+    report = HealthReport(ollama, local, storage, accounts, session or {}, openai)
+    if openai is not None and openai.get("error"):
+        report.notes.append(f"{openai['error']} (openai: models)")
     if not storage["writable"]:
         report.problems.append(
             f"The data dir {storage['path']} is not writable ({storage.get('error')}): "

@@ -382,17 +382,21 @@ class ChatSession:
         return [m for m in available_models(self.config) if self.config.policy.allows_model(m)]
 
     def model_choices(self) -> tuple[list[str], str | None]:
-        """What a model picker offers now, and why Ollama's models are missing, if they are."""
+        """What a model picker offers now, and why an engine's models are missing, if they are."""
         from nbchat.backends import LOCAL_ALIAS, backend_for
         from nbchat.errors import BackendError
 
         allowed = self.config.policy.allows_model
-        local = [LOCAL_ALIAS] if allowed(LOCAL_ALIAS) else []
-        try:
-            ollama = sorted(backend_for("ollama", self.config).models())
-        except BackendError as exc:
-            return local, f"{exc} Only the local model is offered."
-        return [m for m in ollama if allowed(m)] + local, None
+        models, problems = [], []
+        engines = ["ollama", "openai"] if self.config.openai_base_url else ["ollama"]
+        for engine in engines:
+            try:
+                models += sorted(m for m in backend_for(engine, self.config).models() if allowed(m))
+            except (BackendError, ConfigError) as exc:
+                problems.append(str(exc))
+        if allowed(LOCAL_ALIAS):
+            models.append(LOCAL_ALIAS)
+        return models, " ".join(problems) or None
 
     def health(self) -> HealthReport:
         return check_health(

@@ -506,3 +506,34 @@ def test_a_local_qwen3_reply_is_fitted_with_its_real_tokenizer_and_saved(
     saved = session.history()[-1]
     assert saved.model == small_context_qwen3 and 0 < saved.stats["completion_tokens"] <= 16
     assert saved.stats["finish_reason"] in ("length", "stop") and saved.content == reply.text
+
+
+# -- a shared OpenAI-compatible server ----------------------------------------------------------
+
+
+def test_an_openai_compatible_server_is_offered_checked_and_chatted_with(
+    session: ChatSession, server: OllamaTestServer
+) -> None:
+    from nbchat.testing.openai_server import OpenAITestServer
+
+    with OpenAITestServer() as vllm:
+        session.config = replace(session.config, openai_base_url=vllm.base_url)
+        models, problem = session.model_choices()
+        openai_models = [m for m in models if m.startswith("openai:")]
+        assert problem is None and openai_models and models[-1] == "qwen3"
+        report = session.health()
+        assert report.openai is not None and report.openai["reachable"]
+        assert f"OpenAI-compatible server: reachable at {vllm.base_url}" in str(report)
+        logged_in(session, model=openai_models[0])
+        assert session.send("hello there").wait(10).text == "You said: hello there"
+        assert session.history()[-1].model == openai_models[0]
+    report = session.health()
+    assert report.ok and report.openai is not None and not report.openai["reachable"]
+    assert any("openai: models" in note for note in report.notes)
+
+
+def test_the_read_timeout_comes_from_the_environment(tmp_path: Path) -> None:
+    assert load_config({"NBCHAT_DATA_DIR": str(tmp_path)}).read_timeout_s == 120.0
+    assert load_config({"NBCHAT_DATA_DIR": str(tmp_path), "NBCHAT_READ_TIMEOUT": "5"}).read_timeout_s == 5.0
+    with pytest.raises(nbchat.ConfigError, match="NBCHAT_READ_TIMEOUT must be a positive number"):
+        load_config({"NBCHAT_DATA_DIR": str(tmp_path), "NBCHAT_READ_TIMEOUT": "-1"})

@@ -1,9 +1,11 @@
 """Model engines behind one protocol (``base.Backend``), and the registry that picks one.
 
-Model ids: ``ollama:<name>`` (e.g. ``ollama:qwen3:1.7b``), ``transformers:<hub id or
-local path>``, and the alias ``qwen3`` for the configured local Qwen3
-(``NBCHAT_QWEN_MODEL``, default ``Qwen/Qwen3-1.7B``). Backends are created once per
-kernel (one Ollama client per host, one local-model manager) and shared.
+Model ids: ``ollama:<name>`` (e.g. ``ollama:qwen3:1.7b``), ``openai:<model>`` (a model of
+the OpenAI-compatible server at ``OPENAI_BASE_URL``: vLLM, llama-server, TGI, ...),
+``transformers:<hub id or local path>``, and the alias ``qwen3`` for the configured local
+Qwen3 (``NBCHAT_QWEN_MODEL``, default ``Qwen/Qwen3-1.7B``). Backends are created once per
+kernel (one HTTP client per Ollama host and per OpenAI base URL, one local-model manager)
+and shared.
 """
 
 from __future__ import annotations
@@ -13,14 +15,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from nbchat.config import Config, load_config
-from nbchat.errors import BackendError, InvalidValue
+from nbchat.errors import BackendError, ConfigError, InvalidValue
 from nbchat.types import check_model_id
 
 if TYPE_CHECKING:
     from nbchat.backends.base import Backend
 
 LOCAL_ALIAS = "qwen3"
-PREFIXES = ("ollama", "transformers")
+PREFIXES = ("ollama", "transformers", "openai")
 
 _backends: dict[tuple[str, str], Backend] = {}
 _backends_lock = threading.Lock()
@@ -50,22 +52,39 @@ def parse_model_id(model_id: str, config: Config | None = None) -> ModelRef:
     if not sep or prefix not in PREFIXES or not name:
         raise InvalidValue(
             f"Unknown model id {text!r}: use ollama:<name> (e.g. ollama:qwen3:1.7b), "
+            "openai:<model> (a model of the server at OPENAI_BASE_URL, e.g. openai:Qwen/Qwen3-1.7B), "
             f"transformers:<hub id or local directory>, or {LOCAL_ALIAS!r} for the local Qwen3."
         )
     return ModelRef(prefix, name)
 
 
 def backend_for(prefix: str, config: Config | None = None) -> Backend:
-    """The shared backend of an engine (for Ollama: of the configured host)."""
+    """The shared backend of an engine (for Ollama: of the configured host; for OpenAI: base URL).
+
+    ``openai`` without ``OPENAI_BASE_URL`` is a ``ConfigError`` saying to set it. The API key is
+    read each time, so a key set in a running kernel is used from the next request on.
+    """
     config = config or load_config()
-    key = (prefix, config.ollama_host if prefix == "ollama" else "")
+    if prefix == "openai":
+        from nbchat.backends.openai import OpenAIBackend, check_base_url
+
+        base_url = check_base_url(config.openai_base_url)
+        with _backends_lock:
+            key = (prefix, f"{base_url} {config.read_timeout_s}")
+            backend = _backends.get(key)
+            if not isinstance(backend, OpenAIBackend):
+                backend = OpenAIBackend(base_url, config.openai_api_key, read_timeout=config.read_timeout_s)
+                _backends[key] = backend
+        backend.use_api_key(config.openai_api_key)
+        return backend
+    key = (prefix, f"{config.ollama_host} {config.read_timeout_s}" if prefix == "ollama" else "")
     with _backends_lock:
         backend = _backends.get(key)
         if backend is None:
             if prefix == "ollama":
                 from nbchat.backends.ollama import OllamaBackend
 
-                backend = OllamaBackend(config.ollama_host)
+                backend = OllamaBackend(config.ollama_host, read_timeout=config.read_timeout_s)
             elif prefix == "transformers":
                 from nbchat.backends.transformers import TransformersBackend  # imports no torch yet
 
@@ -83,10 +102,17 @@ def resolve(model_id: str, config: Config | None = None) -> tuple[Backend, str]:
 
 
 def available_models(config: Config | None = None) -> list[str]:
-    """Model ids to offer now: the Ollama server's models (if reachable) and the local Qwen3."""
+    """Model ids to offer now: the Ollama server's models (if reachable), the OpenAI-compatible
+    server's (if ``OPENAI_BASE_URL`` is set and it is reachable) and the local Qwen3."""
     config = config or load_config()
     try:
         ollama = sorted(backend_for("ollama", config).models())  # a dropdown reads best in order
     except BackendError:
         ollama = []
-    return [*ollama, LOCAL_ALIAS]
+    openai: list[str] = []
+    if config.openai_base_url:
+        try:
+            openai = sorted(backend_for("openai", config).models())
+        except (BackendError, ConfigError):  # unreachable or misconfigured: offer the others
+            openai = []
+    return [*ollama, *openai, LOCAL_ALIAS]

@@ -320,16 +320,22 @@ def _ndjson(response: httpx.Response, what: str) -> Iterator[dict[str, Any]]:
         lines = (pending + piece).split(b"\n") if pending else piece.split(b"\n")
         pending = lines.pop()
         for line in lines:
-            if line.strip():
-                yield _parse_line(line, what)
-    if pending.strip():
-        yield _parse_line(pending, what)
+            if line and (data := _parse_line(line, what)) is not None:
+                yield data
+    if pending.strip() and (data := _parse_line(pending, what)) is not None:
+        yield data
 
 
-def _parse_line(line: bytes, what: str) -> dict[str, Any]:
+_decode_json = json.JSONDecoder().decode  # on str: json.loads(bytes) would sniff the encoding per line
+
+
+def _parse_line(line: bytes, what: str) -> dict[str, Any] | None:
+    """One NDJSON line as a dict; ``None`` for a blank line (whitespace between objects)."""
     try:
-        data = json.loads(line)
-    except ValueError:
+        data = _decode_json(line.decode())
+    except ValueError:  # also UnicodeDecodeError; a blank line is not JSON either
+        if not line.strip():
+            return None
         raise GenerationFailed(f"Ollama sent a line that is not JSON during {what}: {line[:200]!r}") from None
     if not isinstance(data, dict):
         raise GenerationFailed(f"Ollama sent an unexpected line during {what}: {line[:200]!r}")

@@ -1,0 +1,507 @@
+"""OpenAI-compatible chat servers (vLLM, llama.cpp's llama-server, TGI, Ollama's /v1), with httpx.
+
+Model ids are ``openai:<model>``, the model as the server at ``OPENAI_BASE_URL`` names it (e.g.
+``openai:Qwen/Qwen3-1.7B``). The ``openai`` package is not used: importing it costs more than the
+whole backend, it retries on its own (a stuck server would cost three timeouts) and its errors
+would need translating anyway. Like the Ollama backend this one keeps one pooled ``httpx.Client``
+per base URL, never waits forever (connect and read timeouts), turns every failure into an nbchat
+error that says what to do, keeps the text that streamed before an error, and on cancel closes the
+response at once so the server stops generating too.
+
+Thinking arrives in one of two ways: as ``delta.reasoning_content`` / ``delta.reasoning`` (vLLM with
+a reasoning parser, DeepSeek, llama.cpp), or as ``<think>…</think>`` inside the content (a server
+that does not separate it); both become thinking chunks. The API key is sent as a Bearer token only
+when one is set, and never appears in a message, a repr or a health report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import socket
+import threading
+import urllib.parse
+from collections.abc import Generator, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from nbchat.backends.base import ReplyStream
+from nbchat.backends.transformers import ThinkParser, chat_messages  # light: imports no torch
+from nbchat.errors import (
+    BackendError,
+    BackendResponseError,
+    BackendTimeout,
+    BackendUnavailable,
+    ConfigError,
+    GenerationFailed,
+    ModelNotFound,
+)
+from nbchat.history import estimate_tokens
+from nbchat.types import Chunk, GenerationParams, GenerationStats, Message
+
+PREFIX = "openai"
+CONNECT_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 120.0  # a busy server can keep the first token waiting a while
+# What context_window() says when the server does not: vLLM lists max_model_len, OpenAI, llama.cpp
+# and TGI do not. 8192 is what every current chat model allows, and what the Ollama backend asks for.
+DEFAULT_CONTEXT_WINDOW = 8192
+REASONING_FIELDS = ("reasoning_content", "reasoning")
+_NO_MODEL_LIST = frozenset({404, 405, 501})  # a server without GET /models
+_DONE = object()
+_EXAMPLE_URL = "http://127.0.0.1:8000/v1"
+
+
+def check_base_url(raw: str | None) -> str:
+    """``OPENAI_BASE_URL`` as a base URL without its trailing slash; a clear ConfigError if unusable."""
+    text = (raw or "").strip()
+    if not text:
+        raise ConfigError(
+            "openai: models need OPENAI_BASE_URL, the API root of an OpenAI-compatible server, "
+            f"e.g. {_EXAMPLE_URL} for vLLM or http://127.0.0.1:8080/v1 for llama-server. Set it "
+            "(and OPENAI_API_KEY if the server wants a key), then try again."
+        )
+    try:
+        split = urllib.parse.urlsplit(text)
+        _ = split.port  # parsing the port is the check: "host:abc" raises here
+    except ValueError as exc:
+        raise ConfigError(f"OPENAI_BASE_URL {text!r} is not a usable address: {exc}.") from None
+    if split.scheme not in ("http", "https") or not split.hostname:
+        raise ConfigError(
+            f"OPENAI_BASE_URL {text!r} must be an http:// or https:// address with the API's path, "
+            f"e.g. {_EXAMPLE_URL}."
+        )
+    return text.rstrip("/")
+
+
+@dataclass
+class _Reply:
+    """What the stream has said about the reply besides its text."""
+
+    done: bool = False
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    tokens_per_s: float | None = None
+
+    def stats(self) -> GenerationStats:
+        # Durations are left to the stream's own clock (what the user waited), as for Ollama.
+        return GenerationStats(
+            finish_reason="length" if self.finish_reason == "length" else "stop",
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            tokens_per_s=self.tokens_per_s,
+        )
+
+
+class OpenAIBackend:
+    """The models of one OpenAI-compatible server."""
+
+    prefix = PREFIX
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        connect_timeout: float = CONNECT_TIMEOUT_S,
+        read_timeout: float = READ_TIMEOUT_S,
+    ) -> None:
+        self.base_url = check_base_url(base_url)
+        self.read_timeout = read_timeout
+        self._api_key: str | None = None
+        self._client = httpx.Client(
+            base_url=self.base_url,
+            timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
+            # A proxy from the environment must not capture traffic to this machine.
+            trust_env=not _is_loopback(self.base_url),
+            headers={"User-Agent": "nbchat", "Accept": "application/json"},
+        )
+        self._windows: dict[str, int] = {}
+        self._windows_lock = threading.Lock()
+        self.use_api_key(api_key)
+
+    def __repr__(self) -> str:
+        return f"OpenAIBackend({self.base_url!r}, api_key={'<set>' if self._api_key else None})"
+
+    def use_api_key(self, api_key: str | None) -> None:
+        """Send ``api_key`` from the next request on (None: no Authorization header at all)."""
+        api_key = (api_key or "").strip() or None
+        if api_key == self._api_key:
+            return
+        self._api_key = api_key
+        if api_key is None:
+            self._client.headers.pop("Authorization", None)
+        else:
+            self._client.headers["Authorization"] = f"Bearer {api_key}"
+
+    def close(self) -> None:
+        self._client.close()
+
+    # -- listing and health ----------------------------------------------------------------
+
+    def models(self) -> list[str]:
+        """Model ids of every model the server lists, e.g. ``openai:Qwen/Qwen3-1.7B``."""
+        data = self._get_json("/models")
+        entries = [m for m in data.get("data") or [] if isinstance(m, dict) and isinstance(m.get("id"), str)]
+        windows = {m["id"]: _positive_int(m.get("max_model_len")) or DEFAULT_CONTEXT_WINDOW for m in entries}
+        with self._windows_lock:
+            self._windows.update(windows)
+        return [f"{PREFIX}:{m['id']}" for m in entries]
+
+    def health(self) -> dict[str, Any]:
+        """Reachable? Which models? Never raises: errors are reported in the dict."""
+        report: dict[str, Any] = {"engine": PREFIX, "url": self.base_url, "reachable": False}
+        try:
+            report["models"] = self.models()
+            report["reachable"] = True
+        except BackendResponseError as exc:  # it answered, but refused (a wrong key, say)
+            report["reachable"] = True
+            report["error"] = str(exc)
+        except BackendError as exc:
+            report["error"] = str(exc)
+        return report
+
+    def context_window(self, model: str) -> int:
+        """The model's ``max_model_len`` from ``GET /models`` (vLLM lists it), else 8192.
+
+        Asked once per listed model. A model the server does not list (llama-server answers to
+        any name) or a server without a model list gets the default too.
+        """
+        with self._windows_lock:
+            known = self._windows.get(model)
+        if known is not None:
+            return known
+        try:
+            self.models()
+        except BackendResponseError as exc:
+            if exc.status_code not in _NO_MODEL_LIST:
+                raise
+        with self._windows_lock:
+            return self._windows.get(model, DEFAULT_CONTEXT_WINDOW)
+
+    def count_tokens(self, model: str, messages: Sequence[Message], *, think: bool = False) -> int:
+        """An estimate (``nbchat.history.estimate_tokens``): the tokenizer lives in the server."""
+        return estimate_tokens(messages)
+
+    # -- chatting --------------------------------------------------------------------------
+
+    def stream(self, model: str, messages: Sequence[Message], params: GenerationParams) -> ReplyStream:
+        return OpenAIReplyStream(self, model, messages, params)
+
+    def chat_request(
+        self, model: str, messages: Sequence[Message], params: GenerationParams
+    ) -> dict[str, Any]:
+        """The /chat/completions body. History goes back as roles and answers only, never thinking.
+
+        Only OpenAI's own parameters are sent (``top_k`` and ``think`` are not: OpenAI itself
+        refuses unknown ones); ``include_usage`` asks for the token counts at the end.
+        """
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": chat_messages(messages),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "temperature": params.temperature,
+            "max_tokens": params.max_new_tokens,
+        }
+        for name, value in (("top_p", params.top_p), ("seed", params.seed)):
+            if value is not None:
+                body[name] = value
+        return body
+
+    # -- HTTP plumbing ---------------------------------------------------------------------
+
+    def _get_json(self, path: str) -> dict[str, Any]:
+        with self._errors(None):
+            response = self._client.get(path)
+        if response.status_code != 200:
+            raise self._status_error(response, None)
+        try:
+            data = response.json()
+        except ValueError:
+            raise BackendResponseError(
+                f"The server at {self.base_url} answered {path} with something that is not JSON; "
+                f"is OPENAI_BASE_URL the API root of an OpenAI-compatible server (e.g. {_EXAMPLE_URL})?",
+                response.status_code,
+            ) from None
+        if not isinstance(data, dict):
+            raise BackendResponseError(f"The server at {self.base_url} answered {path} unexpectedly.", 200)
+        return data
+
+    @contextmanager
+    def _request_stream(self, path: str, body: dict[str, Any], model: str) -> Iterator[httpx.Response]:
+        with self._errors(model), self._client.stream("POST", path, json=body) as response:
+            if response.status_code != 200:
+                response.read()
+                raise self._status_error(response, model)
+            yield response
+
+    @contextmanager
+    def _errors(self, model: str | None) -> Iterator[None]:
+        """Turn httpx's exceptions into nbchat errors that say what to do."""
+        try:
+            yield
+        except httpx.ConnectError as exc:
+            raise BackendUnavailable(
+                f"Cannot reach the OpenAI-compatible server at {self.base_url} ({exc}). Start it "
+                "(e.g. `vllm serve <model>` or `llama-server -m <file>`), or set OPENAI_BASE_URL to "
+                f"the API root it listens on, e.g. {_EXAMPLE_URL}."
+            ) from None
+        except httpx.ConnectTimeout:
+            raise BackendUnavailable(
+                f"The server at {self.base_url} did not accept a connection in time; "
+                "is OPENAI_BASE_URL right?"
+            ) from None
+        except httpx.TimeoutException:
+            raise BackendTimeout(
+                f"The server at {self.base_url} sent nothing for {self.read_timeout:g} s"
+                + (f" while running {model!r}" if model else "")
+                + "; it may be overloaded or stuck. Try again, or restart it."
+            ) from None
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.StreamError) as exc:
+            raise GenerationFailed(
+                f"The connection to the server at {self.base_url} broke off ({self._scrub(str(exc))}); "
+                "is it still running?"
+            ) from None
+        except httpx.HTTPError as exc:  # a proxy refusing, a body that cannot be decoded, ...
+            raise BackendUnavailable(
+                f"The request to the server at {self.base_url} failed "
+                f"({type(exc).__name__}: {self._scrub(str(exc))})."
+            ) from None
+
+    def _status_error(self, response: httpx.Response, model: str | None) -> BackendError:
+        status, message = response.status_code, self._scrub(_server_message(response))
+        if status == 401:
+            problem = (
+                "the API key in OPENAI_API_KEY is wrong"
+                if self._api_key
+                else "it wants an API key: set OPENAI_API_KEY"
+            )
+            return BackendResponseError(
+                f"The server at {self.base_url} refused the request (401 {message}): {problem}.", status
+            )
+        if status == 404 and _is_missing_route(response):
+            return BackendResponseError(
+                f"The server at {self.base_url} has no {response.request.url.path} endpoint (404); "
+                f"OPENAI_BASE_URL must be the API root, usually ending in /v1 (e.g. {_EXAMPLE_URL}).",
+                status,
+            )
+        if status == 404 and model is not None:
+            return ModelNotFound(
+                f"The server at {self.base_url} has no model {model!r} ({message}). Check the server's "
+                "model list (nbchat's model menu shows it as openai:<name>) and choose one of those."
+            )
+        return BackendResponseError(f"The server at {self.base_url} answered {status}: {message}", status)
+
+    def _scrub(self, text: str) -> str:
+        """``text`` without the API key, should a server or a library ever echo it."""
+        return text.replace(self._api_key, "***") if self._api_key else text
+
+
+class OpenAIReplyStream(ReplyStream):
+    """A reply streamed from ``/chat/completions`` as Server-Sent Events."""
+
+    def __init__(
+        self, backend: OpenAIBackend, model: str, messages: Sequence[Message], params: GenerationParams
+    ) -> None:
+        super().__init__(PREFIX, model, messages, params)
+        self._backend = backend
+        self._response: httpx.Response | None = None
+
+    def _generate(self) -> Generator[Chunk, None, GenerationStats]:
+        backend = self._backend
+        body = backend.chat_request(self._model, self._messages, self._params)
+        parser = ThinkParser()  # for a server that leaves <think>…</think> in the content
+        reply = _Reply()
+        try:
+            with backend._request_stream("/chat/completions", body, self._model) as response:
+                self._response = response
+                for data in _events(response, backend):
+                    if self.cancelled:
+                        break  # leaving the block closes the response: the server stops too
+                    if data is _DONE:
+                        reply.done = True
+                        break
+                    yield from _chunks(data, parser, reply)
+        except BackendError as exc:
+            yield from parser.flush()  # a held-back "<" that never became a tag is text, kept
+            if self.cancelled:  # our own close interrupted the read
+                return GenerationStats("cancelled")
+            raise exc
+        yield from parser.flush()
+        if self.cancelled:
+            return GenerationStats("cancelled")
+        if reply.done or reply.finish_reason is not None:  # a server may end without [DONE]
+            return reply.stats()
+        raise GenerationFailed(
+            f"The server at {backend.base_url} closed the reply before it was finished; "
+            "the text so far is kept. Is the server still running?"
+        )
+
+    def _on_cancel(self) -> None:
+        """Wake a read blocked on a silent server: shut the socket down under it.
+
+        Closing the response from this thread would not interrupt ``recv`` in the
+        reading thread; ``shutdown`` does, and the server sees the hang-up at once.
+        """
+        response = self._response
+        if response is None:
+            return  # not connected yet: the reader checks ``cancelled`` first thing
+        network = response.extensions.get("network_stream")
+        sock = network.get_extra_info("socket") if network is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):  # already closed: nothing to wake
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+def _chunks(data: dict[str, Any], parser: ThinkParser, reply: _Reply) -> Iterator[Chunk]:
+    """The chunks of one ``chat.completion.chunk`` (or a whole ``chat.completion``), noting the rest."""
+    for choice in data.get("choices") or ():
+        if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+            continue  # nbchat asks for one choice
+        delta = choice.get("delta") or choice.get("message") or {}
+        if isinstance(delta, dict):
+            # vLLM 0.10+ may send both names with the same text: take one.
+            reasoning = next((delta[f] for f in REASONING_FIELDS if isinstance(delta.get(f), str)), "")
+            if reasoning:
+                yield Chunk("thinking", reasoning)
+            content = delta.get("content")
+            if isinstance(content, str) and content:
+                yield from parser.feed(content)
+        if choice.get("finish_reason"):
+            reply.finish_reason = str(choice["finish_reason"])
+    usage = data.get("usage")
+    if isinstance(usage, dict):
+        reply.prompt_tokens = _count(usage.get("prompt_tokens"))
+        reply.completion_tokens = _count(usage.get("completion_tokens"))
+    timings = data.get("timings")  # llama-server's own measurement of the generation speed
+    if isinstance(timings, dict) and isinstance(timings.get("predicted_per_second"), (int, float)):
+        reply.tokens_per_s = float(timings["predicted_per_second"]) or None
+
+
+def _events(response: httpx.Response, backend: OpenAIBackend) -> Iterator[Any]:
+    """Each event's JSON object, then ``_DONE`` at ``data: [DONE]``; an error event raises.
+
+    A server that ignored ``"stream": true`` and sent one JSON object is read as a one-event stream.
+    """
+    if response.headers.get("content-type", "").startswith("application/json"):
+        yield _parse_event(response.read(), "", backend)
+        yield _DONE
+        return
+    for event, payload in _sse(response):
+        if payload.strip() == b"[DONE]":
+            yield _DONE
+            return
+        yield _parse_event(payload, event, backend)
+
+
+def _sse(response: httpx.Response) -> Iterator[tuple[str, bytes]]:
+    """(event name, data) of each Server-Sent Event; comments (``: keep-alive``) are skipped.
+
+    Splits raw bytes itself (httpx's text decoding and line splitting cost more per line than
+    the JSON parsing). llama-server's nonstandard ``error: {...}`` line counts as an error event.
+    """
+    pending, event = b"", ""
+    data: list[bytes] = []
+    for piece in response.iter_bytes():
+        lines = (pending + piece).split(b"\n") if pending else piece.split(b"\n")
+        pending = lines.pop()
+        for line in lines:
+            line = line.removesuffix(b"\r")
+            if not line:
+                if data:
+                    yield event, b"\n".join(data)
+                data, event = [], ""
+                continue
+            if line.startswith(b":"):
+                continue
+            name, _, value = line.partition(b":")
+            value = value.removeprefix(b" ")
+            if name == b"data":
+                data.append(value)
+            elif name == b"event":
+                event = value.decode("utf-8", "replace")
+            elif name == b"error":
+                event, data = "error", [value]
+    if pending.strip():
+        name, _, value = pending.removesuffix(b"\r").partition(b":")
+        if name in (b"data", b"error"):
+            data.append(value.removeprefix(b" "))
+            event = "error" if name == b"error" else event
+    if data:
+        yield event, b"\n".join(data)
+
+
+def _parse_event(payload: bytes, event: str, backend: OpenAIBackend) -> dict[str, Any]:
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        if event == "error":
+            data = {"error": payload.decode("utf-8", "replace")}
+        else:
+            raise GenerationFailed(
+                f"The server at {backend.base_url} sent an event that is not JSON: {payload[:200]!r}"
+            ) from None
+    if not isinstance(data, dict):
+        raise GenerationFailed(
+            f"The server at {backend.base_url} sent an unexpected event: {payload[:200]!r}"
+        )
+    if event == "error" or data.get("error"):
+        message = backend._scrub(_error_text(data))
+        raise GenerationFailed(
+            f"The server at {backend.base_url} reported an error during the reply: {message}"
+        )
+    return data
+
+
+def _error_text(data: dict[str, Any]) -> str:
+    """The message of OpenAI's ``{"error": {"message": ...}}``, a bare ``{"error": "..."}``, older
+    vLLM's top-level ``{"message": ...}`` or FastAPI's ``{"detail": ...}``."""
+    error = data.get("error", data)
+    if isinstance(error, dict):
+        for key in ("message", "detail"):
+            if error.get(key):
+                return str(error[key])
+        return json.dumps(error)[:500]
+    return str(error)
+
+
+def _server_message(response: httpx.Response) -> str:
+    try:
+        data = response.json()
+    except ValueError:
+        return response.text.strip()[:500] or response.reason_phrase
+    if isinstance(data, dict):
+        return _error_text(data)
+    return response.text.strip()[:500]
+
+
+def _is_missing_route(response: httpx.Response) -> bool:
+    """A 404 for the path itself (FastAPI's ``{"detail": "Not Found"}``, a plain page), not the model."""
+    try:
+        data = response.json()
+    except ValueError:
+        return True
+    return not (isinstance(data, dict) and "error" in data)
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _positive_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _is_loopback(url: str) -> bool:
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
