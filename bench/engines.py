@@ -1,26 +1,21 @@
-"""Engine benchmarks, measured side by side in one run on this machine.
-
-    .venv/bin/python bench/engines.py            # all, prints a table, writes bench/engines.json
-    .venv/bin/python bench/engines.py --quick    # fewer rounds
+"""Engine figures, measured side by side; ``bench/run.py`` runs them with the rest.
 
 (b) Ollama: nbchat's backend vs the official ``ollama`` client, both streaming 20,000 chunks
     as fast as they come from the loopback server running in its own process (target >= 1.1).
-(c) ``import nbchat``: wall time in a fresh interpreter, and whether torch got imported (must not).
+(c) ``import nbchat`` and ``%load_ext nbchat``: wall time in a fresh interpreter, and whether
+    torch got imported (must not).
 (a) Qwen3 streaming vs raw ``model.generate``: ``bench/qwen_threads.py`` (run from here with the
     variants raw, raw_control, backend, backend+work; run it alone for every design compared).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -31,14 +26,19 @@ MODEL = "llama3.2:1b"  # no thinking capability: both clients stream the same an
 def bench_import(rounds: int) -> dict[str, object]:
     code = (
         "import json, sys, time\n"
+        "from IPython.core.interactiveshell import InteractiveShell\n"
+        "shell = InteractiveShell.instance()\n"
         "t = time.perf_counter()\n"
         "import nbchat\n"
-        "elapsed = time.perf_counter() - t\n"
-        "print(json.dumps({'s': elapsed, 'torch': 'torch' in sys.modules}))\n"
+        "imported = time.perf_counter() - t\n"
+        "shell.run_line_magic('load_ext', 'nbchat')\n"
+        "loaded = time.perf_counter() - t\n"
+        "print(json.dumps({'import': imported, 'load_ext': loaded, 'torch': 'torch' in sys.modules}))\n"
     )
     runs = [json.loads(subprocess.check_output([sys.executable, "-c", code])) for _ in range(rounds)]
     return {
-        "import_s": statistics.median(r["s"] for r in runs),
+        "import_s": statistics.median(r["import"] for r in runs),
+        "import_and_load_ext_s": statistics.median(r["load_ext"] for r in runs),
         "torch_imported": any(r["torch"] for r in runs),
     }
 
@@ -110,62 +110,6 @@ def bench_qwen(quick: bool) -> dict[str, object]:
         figures = Path(scratch) / "qwen.json"
         args = [sys.executable, str(HERE / "qwen_threads.py"), "--json", str(figures), "--skip-probes"]
         # raw_control (a second raw process) shows the noise floor next to nbchat's figures.
-        args += ["--variants", "raw,raw_control,backend,backend+work", "--rounds", "3" if quick else "7"]
+        args += ["--variants", "raw,raw_control,backend,backend+work", "--rounds", "3" if quick else "5"]
         subprocess.run(args, check=True)
         return json.loads(figures.read_text())
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="fewer rounds")
-    parser.add_argument("--skip-qwen", action="store_true", help="leave out the (slow) Qwen3 figures")
-    args = parser.parse_args()
-    rounds = 3 if args.quick else 5
-
-    import httpx
-    import ollama
-
-    results: dict[str, object] = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {_cores()} cores, "
-        f"Python {platform.python_version()}",
-        "versions": {"httpx": httpx.__version__, "ollama": _version("ollama"), "nbchat": _version("nbchat")},
-    }
-    del ollama
-    results.update(bench_import(rounds))
-    results.update(bench_ollama(rounds))
-    if not args.skip_qwen:
-        results.update(bench_qwen(args.quick))
-
-    print(f"{'figure':32} {'value':>12}  target")
-    targets = {
-        "import_s": "< 0.3 s",
-        "torch_imported": "False",
-        "ollama_client_ratio": ">= 1.1",
-        "qwen_stream_ratio": ">= 0.97",
-    }
-    for key, value in results.items():
-        if key in ("date", "machine", "versions"):
-            continue
-        shown = f"{value:.3f}" if isinstance(value, float) else str(value)
-        print(f"{key:32} {shown:>12}  {targets.get(key, '')}")
-    (HERE / "engines.json").write_text(json.dumps(results, indent=2) + "\n")
-    return 0
-
-
-def _cores() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
-
-
-def _version(name: str) -> str:
-    from importlib.metadata import version
-
-    return version(name)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -55,6 +55,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 NEW_TOKENS = 64
 PROMPT = "Hello there! Could you tell me a little about the weather today?"
@@ -90,7 +91,10 @@ def torch_work() -> None:
     optimizer.step()
 
 
-def in_process_generator(checkpoint: str) -> Callable[[], float]:
+Run = tuple[float, float]  # tokens per second, seconds to the first token
+
+
+def in_process_generator(checkpoint: str) -> Callable[[], Run]:
     """Load model and tokenizer here (in the calling thread); return a timed 64-token generate."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -106,17 +110,37 @@ def in_process_generator(checkpoint: str) -> Callable[[], float]:
         return_dict=True,
     )
 
-    def generate() -> float:
+    from transformers.generation.streamers import BaseStreamer
+
+    class FirstToken(BaseStreamer):
+        """Notes when generate produces its first new token (its first put is the prompt)."""
+
+        def __init__(self) -> None:
+            self.puts = 0
+            self.at: float | None = None
+
+        def put(self, value: Any) -> None:
+            self.puts += 1
+            if self.puts == 2:
+                self.at = time.perf_counter()
+
+        def end(self) -> None:
+            pass
+
+    def generate() -> Run:
+        first = FirstToken()
         start = time.perf_counter()
-        out = model.generate(**inputs, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
+        out = model.generate(
+            **inputs, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False, streamer=first
+        )
         elapsed = time.perf_counter() - start
-        assert out.shape[1] - inputs["input_ids"].shape[1] == NEW_TOKENS
-        return NEW_TOKENS / elapsed
+        assert out.shape[1] - inputs["input_ids"].shape[1] == NEW_TOKENS and first.at is not None
+        return NEW_TOKENS / elapsed, first.at - start
 
     return generate
 
 
-def backend_generator(checkpoint: str) -> Callable[[], float]:
+def backend_generator(checkpoint: str) -> Callable[[], Run]:
     """nbchat's chosen design, through its public API (the model id is the checkpoint path)."""
     from nbchat.backends.transformers import TransformersBackend
     from nbchat.types import GenerationParams, Message
@@ -126,12 +150,17 @@ def backend_generator(checkpoint: str) -> Callable[[], float]:
     params = GenerationParams(temperature=0.0, max_new_tokens=NEW_TOKENS)
     messages = [Message("user", PROMPT)]
 
-    def generate() -> float:
+    def generate() -> Run:
         start = time.perf_counter()
-        reply = backend.stream(checkpoint, messages, params).wait()
+        first: float | None = None
+        reply = backend.stream(checkpoint, messages, params)
+        for _ in reply:  # as a reader sees it: the first visible text, then the rest
+            if first is None:
+                first = time.perf_counter()
         elapsed = time.perf_counter() - start
         assert reply.stats is not None and reply.stats.completion_tokens == NEW_TOKENS, reply.stats
-        return NEW_TOKENS / elapsed
+        assert first is not None
+        return NEW_TOKENS / elapsed, first - start
 
     return generate
 
@@ -145,15 +174,15 @@ def serve(variant: str, checkpoint: str) -> None:
         os.environ["GOMP_SPINCOUNT"] = "10000000"
     import torch
 
-    run: Callable[[], float]
+    run: Callable[[], Run]
     if base in ("raw", "raw_control", "thread_per_reply"):
         generate = in_process_generator(checkpoint)
         if base != "thread_per_reply":
             run = generate
         else:
 
-            def run() -> float:
-                result: list[float] = []
+            def run() -> Run:
+                result: list[Run] = []
                 thread = threading.Thread(target=lambda: result.append(generate()))
                 thread.start()
                 thread.join()
@@ -161,13 +190,13 @@ def serve(variant: str, checkpoint: str) -> None:
 
     elif base.startswith("worker"):
         jobs: queue.Queue[None] = queue.Queue()
-        results: queue.Queue[float] = queue.Queue()
+        results: queue.Queue[Run] = queue.Queue()
 
         def worker() -> None:
             if base == "worker_1thread":
                 torch.set_num_threads(1)
             generate = in_process_generator(checkpoint)
-            results.put(0.0)
+            results.put((0.0, 0.0))
             while True:
                 jobs.get()
                 results.put(generate())
@@ -175,7 +204,7 @@ def serve(variant: str, checkpoint: str) -> None:
         threading.Thread(target=worker, daemon=True).start()
         results.get()
 
-        def run() -> float:
+        def run() -> Run:
             jobs.put(None)
             return results.get()
 
@@ -184,7 +213,7 @@ def serve(variant: str, checkpoint: str) -> None:
     else:
         raise SystemExit(f"unknown variant {variant!r}")
 
-    def timed() -> float:
+    def timed() -> Run:
         if work:
             torch_work()
         return run()
@@ -193,7 +222,8 @@ def serve(variant: str, checkpoint: str) -> None:
     print("ready", flush=True)
     for line in sys.stdin:
         if line.strip() == "go":
-            print(f"{timed():.4f}", flush=True)
+            rate, ttft = timed()
+            print(f"{rate:.4f} {ttft:.6f}", flush=True)
 
 
 # -- the small-op probe: the OpenMP effect without the noise of memory bandwidth --------------------
@@ -315,7 +345,12 @@ def main() -> None:
         )
         ratios = run_variants(str(checkpoint), args.variants.split(","), args.rounds)
         if args.json:
-            figures = {f"qwen_{v.replace('+', '_')}_ratio": r for v, r in ratios.items()}
+            figures = {
+                f"qwen_{v.replace('+', '_')}" + ("" if v.endswith("_ttft_s") else "_ratio"): r
+                for v, r in ratios.items()
+            }
+            if "backend_ttft_s" in ratios and "raw_ttft_s" in ratios:
+                figures["qwen_ttft_overhead_s"] = ratios["backend_ttft_s"] - ratios["raw_ttft_s"]
             if "backend" in ratios and "backend+work" in ratios:
                 figures["qwen_stream_ratio"] = min(ratios["backend"], ratios["backend+work"])
             Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
@@ -333,6 +368,7 @@ def run_variants(checkpoint: str, variants: list[str], rounds: int) -> dict[str,
         f"{NEW_TOKENS} greedy tokens per run, {rounds} rounds"
     )
     processes: dict[str, subprocess.Popen[str]] = {}
+    ttfts: dict[str, list[float]] = {v: [] for v in variants}
     env = dict(os.environ, TQDM_DISABLE="1", TRANSFORMERS_VERBOSITY="error")
     try:
         for variant in variants:  # one at a time: loading in parallel would skew the warm-ups
@@ -354,8 +390,9 @@ def run_variants(checkpoint: str, variants: list[str], rounds: int) -> dict[str,
             assert process.stdin is not None
             process.stdin.write("go\n")
             process.stdin.flush()
-            speed = float(read_line(process))
+            speed, ttft = map(float, read_line(process).split())
             speeds[variant].append(speed)
+            ttfts[variant].append(ttft)
             return speed
 
         others = [v for v in variants if v != "raw"]
@@ -375,7 +412,12 @@ def run_variants(checkpoint: str, variants: list[str], rounds: int) -> dict[str,
         for process in processes.values():
             process.kill()
             process.wait()
-    return report(speeds, ratios)
+    medians = report(speeds, ratios)
+    print(f"{'variant':<24}{'first token, s (median)':>24}")
+    for variant, values in ttfts.items():
+        medians[f"{variant}_ttft_s"] = statistics.median(values)
+        print(f"{variant:<24}{statistics.median(values):>24.4f}")
+    return medians
 
 
 def read_line(process: subprocess.Popen[str]) -> str:

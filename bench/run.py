@@ -1,0 +1,147 @@
+"""Every nbchat benchmark in one run: prints a table, writes bench/results.json, regenerates the README's.
+
+    .venv/bin/python bench/run.py            # about 3 minutes on 2 cores
+    .venv/bin/python bench/run.py --quick    # fewer rounds, for a quick look (not for the README)
+
+Each figure is measured side by side with its reference in this one run on this machine (see
+each module's docstring): ``engines.py`` (import time, Ollama client, Qwen3 streaming),
+``ui.py`` (the panel in a real kernel), ``store.py`` (appends, listing), ``memory.py``
+(``unload()``). Targets are checked and shown; the run does not stop at a miss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from importlib.metadata import version
+from pathlib import Path
+
+import engines
+import memory
+import store
+import ui
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results.json"
+README = HERE.parent / "README.md"
+TABLE_START, TABLE_END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+#: figure → (what it is, target text, check)
+TARGETS: dict[str, tuple[str, str, Callable[[object], bool] | None]] = {
+    "import_s": ("`import nbchat` in a fresh interpreter", "< 0.3 s", lambda v: float(v) < 0.3),
+    "import_and_load_ext_s": ("`import nbchat` + `%load_ext nbchat`", "< 0.3 s", lambda v: float(v) < 0.3),
+    "torch_imported": ("torch imported by either", "no", lambda v: v is False),
+    "qwen_backend_ratio": (
+        "Qwen3 streaming ÷ raw `generate`, clean kernel",
+        "≥ 0.97",
+        lambda v: float(v) >= 0.97,
+    ),
+    "qwen_backend_work_ratio": (
+        "Qwen3 streaming ÷ raw `generate`, after the kernel's own torch work",
+        "≥ 0.97",
+        lambda v: float(v) >= 0.97,
+    ),
+    "qwen_stream_ratio": ("Qwen3: the lower of the two", "≥ 0.97", lambda v: float(v) >= 0.97),
+    "qwen_raw_control_ratio": ("Qwen3: a second raw process ÷ raw (the noise floor)", "—", None),
+    "qwen_ttft_overhead_s": ("Qwen3: first visible text, nbchat − raw first token", "—", None),
+    "ollama_client_ratio": (
+        "Ollama: nbchat ÷ official client, 20,000 chunks",
+        "≥ 1.1",
+        lambda v: float(v) >= 1.1,
+    ),
+    "redraws_per_s": ("panel redraws while ~1,000 chunks/s stream", "≤ 20 /s", lambda v: float(v) <= 20),
+    "ui_cost_fraction": ("kernel CPU the panel adds ÷ reply time", "< 0.10", lambda v: float(v) < 0.10),
+    "append_ratio_conversations": (
+        "append latency, 1,000 conversations ÷ 1",
+        "≤ 1.5",
+        lambda v: float(v) <= 1.5,
+    ),
+    "append_ratio_messages": ("append latency, 5,000 messages ÷ 10", "≤ 2", lambda v: float(v) <= 2),
+    "list_1000_s": ("list 1,000 conversations of 100 messages", "—", None),
+    "list_bodies_ratio": (
+        "that ÷ listing 1,000 of 1 message (1 = no message bodies read)",
+        "≤ 1.5",
+        lambda v: float(v) <= 1.5,
+    ),
+    "memory_returned_fraction": (
+        "memory `unload()` gives back ÷ the model's weights",
+        "≥ 0.9",
+        lambda v: float(v) >= 0.9,
+    ),
+    "memory_kernel_kept_mb": ("MB the kernel keeps after unloading (tokenizer, modules)", "—", None),
+}
+
+
+def shown(value: object) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 100 else f"{value:,.0f}"
+    return str(value)
+
+
+def table(results: dict[str, object]) -> str:
+    rows = ["| figure | measured | target | met |", "| --- | --- | --- | --- |"]
+    for key, (what, target, check) in TARGETS.items():
+        if key not in results:
+            continue
+        met = "" if check is None else ("yes" if check(results[key]) else "**no**")
+        rows.append(f"| {what} (`{key}`) | {shown(results[key])} | {target} | {met} |")
+    return "\n".join(rows)
+
+
+def update_readme(results: dict[str, object]) -> None:
+    text = README.read_text()
+    if TABLE_START not in text or TABLE_END not in text:
+        raise SystemExit(f"README.md has no {TABLE_START} ... {TABLE_END} block to fill")
+    block = (
+        f"{TABLE_START}\nMeasured {results['date'][:10]} on {results['machine']} by `bench/run.py` "
+        f"(generated from `bench/results.json`):\n\n{table(results)}\n{TABLE_END}"
+    )
+    README.write_text(re.sub(re.escape(TABLE_START) + ".*?" + re.escape(TABLE_END), block, text, flags=re.S))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer rounds; results.json and README untouched"
+    )
+    args = parser.parse_args()
+    started = time.perf_counter()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    results: dict[str, object] = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {cores} cores, Python {platform.python_version()}",
+        "versions": {name: version(name) for name in ("nbchat", "torch", "transformers", "httpx", "ollama")},
+    }
+    rounds = 3 if args.quick else 5
+    for name, step in (
+        ("import", lambda: engines.bench_import(rounds)),
+        ("ollama", lambda: engines.bench_ollama(rounds)),
+        ("store", store.measure_in_scratch),
+        ("ui", ui.measure),
+        ("memory", lambda: memory.measure(768, 12)),
+        ("qwen", lambda: engines.bench_qwen(args.quick)),
+    ):
+        print(f"-- {name}", flush=True)
+        results.update(step())
+    results["bench_seconds"] = round(time.perf_counter() - started)
+    print()
+    print(table(results))
+    if not args.quick:
+        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+        update_readme(results)
+        print(f"\nwrote {RESULTS.relative_to(HERE.parent)} and the README's table")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

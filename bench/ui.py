@@ -1,0 +1,145 @@
+"""What the chat panel costs a real kernel while a reply streams at about 1,000 chunks a second.
+
+    .venv/bin/python bench/ui.py [--json FILE]
+
+A real IPython kernel (started with jupyter_client, its widget messages going out on iopub as
+in JupyterLab) streams 3,000-chunk replies from the loopback Ollama server, which runs in a
+process of its own. Each round runs one reply with no panel and one with a panel displayed,
+side by side; the kernel's CPU time (all threads) of the two is compared:
+
+- ``redraws_per_s``: how often the panel redrew the streaming reply (target ≤ 20);
+- ``ui_cost_fraction``: the kernel CPU the panel added ÷ the reply's wall time (target < 0.10).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+CHUNKS = 3000
+CHUNK_DELAY_S = 0.001
+ROUNDS = 3
+
+KERNEL_SETUP = """
+import gc, json, os, time
+os.environ["OLLAMA_HOST"] = {url!r}
+os.environ["NBCHAT_DATA_DIR"] = {data!r}
+import nbchat
+from IPython.display import display
+session = nbchat.get_session()
+session.register("bench", "correct horse")
+session.login("bench", "correct horse")
+session.new_conversation("bench")
+session.configure(model="ollama:llama3.2:1b", max_new_tokens={max_tokens})
+panel = None
+redraws = []
+
+def one_reply(with_panel):
+    global panel
+    if with_panel:  # a fresh panel for this reply, closed after it: plain rounds run with none
+        panel = nbchat.ChatPanel()
+        display(panel)
+        follow = panel._follow
+        def counted(reply):
+            follow(reply)
+            panel._live.observe(lambda change: redraws.append(time.perf_counter()), names="outputs")
+        panel._follow = counted
+    redraws.clear()
+    cpu, wall = time.process_time(), time.perf_counter()
+    reply = session.send("go").wait()
+    if with_panel:
+        while panel._live is not None:
+            time.sleep(0.001)
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    assert len(reply.text.split()) == {chunks}, len(reply.text.split())
+    if with_panel:
+        panel.close()
+        panel = None
+        gc.collect()
+    print("RESULT " + json.dumps({{"cpu": cpu, "wall": wall, "redraws": len(redraws)}}))
+"""
+
+
+def run_in_kernel(client: object, code: str) -> list[str]:
+    """Execute ``code``; return what it printed, line by line (errors raise)."""
+    lines: list[str] = []
+
+    def output(message: dict) -> None:
+        content = message["content"]
+        if message["msg_type"] == "stream":
+            lines.extend(content["text"].splitlines())
+        elif message["msg_type"] == "error":
+            raise RuntimeError("\n".join(content["traceback"]))
+
+    reply = client.execute_interactive(code, output_hook=output, timeout=300)  # type: ignore[attr-defined]
+    if reply["content"]["status"] != "ok":
+        raise RuntimeError(f"the kernel failed: {reply['content']}")
+    return lines
+
+
+def measure() -> dict[str, float]:
+    from jupyter_client.manager import start_new_kernel
+
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "nbchat.testing.ollama_server",
+            "--chunk-count",
+            str(CHUNKS),
+            "--chunk-delay",
+            str(CHUNK_DELAY_S),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdout is not None
+    url = server.stdout.readline().split(" ", 1)[1].strip()
+    data = tempfile.mkdtemp(prefix="nbchat-bench-ui-")
+    manager, client = start_new_kernel(kernel_name="python3")
+    try:
+        run_in_kernel(client, KERNEL_SETUP.format(url=url, data=data, max_tokens=CHUNKS + 10, chunks=CHUNKS))
+        plain, shown = [], []
+        for _ in range(ROUNDS):
+            for with_panel, results in ((False, plain), (True, shown)):
+                line = run_in_kernel(client, f"one_reply({with_panel})")[-1]
+                results.append(json.loads(line.removeprefix("RESULT ")))
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+        server.terminate()
+        server.wait(10)
+        shutil.rmtree(data, ignore_errors=True)
+    extra = [s["cpu"] - p["cpu"] for p, s in zip(plain, shown, strict=True)]
+    return {
+        "redraws_per_s": statistics.median(s["redraws"] / s["wall"] for s in shown),
+        "ui_cost_fraction": max(
+            0.0, statistics.median(e / s["wall"] for e, s in zip(extra, shown, strict=True))
+        ),
+        "ui_reply_wall_s": statistics.median(s["wall"] for s in shown),
+        "ui_chunks_per_s": CHUNKS / statistics.median(s["wall"] for s in shown),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    figures = measure()
+    for key, value in figures.items():
+        print(f"{key:32} {value:12.4f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
