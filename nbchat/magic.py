@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     prompt.add_argument("--raw", action="store_true", help="send the prompt as written: no {name} filling")
     other = parser.add_argument_group("information")
     other.add_argument("--models", action="store_true", help="list the models available now")
+    other.add_argument("--pull", metavar="NAME", help="have Ollama download a model, e.g. qwen3:1.7b")
     other.add_argument("--health", action="store_true", help="check Ollama, the local model and storage")
     return parser
 
@@ -181,7 +182,7 @@ def keep_questions(lines: list[str]) -> list[str]:
             continue
         call = f"get_ipython().run_line_magic('chat', {rest!r})"
         target = f"{match['target']} = " if match["target"] else ""
-        result.append(f"{match['indent']}{target}{call}{line[len(body):]}")
+        result.append(f"{match['indent']}{target}{call}{line[len(body) :]}")
     return result
 
 
@@ -221,6 +222,8 @@ def run(line: str, cell: str | None, namespace: Mapping[str, Any]) -> ChatAnswer
         session.configure(**changes)
     if options.list:
         _show_markdown(conversation_table(session))
+    if options.pull:
+        pull_into_cell(session, options.pull)
     if options.models:
         _show_markdown("\n".join(f"- `{model}`" for model in session.models()) or "No models found.")
     if options.health:
@@ -396,6 +399,24 @@ def stream_into_cell(reply: Reply) -> ChatAnswer:
         pass  # shown below, under the partial text
     handle.update(Markdown(reply.markdown() + footer(reply)))
     return ChatAnswer(reply)
+
+
+def pull_into_cell(session: ChatSession, name: str) -> None:
+    """``--pull``: download a model into Ollama, with a progress line redrawn in the cell."""
+    from IPython.display import Markdown, display
+
+    handle = display(Markdown(f"Pulling `{name}`…"), display_id=True)
+    shown_at = 0.0
+
+    def progress(step: Any) -> None:
+        nonlocal shown_at
+        if time.monotonic() - shown_at >= REDRAW_INTERVAL_S:
+            percent = f" {step.fraction:.0%}" if step.fraction is not None else ""
+            handle.update(Markdown(f"Pulling `{name}`: {step.status}{percent}"))
+            shown_at = time.monotonic()
+
+    model_id = session.pull(name, progress)
+    handle.update(Markdown(f"Pulled `{name}`: choose it with `-m {model_id}`."))
 
 
 def footer(reply: Reply) -> str:

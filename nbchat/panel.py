@@ -182,6 +182,19 @@ class ChatPanel(widgets.VBox):
         )
         self.refresh_models_button.on_click(lambda _: self._load_models())
         self.models_note = _classed(widgets.HTML(), "nbchat-models-note")
+        self.pull_name = _classed(
+            widgets.Text(placeholder="e.g. qwen3:1.7b", description="Pull", layout={"width": "260px"}),
+            "nbchat-pull-name",
+        )
+        self.pull_button = _classed(
+            widgets.Button(description="Pull from Ollama", icon="download", layout={"width": "auto"}),
+            "nbchat-pull",
+        )
+        self.pull_progress = _classed(
+            widgets.FloatProgress(value=0.0, min=0.0, max=1.0, layout={"width": "200px", "display": "none"}),
+            "nbchat-pull-progress",
+        )
+        self.pull_button.on_click(lambda _: self._pull())
         self.temperature = _classed(
             widgets.FloatSlider(
                 value=0.7,
@@ -250,6 +263,7 @@ class ChatPanel(widgets.VBox):
                     widgets.HBox([self.model, self.refresh_models_button, self.models_note]),
                     widgets.HBox([self.temperature, self.max_tokens, self.think]),
                     self.system_box,
+                    widgets.HBox([self.pull_name, self.pull_button, self.pull_progress]),
                     self.messages,
                     self.prompt,
                     widgets.HBox([self.send_button, self.stop_button, self.status]),
@@ -404,12 +418,15 @@ class ChatPanel(widgets.VBox):
         ).start()
 
     def _redraw(self, reply: Reply, output: widgets.Output) -> None:
-        shown = ""
+        shown, said = "", ""
         while not reply.join(REDRAW_INTERVAL_S):
             text = reply.markdown()
             if text != shown and text.strip():
                 output.outputs = _markdown_output(text)
                 shown = text
+            if reply.status and reply.status != said:  # loading a local model: say how far
+                self.status.value = html.escape(reply.status)
+                said = reply.status
         output.outputs = _markdown_output(reply.markdown())
         self.status.value = _reply_status(reply)
         if self._streaming is reply:
@@ -488,6 +505,38 @@ class ChatPanel(widgets.VBox):
             return
         if self._act(lambda: self.session.send(text)) is not None:
             self.prompt.value = ""
+
+    def _pull(self) -> None:
+        """Ask Ollama to download a model, in a thread (it can take minutes), with a progress bar."""
+        name = self.pull_name.value.strip()
+        if not name:
+            self._error("Type the name of an Ollama model to pull, e.g. qwen3:1.7b.")
+            return
+        self.pull_button.disabled = True
+        self.pull_progress.value = 0.0
+        self.pull_progress.layout.display = None
+        self.status.value = f"Pulling <code>{html.escape(name)}</code>…"
+
+        def progress(step: Any) -> None:
+            if step.fraction is not None:
+                self.pull_progress.value = step.fraction
+            self.status.value = f"Pulling <code>{html.escape(name)}</code>: {html.escape(step.status)}"
+
+        def work() -> None:
+            try:
+                model_id = self.session.pull(name, progress)
+            except NbchatError as exc:
+                self._error(str(exc))
+            else:
+                self.pull_progress.value = 1.0
+                self.pull_name.value = ""
+                self._load_models()
+                self.status.value = f"Pulled <code>{html.escape(model_id)}</code>: choose it above."
+            finally:
+                self.pull_button.disabled = False
+                self.pull_progress.layout.display = "none"
+
+        threading.Thread(target=work, name="nbchat-pull", daemon=True).start()
 
     def _show_rename(self, show: bool) -> None:
         current = self.session.current if show else None

@@ -53,6 +53,7 @@ class Reply:
         self.error: NbchatError | None = None
         self.message: Message | None = None
         self.dropped_messages = 0  # older messages left out so the prompt fits the context
+        self.status = ""  # what happens before the first token (loading a local model), for views
         self._start = start
         self._save = save
         self._chunks: list[Chunk] = []
@@ -133,6 +134,15 @@ class Reply:
         if finished:
             _call(listener, self)
 
+    def set_status(self, status: str) -> None:
+        """Say what is happening before the first token; listeners hear of it (any thread)."""
+        with self._changed:
+            self.status = status
+            self._changed.notify_all()
+            listeners = list(self._listeners)
+        for listener in listeners:
+            _call(listener, self)
+
     # -- control -----------------------------------------------------------------------------
 
     def cancel(self) -> None:
@@ -194,6 +204,8 @@ class Reply:
         parts = []
         if self.thinking.strip():
             parts.append(f"<details><summary>Thinking</summary>\n\n{self.thinking.strip()}\n\n</details>\n")
+        if not self.done and not self.text and not self.thinking and self.status:
+            return f"*{self.status}*"
         parts.append(self.text)
         if self.done:
             if self.error is not None:

@@ -398,6 +398,29 @@ class ChatSession:
             models.append(LOCAL_ALIAS)
         return models, " ".join(problems) or None
 
+    def pull(self, model: str, progress: Callable[[Any], None] | None = None) -> str:
+        """Have the Ollama server download ``model`` (``qwen3:1.7b`` or ``ollama:qwen3:1.7b``).
+
+        ``progress`` gets each step (``status``, ``completed``, ``total``, ``fraction``).
+        Returns the model id to choose. Refused when nobody is logged in or the site
+        policy does not allow that model.
+        """
+        from nbchat.backends import backend_for, parse_model_id
+
+        self._require_login()
+        if not isinstance(model, str) or not model.strip().removeprefix("ollama:").strip():
+            raise InvalidValue("Name the Ollama model to pull, e.g. qwen3:1.7b.")
+        model_id = "ollama:" + model.strip().removeprefix("ollama:").strip()
+        ref = parse_model_id(model_id, self.config)
+        policy = self.config.policy
+        if not policy.allows_model(model_id):
+            raise PolicyError(
+                f"{model_id} is not allowed here: {policy.source} allows only "
+                f"{', '.join(policy.models or ())}."
+            )
+        backend_for("ollama", self.config).pull(ref.name, progress)  # type: ignore[attr-defined]
+        return model_id
+
     def health(self) -> HealthReport:
         return check_health(
             self.config,
@@ -446,7 +469,9 @@ def _start_reply(
     reply: Reply, backend: Any, name: str, settings: ConversationSettings, history: list[Message]
 ) -> ReplyStream:
     """In the reply's thread: fit the history into the model's context, then start streaming."""
-    window = backend.context_window(name)  # a local model loads here, off the main thread
+    if backend.prefix == "transformers" and name not in backend.loaded():
+        _load_with_progress(reply, backend, name)  # off the main thread, saying how far it got
+    window = backend.context_window(name)
     budget = window - settings.max_new_tokens
     if budget <= 0:
         raise ContextOverflow(
@@ -470,6 +495,23 @@ def _start_reply(
         context_size=window,
     )
     return backend.stream(name, kept, params)
+
+
+def _load_with_progress(reply: Reply, backend: Any, name: str) -> None:
+    """Load a local model for ``reply``, telling its views each phase (a first load takes a while)."""
+    model = reply.model
+    phases = {
+        "tokenizer": f"Loading {model}: the tokenizer…",
+        "weights": f"Loading {model}: the weights (the first use of a model takes a while)…",
+    }
+
+    def progress(step: Any) -> None:
+        if step.phase == "ready":
+            reply.set_status(f"{model} loaded in {step.elapsed_s:.1f} s; generating…")
+        else:
+            reply.set_status(phases.get(step.phase, f"Loading {model}…"))
+
+    backend.load(name, on_progress=progress)
 
 
 def _title_from(prompt: str) -> str:

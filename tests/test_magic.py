@@ -414,3 +414,13 @@ def test_chat_question_mark_still_shows_the_magics_help(shell: InteractiveShell)
     assert keep_questions(["%chat?\n"]) == ["%chat?\n"]
     assert keep_questions(["%%chat\n", "why?\n"]) == ["%%chat\n", "why?\n"]
     assert keep_questions(["    %chat why?\n"]) == ["    get_ipython().run_line_magic('chat', 'why?')\n"]
+
+
+def test_pull_downloads_a_model_into_ollama_with_progress(
+    shell: InteractiveShell, server: OllamaTestServer, passwords: list[str]
+) -> None:
+    logged_in_chat(shell, passwords)
+    shown = markdown_shown(run(shell, "%chat --pull qwen3:0.6b"))
+    assert shown[0] == "Pulling `qwen3:0.6b`…"
+    assert shown[-1] == "Pulled `qwen3:0.6b`: choose it with `-m ollama:qwen3:0.6b`."
+    assert "ollama:qwen3:0.6b" in markdown_shown(run(shell, "%chat --models"))[0]

@@ -281,8 +281,8 @@ def test_pull_reports_progress_then_the_model_is_there(backend) -> None:
     assert "ollama:qwen3:0.6b" in backend.models()
 
 
-def test_pulling_an_unknown_model_is_a_clear_error(backend) -> None:
-    with pytest.raises((GenerationFailed, BackendResponseError), match="file does not exist"):
+def test_pulling_an_unknown_model_is_a_clear_error_naming_it(backend) -> None:
+    with pytest.raises(ModelNotFound, match="cannot pull 'does-not-exist': no such model"):
         backend.pull("does-not-exist")
 
 

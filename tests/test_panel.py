@@ -13,6 +13,7 @@ from dataclasses import replace
 import pytest
 from polling import wait_until
 
+import nbchat
 from nbchat import Accounts, ChatSession, Config
 from nbchat.panel import CHOOSE_MODEL, ChatPanel, message_markdown
 from nbchat.testing.ollama_server import OllamaTestServer
@@ -326,3 +327,42 @@ def test_closed_registration_hides_the_register_button(session: ChatSession) -> 
     panel = ChatPanel(closed)
     assert panel.register_button.layout.display == "none"
     assert ChatPanel(session).register_button.layout.display is None
+
+
+# -- pulling a model into Ollama -----------------------------------------------------------------
+
+
+def test_pull_downloads_a_model_with_a_progress_bar_and_offers_it(
+    panel: ChatPanel, server: OllamaTestServer
+) -> None:
+    log_in(panel)
+    assert "ollama:qwen3:0.6b" not in [value for _, value in panel.model.options]
+    fractions: list[float] = []
+    panel.pull_progress.observe(lambda change: fractions.append(change["new"]), names="value")
+    panel.pull_name.value = "qwen3:0.6b"
+    panel.pull_button.click()
+    wait_until(lambda: "Pulled" in panel.status.value or "nbchat-error" in panel.status.value)
+    assert "Pulled <code>ollama:qwen3:0.6b</code>" in panel.status.value
+    assert "ollama:qwen3:0.6b" in [value for _, value in panel.model.options]
+    assert 0 < min(fractions) < 1 and fractions[-1] == 1.0  # each layer of the model fills the bar
+    assert not panel.pull_button.disabled and panel.pull_name.value == ""
+
+
+def test_pulling_an_unknown_model_is_a_clear_error(panel: ChatPanel) -> None:
+    log_in(panel)
+    panel.pull_name.value = "no-such-model:9b"
+    panel.pull_button.click()
+    wait_until(lambda: "nbchat-error" in panel.status.value)
+    assert "no-such-model:9b" in panel.status.value and not panel.pull_button.disabled
+
+
+def test_the_site_policy_also_governs_pulls(session: ChatSession) -> None:
+    from nbchat.config import Policy
+
+    strict = ChatSession(
+        replace(session.config, policy=Policy(models=("ollama:qwen3:*",))), accounts=session.accounts
+    )
+    strict.login("bob", PASSWORD)
+    with pytest.raises(nbchat.PolicyError, match="not allowed"):
+        strict.pull("gemma3:1b")
+    assert strict.pull("ollama:qwen3:0.6b") == "ollama:qwen3:0.6b"

@@ -537,3 +537,22 @@ def test_the_read_timeout_comes_from_the_environment(tmp_path: Path) -> None:
     assert load_config({"NBCHAT_DATA_DIR": str(tmp_path), "NBCHAT_READ_TIMEOUT": "5"}).read_timeout_s == 5.0
     with pytest.raises(nbchat.ConfigError, match="NBCHAT_READ_TIMEOUT must be a positive number"):
         load_config({"NBCHAT_DATA_DIR": str(tmp_path), "NBCHAT_READ_TIMEOUT": "-1"})
+
+
+def test_loading_a_local_model_says_how_far_it_got(session: ChatSession, tmp_path: Path) -> None:
+    from nbchat.backends.transformers import unload
+    from nbchat.testing.tiny_qwen3 import tiny_qwen3
+
+    path = tiny_qwen3(tmp_path / "fresh-qwen3")
+    try:
+        logged_in(session, model=f"transformers:{path}")
+        session.configure(max_new_tokens=8)
+        statuses: list[str] = []
+        reply = session.send("hello")
+        reply.subscribe(lambda r: statuses.append(r.status) if r.status not in statuses[-1:] else None)
+        reply.wait(120)
+        assert any("the tokenizer" in s for s in statuses) or any("the weights" in s for s in statuses)
+        assert any("loaded in" in s for s in statuses)
+        assert reply.markdown() and not reply.markdown().startswith("*Loading")
+    finally:
+        unload(str(path))

@@ -138,12 +138,20 @@ class OllamaBackend:
     def pull(self, model: str, progress: Callable[[PullProgress], None] | None = None) -> None:
         """Download ``model`` into the server, reporting each progress line to ``progress``."""
         with self._request_stream("POST", "/api/pull", {"model": model, "stream": True}, model) as response:
-            for data in _ndjson(response, what="the pull"):
-                step = PullProgress(str(data.get("status", "")), data.get("completed"), data.get("total"))
-                if progress is not None:
-                    progress(step)
-                if step.status == "success":
-                    break
+            try:
+                for data in _ndjson(response, what="the pull"):
+                    step = PullProgress(str(data.get("status", "")), data.get("completed"), data.get("total"))
+                    if progress is not None:
+                        progress(step)
+                    if step.status == "success":
+                        break
+            except GenerationFailed as exc:  # Ollama's own words do not say which model
+                if "file does not exist" in str(exc):
+                    raise ModelNotFound(
+                        f"Ollama at {self.host} cannot pull {model!r}: no such model in its library. "
+                        "Check the name and tag (e.g. qwen3:1.7b, llama3.2:1b)."
+                    ) from None
+                raise GenerationFailed(f"Pulling {model!r} failed: {exc}") from None
         with self._info_lock:
             self._info.pop(model, None)
 
