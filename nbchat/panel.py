@@ -93,6 +93,7 @@ class ChatPanel(widgets.VBox):
         self._streaming: Reply | None = None
         self._live: widgets.Output | None = None  # the streaming reply's widget
         self._lock = threading.RLock()
+        self._style = widgets.HTML(_STYLE)  # one per panel: a new widget per redraw would pile up
         self._build_login_view()
         self._build_chat_view()
         _classed(self, "nbchat-panel")
@@ -288,7 +289,7 @@ class ChatPanel(widgets.VBox):
                 self._syncing = False
 
     def _show_logged_out(self) -> None:
-        self.children = [widgets.HTML(_STYLE), self.login_view]
+        self.children = [self._style, self.login_view]
         self.register_button.layout.display = (
             None if self.session.config.policy.allow_registration else "none"
         )
@@ -302,6 +303,8 @@ class ChatPanel(widgets.VBox):
         self._streaming = self._live = None
         self.prompt.value = ""
         self.password.value = ""
+        self.pull_name.value = ""
+        self.rename_text.value = ""
         self.conversations.options = []
         self.model.options = [(CHOOSE_MODEL, "")]
         self._model_ids = []
@@ -315,7 +318,7 @@ class ChatPanel(widgets.VBox):
     def _show_logged_in(self) -> None:
         session = self.session
         if self.children[-1:] != (self.chat_view,):
-            self.children = [widgets.HTML(_STYLE), self.chat_view]
+            self.children = [self._style, self.chat_view]
             self.login_message.value = ""
             self._show_rename(False)
             self._show_delete(False)
