@@ -9,29 +9,17 @@ once, so the server stops generating instead of working for nobody.
 
 from __future__ import annotations
 
-import contextlib
-import ipaddress
 import json
-import socket
 import threading
-import urllib.parse
 from collections.abc import Callable, Generator, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from nbchat.backends.base import ReplyStream
-from nbchat.errors import (
-    BackendError,
-    BackendResponseError,
-    BackendTimeout,
-    BackendUnavailable,
-    GenerationFailed,
-    ModelNotFound,
-)
-from nbchat.history import estimate_tokens
+from nbchat.backends.http import HttpBackend, HttpReplyStream, server_message
+from nbchat.errors import BackendError, BackendResponseError, GenerationFailed, ModelNotFound
 from nbchat.types import Chunk, GenerationParams, GenerationStats, Message
 
 PREFIX = "ollama"
@@ -67,11 +55,10 @@ class ModelInfo:
         return "thinking" in self.capabilities
 
 
-class OllamaBackend:
+class OllamaBackend(HttpBackend):
     """The models of one Ollama server."""
 
     prefix = PREFIX
-
     def __init__(
         self,
         host: str,
@@ -80,19 +67,11 @@ class OllamaBackend:
         read_timeout: float = READ_TIMEOUT_S,
     ) -> None:
         self.host = host.rstrip("/")
-        self.read_timeout = read_timeout
-        self._client = httpx.Client(
-            base_url=self.host,
-            timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
-            # A proxy from the environment must not capture traffic to this machine.
-            trust_env=not _is_loopback(self.host),
-            headers={"User-Agent": "nbchat", "Accept": "application/json"},
+        super().__init__(
+            self.host, f"Ollama at {self.host}", connect_timeout=connect_timeout, read_timeout=read_timeout
         )
         self._info: dict[str, ModelInfo] = {}
         self._info_lock = threading.Lock()
-
-    def close(self) -> None:
-        self._client.close()
 
     # -- listing and health ----------------------------------------------------------------
 
@@ -164,10 +143,6 @@ class OllamaBackend:
         info = self.model_info(model)
         return min(DEFAULT_NUM_CTX, info.context_length or DEFAULT_NUM_CTX)
 
-    def count_tokens(self, model: str, messages: Sequence[Message], *, think: bool = False) -> int:
-        """An estimate (``nbchat.history.estimate_tokens``): the tokenizer lives in the server."""
-        return estimate_tokens(messages)
-
     # -- chatting --------------------------------------------------------------------------
 
     def stream(self, model: str, messages: Sequence[Message], params: GenerationParams) -> ReplyStream:
@@ -196,64 +171,10 @@ class OllamaBackend:
             body["think"] = params.think
         return body
 
-    # -- HTTP plumbing ---------------------------------------------------------------------
-
-    def _get_json(
-        self, method: str, path: str, *, json: dict[str, Any] | None = None, model: str | None = None
-    ) -> dict[str, Any]:
-        with self._errors(model):
-            response = self._client.request(method, path, json=json)
-        if response.status_code != 200:
-            raise self._status_error(response, model)
-        try:
-            data = response.json()
-        except ValueError:
-            raise BackendResponseError(
-                f"Ollama at {self.host} answered {path} with something that is not JSON; "
-                "is OLLAMA_HOST pointing at an Ollama server?",
-                response.status_code,
-            ) from None
-        if not isinstance(data, dict):
-            raise BackendResponseError(f"Ollama at {self.host} answered {path} unexpectedly.", 200)
-        return data
-
-    @contextmanager
-    def _request_stream(
-        self, method: str, path: str, body: dict[str, Any], model: str | None
-    ) -> Iterator[httpx.Response]:
-        with self._errors(model), self._client.stream(method, path, json=body) as response:
-            if response.status_code != 200:
-                response.read()
-                raise self._status_error(response, model)
-            yield response
-
-    @contextmanager
-    def _errors(self, model: str | None) -> Iterator[None]:
-        """Turn httpx's exceptions into nbchat errors that say what to do."""
-        try:
-            yield
-        except httpx.ConnectError as exc:
-            raise BackendUnavailable(
-                f"Cannot reach Ollama at {self.host} ({exc}). Start it with `ollama serve` "
-                "(or open the Ollama app), or set OLLAMA_HOST to the address it listens on."
-            ) from None
-        except httpx.ConnectTimeout:
-            raise BackendUnavailable(
-                f"Ollama at {self.host} did not accept a connection in time; is the address right?"
-            ) from None
-        except httpx.ReadTimeout:
-            raise BackendTimeout(
-                f"Ollama at {self.host} sent nothing for {self.read_timeout:.0f} s"
-                + (f" while running {model!r}" if model else "")
-                + "; it may be overloaded or stuck. Try again, or restart Ollama."
-            ) from None
-        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.StreamError) as exc:
-            raise GenerationFailed(
-                f"The connection to Ollama at {self.host} broke off ({exc}); is the server still running?"
-            ) from None
+    # -- its failures, in words (the shared HTTP plumbing raises them) ---------------------
 
     def _status_error(self, response: httpx.Response, model: str | None) -> BackendError:
-        message = _server_message(response)
+        message = server_message(response, _error)
         if response.status_code == 404 and model is not None:
             return ModelNotFound(
                 f"Ollama at {self.host} has no model {model!r} ({message}). Download it with "
@@ -263,23 +184,41 @@ class OllamaBackend:
             f"Ollama at {self.host} answered {response.status_code}: {message}", response.status_code
         )
 
+    def _unreachable(self, exc: httpx.ConnectError) -> str:
+        return (
+            f"Cannot reach Ollama at {self.host} ({exc}). Start it with `ollama serve` "
+            "(or open the Ollama app), or set OLLAMA_HOST to the address it listens on."
+        )
 
-class OllamaReplyStream(ReplyStream):
+    def _slow_to_connect(self) -> str:
+        return f"Ollama at {self.host} did not accept a connection in time; is the address right?"
+
+    def _silent(self, model: str | None) -> str:
+        return (
+            f"Ollama at {self.host} sent nothing for {self.read_timeout:.0f} s"
+            + (f" while running {model!r}" if model else "")
+            + "; it may be overloaded or stuck. Try again, or restart Ollama."
+        )
+
+    def _broken_off(self, exc: httpx.HTTPError) -> str:
+        return f"The connection to Ollama at {self.host} broke off ({exc}); is the server still running?"
+
+    def _not_json(self, path: str) -> str:
+        return (
+            f"Ollama at {self.host} answered {path} with something that is not JSON; "
+            "is OLLAMA_HOST pointing at an Ollama server?"
+        )
+
+
+class OllamaReplyStream(HttpReplyStream):
     """A reply streamed from ``/api/chat`` as NDJSON."""
 
-    def __init__(
-        self, backend: OllamaBackend, model: str, messages: Sequence[Message], params: GenerationParams
-    ) -> None:
-        super().__init__(PREFIX, model, messages, params)
-        self._backend = backend
-        self._response: httpx.Response | None = None
+    _backend: OllamaBackend
 
     def _generate(self) -> Generator[Chunk, None, GenerationStats]:
-        backend = self._backend
-        body = backend.chat_request(self._model, self._messages, self._params)
+        body = self._backend.chat_request(self._model, self._messages, self._params)
         try:
-            with backend._request_stream("POST", "/api/chat", body, self._model) as response:
-                self._response = response
+            with self._open("/api/chat", body) as response:
                 for data in _ndjson(response, what="the reply"):
                     if self.cancelled:
                         break  # leaving the block closes the response: the server stops too
@@ -290,31 +229,9 @@ class OllamaReplyStream(ReplyStream):
                         yield Chunk("text", message["content"])
                     if data.get("done"):
                         return _stats(data)
-        except BackendError:
-            if self.cancelled:  # our own close interrupted the read
-                return GenerationStats("cancelled")
-            raise
-        if self.cancelled:
-            return GenerationStats("cancelled")
-        raise GenerationFailed(
-            f"Ollama at {backend.host} closed the reply before it was finished; "
-            "the text so far is kept. Is the server still running?"
-        )
-
-    def _on_cancel(self) -> None:
-        """Wake a read blocked on a silent server: shut the socket down under it.
-
-        Closing the response from this thread would not interrupt ``recv`` in the
-        reading thread; ``shutdown`` does, and the server sees the hang-up at once.
-        """
-        response = self._response
-        if response is None:
-            return  # not connected yet: the reader checks ``cancelled`` first thing
-        network = response.extensions.get("network_stream")
-        sock = network.get_extra_info("socket") if network is not None else None
-        if sock is not None:
-            with contextlib.suppress(OSError):  # already closed: nothing to wake
-                sock.shutdown(socket.SHUT_RDWR)
+        except BackendError as exc:
+            return self._read_failed(exc)
+        return self._ended(None)
 
 
 def _ndjson(response: httpx.Response, what: str) -> Iterator[dict[str, Any]]:
@@ -365,21 +282,6 @@ def _stats(done: dict[str, Any]) -> GenerationStats:
     )
 
 
-def _server_message(response: httpx.Response) -> str:
-    try:
-        data = response.json()
-    except ValueError:
-        return response.text.strip()[:500] or response.reason_phrase
-    if isinstance(data, dict) and "error" in data:
-        return str(data["error"])
-    return response.text.strip()[:500]
-
-
-def _is_loopback(url: str) -> bool:
-    host = urllib.parse.urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def _error(data: dict[str, Any]) -> str | None:
+    """The message of Ollama's ``{"error": "..."}``."""
+    return str(data["error"]) if "error" in data else None

@@ -16,31 +16,25 @@ when one is set, and never appears in a message, a repr or a health report.
 
 from __future__ import annotations
 
-import contextlib
-import ipaddress
 import json
-import socket
 import threading
 import urllib.parse
 from collections.abc import Generator, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from nbchat.backends.base import ReplyStream
+from nbchat.backends.http import HttpBackend, HttpReplyStream, server_message
 from nbchat.backends.transformers import ThinkParser, chat_messages  # light: imports no torch
 from nbchat.errors import (
     BackendError,
     BackendResponseError,
-    BackendTimeout,
-    BackendUnavailable,
     ConfigError,
     GenerationFailed,
     ModelNotFound,
 )
-from nbchat.history import estimate_tokens
 from nbchat.types import Chunk, GenerationParams, GenerationStats, Message
 
 PREFIX = "openai"
@@ -97,7 +91,7 @@ class _Reply:
         )
 
 
-class OpenAIBackend:
+class OpenAIBackend(HttpBackend):
     """The models of one OpenAI-compatible server."""
 
     prefix = PREFIX
@@ -111,14 +105,12 @@ class OpenAIBackend:
         read_timeout: float = READ_TIMEOUT_S,
     ) -> None:
         self.base_url = check_base_url(base_url)
-        self.read_timeout = read_timeout
         self._api_key: str | None = None
-        self._client = httpx.Client(
-            base_url=self.base_url,
-            timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
-            # A proxy from the environment must not capture traffic to this machine.
-            trust_env=not _is_loopback(self.base_url),
-            headers={"User-Agent": "nbchat", "Accept": "application/json"},
+        super().__init__(
+            self.base_url,
+            f"The server at {self.base_url}",
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
         )
         self._windows: dict[str, int] = {}
         self._windows_lock = threading.Lock()
@@ -138,14 +130,11 @@ class OpenAIBackend:
         else:
             self._client.headers["Authorization"] = f"Bearer {api_key}"
 
-    def close(self) -> None:
-        self._client.close()
-
     # -- listing and health ----------------------------------------------------------------
 
     def models(self) -> list[str]:
         """Model ids of every model the server lists, e.g. ``openai:Qwen/Qwen3-1.7B``."""
-        data = self._get_json("/models")
+        data = self._get_json("GET", "/models")
         entries = [m for m in data.get("data") or [] if isinstance(m, dict) and isinstance(m.get("id"), str)]
         windows = {m["id"]: _positive_int(m.get("max_model_len")) or DEFAULT_CONTEXT_WINDOW for m in entries}
         with self._windows_lock:
@@ -183,10 +172,6 @@ class OpenAIBackend:
         with self._windows_lock:
             return self._windows.get(model, DEFAULT_CONTEXT_WINDOW)
 
-    def count_tokens(self, model: str, messages: Sequence[Message], *, think: bool = False) -> int:
-        """An estimate (``nbchat.history.estimate_tokens``): the tokenizer lives in the server."""
-        return estimate_tokens(messages)
-
     # -- chatting --------------------------------------------------------------------------
 
     def stream(self, model: str, messages: Sequence[Message], params: GenerationParams) -> ReplyStream:
@@ -213,68 +198,45 @@ class OpenAIBackend:
                 body[name] = value
         return body
 
-    # -- HTTP plumbing ---------------------------------------------------------------------
+    # -- its failures, in words (the shared HTTP plumbing raises them) ---------------------
 
-    def _get_json(self, path: str) -> dict[str, Any]:
-        with self._errors(None):
-            response = self._client.get(path)
-        if response.status_code != 200:
-            raise self._status_error(response, None)
-        try:
-            data = response.json()
-        except ValueError:
-            raise BackendResponseError(
-                f"The server at {self.base_url} answered {path} with something that is not JSON; "
-                f"is OPENAI_BASE_URL the API root of an OpenAI-compatible server (e.g. {_EXAMPLE_URL})?",
-                response.status_code,
-            ) from None
-        if not isinstance(data, dict):
-            raise BackendResponseError(f"The server at {self.base_url} answered {path} unexpectedly.", 200)
-        return data
+    def _failed(self, exc: httpx.HTTPError) -> str:
+        return (
+            f"The request to the server at {self.base_url} failed "
+            f"({type(exc).__name__}: {self._scrub(str(exc))})."
+        )
 
-    @contextmanager
-    def _request_stream(self, path: str, body: dict[str, Any], model: str) -> Iterator[httpx.Response]:
-        with self._errors(model), self._client.stream("POST", path, json=body) as response:
-            if response.status_code != 200:
-                response.read()
-                raise self._status_error(response, model)
-            yield response
+    def _unreachable(self, exc: httpx.ConnectError) -> str:
+        return (
+            f"Cannot reach the OpenAI-compatible server at {self.base_url} ({exc}). Start it "
+            "(e.g. `vllm serve <model>` or `llama-server -m <file>`), or set OPENAI_BASE_URL to "
+            f"the API root it listens on, e.g. {_EXAMPLE_URL}."
+        )
 
-    @contextmanager
-    def _errors(self, model: str | None) -> Iterator[None]:
-        """Turn httpx's exceptions into nbchat errors that say what to do."""
-        try:
-            yield
-        except httpx.ConnectError as exc:
-            raise BackendUnavailable(
-                f"Cannot reach the OpenAI-compatible server at {self.base_url} ({exc}). Start it "
-                "(e.g. `vllm serve <model>` or `llama-server -m <file>`), or set OPENAI_BASE_URL to "
-                f"the API root it listens on, e.g. {_EXAMPLE_URL}."
-            ) from None
-        except httpx.ConnectTimeout:
-            raise BackendUnavailable(
-                f"The server at {self.base_url} did not accept a connection in time; "
-                "is OPENAI_BASE_URL right?"
-            ) from None
-        except httpx.TimeoutException:
-            raise BackendTimeout(
-                f"The server at {self.base_url} sent nothing for {self.read_timeout:g} s"
-                + (f" while running {model!r}" if model else "")
-                + "; it may be overloaded or stuck. Try again, or restart it."
-            ) from None
-        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.StreamError) as exc:
-            raise GenerationFailed(
-                f"The connection to the server at {self.base_url} broke off ({self._scrub(str(exc))}); "
-                "is it still running?"
-            ) from None
-        except httpx.HTTPError as exc:  # a proxy refusing, a body that cannot be decoded, ...
-            raise BackendUnavailable(
-                f"The request to the server at {self.base_url} failed "
-                f"({type(exc).__name__}: {self._scrub(str(exc))})."
-            ) from None
+    def _slow_to_connect(self) -> str:
+        return f"The server at {self.base_url} did not accept a connection in time; is OPENAI_BASE_URL right?"
+
+    def _silent(self, model: str | None) -> str:
+        return (
+            f"The server at {self.base_url} sent nothing for {self.read_timeout:g} s"
+            + (f" while running {model!r}" if model else "")
+            + "; it may be overloaded or stuck. Try again, or restart it."
+        )
+
+    def _broken_off(self, exc: httpx.HTTPError) -> str:
+        return (
+            f"The connection to the server at {self.base_url} broke off ({self._scrub(str(exc))}); "
+            "is it still running?"
+        )
+
+    def _not_json(self, path: str) -> str:
+        return (
+            f"The server at {self.base_url} answered {path} with something that is not JSON; "
+            f"is OPENAI_BASE_URL the API root of an OpenAI-compatible server (e.g. {_EXAMPLE_URL})?"
+        )
 
     def _status_error(self, response: httpx.Response, model: str | None) -> BackendError:
-        status, message = response.status_code, self._scrub(_server_message(response))
+        status, message = response.status_code, self._scrub(server_message(response, _error_text))
         if status == 401:
             problem = (
                 "the API key in OPENAI_API_KEY is wrong"
@@ -302,15 +264,10 @@ class OpenAIBackend:
         return text.replace(self._api_key, "***") if self._api_key else text
 
 
-class OpenAIReplyStream(ReplyStream):
+class OpenAIReplyStream(HttpReplyStream):
     """A reply streamed from ``/chat/completions`` as Server-Sent Events."""
 
-    def __init__(
-        self, backend: OpenAIBackend, model: str, messages: Sequence[Message], params: GenerationParams
-    ) -> None:
-        super().__init__(PREFIX, model, messages, params)
-        self._backend = backend
-        self._response: httpx.Response | None = None
+    _backend: OpenAIBackend
 
     def _generate(self) -> Generator[Chunk, None, GenerationStats]:
         backend = self._backend
@@ -318,8 +275,7 @@ class OpenAIReplyStream(ReplyStream):
         parser = ThinkParser()  # for a server that leaves <think>…</think> in the content
         reply = _Reply()
         try:
-            with backend._request_stream("/chat/completions", body, self._model) as response:
-                self._response = response
+            with self._open("/chat/completions", body) as response:
                 for data in _events(response, backend):
                     if self.cancelled:
                         break  # leaving the block closes the response: the server stops too
@@ -329,33 +285,10 @@ class OpenAIReplyStream(ReplyStream):
                     yield from _chunks(data, parser, reply)
         except BackendError as exc:
             yield from parser.flush()  # a held-back "<" that never became a tag is text, kept
-            if self.cancelled:  # our own close interrupted the read
-                return GenerationStats("cancelled")
-            raise exc
+            return self._read_failed(exc)
         yield from parser.flush()
-        if self.cancelled:
-            return GenerationStats("cancelled")
-        if reply.done or reply.finish_reason is not None:  # a server may end without [DONE]
-            return reply.stats()
-        raise GenerationFailed(
-            f"The server at {backend.base_url} closed the reply before it was finished; "
-            "the text so far is kept. Is the server still running?"
-        )
-
-    def _on_cancel(self) -> None:
-        """Wake a read blocked on a silent server: shut the socket down under it.
-
-        Closing the response from this thread would not interrupt ``recv`` in the
-        reading thread; ``shutdown`` does, and the server sees the hang-up at once.
-        """
-        response = self._response
-        if response is None:
-            return  # not connected yet: the reader checks ``cancelled`` first thing
-        network = response.extensions.get("network_stream")
-        sock = network.get_extra_info("socket") if network is not None else None
-        if sock is not None:
-            with contextlib.suppress(OSError):  # already closed: nothing to wake
-                sock.shutdown(socket.SHUT_RDWR)
+        finished = reply.done or reply.finish_reason is not None  # a server may end without [DONE]
+        return self._ended(reply.stats() if finished else None)
 
 
 def _chunks(data: dict[str, Any], parser: ThinkParser, reply: _Reply) -> Iterator[Chunk]:
@@ -470,16 +403,6 @@ def _error_text(data: dict[str, Any]) -> str:
     return str(error)
 
 
-def _server_message(response: httpx.Response) -> str:
-    try:
-        data = response.json()
-    except ValueError:
-        return response.text.strip()[:500] or response.reason_phrase
-    if isinstance(data, dict):
-        return _error_text(data)
-    return response.text.strip()[:500]
-
-
 def _is_missing_route(response: httpx.Response) -> bool:
     """A 404 for the path itself (FastAPI's ``{"detail": "Not Found"}``, a plain page), not the model."""
     try:
@@ -495,13 +418,3 @@ def _count(value: Any) -> int | None:
 
 def _positive_int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
-
-
-def _is_loopback(url: str) -> bool:
-    host = urllib.parse.urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
