@@ -23,28 +23,28 @@ In its own process, e.g. for a benchmark (prints ``READY http://127.0.0.1:<port>
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import re
-import select
-import signal
-import socket
-import socketserver
 import sys
-import threading
 import time
-import traceback
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from itertools import chain, islice
 from typing import Any
-from urllib.parse import urlsplit
+
+from nbchat.testing.loopback import (
+    HTTPError,
+    LoopbackHandler,
+    LoopbackServer,
+    dumps,
+    script_parser,
+    serve_until_signalled,
+    words,
+)
 
 __all__ = [
     "FAULTS",
@@ -65,8 +65,6 @@ _STATUS_FAULT_ERRORS = {
     "500": "llama runner process has terminated: exit status 2",
     "503": "server busy, please try again.  maximum pending requests exceeded",
 }
-_COALESCE_BYTES = 16_384  # a zero-delay stream sends its lines in batches of about this size
-_POLL_S = 0.05  # how often a wait looks at the client's socket and the stop flag
 _DEFAULT_NUM_CTX = 4096  # what Ollama 0.12 loads a model with when the request sets no num_ctx
 _KEEP_ALIVE = timedelta(minutes=5)  # Ollama's default keep_alive
 _INT_OPTIONS = ("num_predict", "num_ctx", "top_k", "seed", "num_keep", "repeat_last_n")
@@ -156,11 +154,6 @@ def _digest(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
-def _words(text: str) -> list[str]:
-    """Split text into words that keep their following whitespace, so joining them gives the text back."""
-    return re.findall(r"\S+\s*", text)
-
-
 def _parameter_count(parameter_size: str) -> int:
     """ "1.7B" → 1_700_000_000, "751.63M" → 751_630_000 (what model_info's general.parameter_count holds)."""
     match = re.fullmatch(r"\s*([\d.]+)\s*([KMBT]?)\s*", parameter_size.upper())
@@ -194,29 +187,11 @@ def _is_zero_duration(keep_alive: Any) -> bool:
     )
 
 
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-
-
-def _dumps(value: Any) -> bytes:
-    """Compact JSON with raw UTF-8, as Go's encoding/json writes it."""
-    return _ENCODER.encode(value).encode()
-
-
-class _HTTPError(Exception):
+class _HTTPError(HTTPError):
     """Ends a request with ``{"error": message}`` and this status."""
 
     def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-class _ClientGone(Exception):
-    """The client closed its connection (a write failed, or its socket reached EOF)."""
-
-
-class _ServerStopping(Exception):
-    """stop() was called; the connection is being torn down."""
+        super().__init__(status, message, {"error": message})
 
 
 # --- request checks, mirroring what Go's encoding/json and Ollama's handlers refuse ----------------------
@@ -366,181 +341,35 @@ _ROUTES: dict[tuple[str, str], str] = {
 }
 
 
-class _Handler(BaseHTTPRequestHandler):
-    """One connection: HTTP/1.1 keep-alive, NDJSON streams in chunked transfer encoding."""
+class _Handler(LoopbackHandler["OllamaTestServer"]):
+    """Ollama's side of a connection: Gin's routes and errors, NDJSON streams."""
 
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # every chunk leaves at once: latency measurements stay honest
-    server: _HTTPServer
+    stream_content_type = "application/x-ndjson"  # the first line sends the headers, as Go's http does
+    json_content_type = "application/json; charset=utf-8"
 
-    # Replaced per request in _dispatch.
-    _started_at_ns = 0
-    _stream_started = False
-    _pending: list[bytes]
-    _pending_bytes = 0
-
-    def log_message(self, format: str, *args: Any) -> None:
-        if self.server.rig.verbose:
-            super().log_message(format, *args)
-
-    def do_GET(self) -> None:
-        self._dispatch()
-
-    # Every method goes through the route table, so an unknown one gets Gin's 404, not http.server's 501.
-    do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_GET
-
-    @property
-    def rig(self) -> OllamaTestServer:
-        return self.server.rig
+    _started_at_ns = 0  # replaced per request in _dispatch
 
     def _dispatch(self) -> None:
         self._started_at_ns = time.perf_counter_ns()
-        self._stream_started = False
-        path = urlsplit(self.path).path
-        try:
-            raw = self._read_body()
-            self.rig._record(self.command, path, raw)
-            route = _ROUTES.get((self.command, path))
-            if route is None:
-                self._send(404, b"404 page not found", "text/plain")  # Gin's answer to an unknown route
-                return
-            getattr(self, route)(raw)
-        except _HTTPError as exc:
-            self._send_error(exc)
-        except (_ClientGone, _ServerStopping):
-            self.close_connection = True
-        except Exception as exc:
-            # A bug in the rig itself: say so loudly rather than let a test fail somewhere obscure.
-            traceback.print_exc()
-            self.close_connection = True
-            if not self._stream_started:
-                with contextlib.suppress(_ClientGone, _ServerStopping):
-                    self._send_json(500, {"error": f"test server bug: {exc!r}"})
+        super()._dispatch()
 
-    def _send_error(self, error: _HTTPError) -> None:
-        """An error line if a stream has begun (status 200 is gone already), else a JSON error reply."""
-        try:
-            if self._stream_started:
-                self._stream_line({"error": error.message})
-                self._end_stream()
-            else:
-                self._send_json(error.status, {"error": error.message})
-        except (_ClientGone, _ServerStopping):
-            self.close_connection = True
+    def _route(self, path: str, raw: bytes) -> None:
+        self.rig._record(self.command, path, raw)
+        route = _ROUTES.get((self.command, path))
+        if route is None:
+            self._send(404, b"404 page not found", "text/plain")  # Gin's answer to an unknown route
+            return
+        getattr(self, route)(raw)
 
-    # -- reading and writing --------------------------------------------------------------------------
+    def _error(self, status: int, message: str) -> HTTPError:
+        return _HTTPError(status, message)
 
-    def _read_body(self) -> bytes:
-        length = self.headers.get("Content-Length")
-        if length is not None:
-            try:
-                return self.rfile.read(int(length))
-            except ValueError:
-                self.close_connection = True
-                raise _HTTPError(400, "invalid Content-Length") from None
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            parts = []
-            try:
-                while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
-                    parts.append(self.rfile.read(size))
-                    self.rfile.readline()
-            except ValueError:
-                self.close_connection = True
-                raise _HTTPError(400, "invalid chunked request body") from None
-            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                pass  # trailers
-            return b"".join(parts)
-        return b""
-
-    def _write(self, data: bytes) -> None:
-        try:
-            self.wfile.write(data)
-        except OSError:
-            raise self._gone() from None
-
-    def _gone(self) -> Exception:
-        """Why the connection failed: our own stop(), or the client going away."""
-        return _ServerStopping() if self.rig._stopping.is_set() else _ClientGone()
-
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-        except OSError:
-            raise self._gone() from None
-        if self.command != "HEAD":
-            self._write(body)
-
-    def _send_json(self, status: int, value: Any) -> None:
-        self._send(status, _dumps(value), "application/json; charset=utf-8")
+    def _stream_error(self, error: HTTPError) -> None:
+        self._stream_line(error.body)
 
     def _stream_line(self, value: dict[str, Any], *, flush: bool = True) -> None:
-        """One NDJSON line as one HTTP chunk; the first one sends the headers, as Go's http does.
-
-        flush=False lets lines wait (up to _COALESCE_BYTES) to go out in one send: a zero-delay
-        stream is then limited by the client, not by a system call per chunk.
-        """
-        if not self._stream_started:
-            self._stream_started = True
-            self._pending, self._pending_bytes = [], 0
-            try:
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-ndjson")
-                self.send_header("Transfer-Encoding", "chunked")
-                self.end_headers()
-            except OSError:
-                raise self._gone() from None
-        line = _dumps(value) + b"\n"
-        self._pending.append(b"%x\r\n%b\r\n" % (len(line), line))
-        self._pending_bytes += len(line)
-        if flush or self._pending_bytes >= _COALESCE_BYTES:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self._stream_started and self._pending:
-            data = b"".join(self._pending)
-            self._pending, self._pending_bytes = [], 0
-            self._write(data)
-
-    def _end_stream(self) -> None:
-        self._flush()
-        self._write(b"0\r\n\r\n")
-
-    def _drop(self) -> None:
-        """Close the connection mid-response, without the final chunk or the chunked terminator."""
-        self._flush()
-        self.close_connection = True
-        with contextlib.suppress(OSError):
-            self.connection.shutdown(socket.SHUT_RDWR)
-
-    def _peer_closed(self, timeout: float) -> bool:
-        """Wait up to timeout for the client's socket to reach EOF; True if it did (or broke)."""
-        try:
-            readable, _, _ = select.select([self.connection], [], [], timeout)
-            if not readable:
-                return False
-            if self.connection.recv(1, socket.MSG_PEEK) == b"":
-                return True
-        except (OSError, ValueError):
-            return True
-        time.sleep(timeout)  # the client sent bytes early (a pipelined request): not a disconnect
-        return False
-
-    def _wait(self, seconds: float) -> None:
-        """Sleep, but notice at once a client that hangs up and a server that stops."""
-        if self.rig._stopping.is_set():
-            raise _ServerStopping
-        if seconds <= 0:
-            return
-        deadline = time.monotonic() + seconds
-        while (remaining := deadline - time.monotonic()) > 0:
-            closed = self._peer_closed(min(remaining, _POLL_S))
-            if self.rig._stopping.is_set():
-                raise _ServerStopping
-            if closed:
-                raise _ClientGone
+        """One NDJSON line as one HTTP chunk (see LoopbackHandler._chunk for flush)."""
+        self._chunk(dumps(value) + b"\n", flush=flush)
 
     def _stream_ndjson(self, lines: Iterable[dict[str, Any]]) -> None:
         """Ollama's streamResponse: an error before anything was sent is a plain 500, later it is a line."""
@@ -635,13 +464,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         stream = body.get("stream") is not False
         with rig._generation():
-            try:
-                final = self._generate(
-                    name, body, messages, model.thinking and (think is None or think_on), loaded_at_ns
-                )
-            except _ClientGone:
-                rig._count_cancelled()
-                raise
+            final = self._generate(
+                name, body, messages, model.thinking and (think is None or think_on), loaded_at_ns
+            )
         # The generation is over before the done line leaves: a client holding that line sees
         # active_streams already down.
         if final is not None and stream:
@@ -683,7 +508,7 @@ class _Handler(BaseHTTPRequestHandler):
         if num_predict is not None and 0 < int(num_predict) < answer_len:
             answer, done_reason = islice(answer, int(num_predict)), "length"
         pieces: Iterator[tuple[str, str]] = chain(
-            (("thinking", word) for word in (_words(THINKING_TEXT) if thinking else [])),
+            (("thinking", word) for word in (words(THINKING_TEXT) if thinking else [])),
             (("content", word) for word in answer),
         )
         fault, fault_after = rig.fault, rig.fault_after_chunks
@@ -709,7 +534,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise _HTTPError(500, MIDSTREAM_ERROR)  # a line if the stream has begun, else a plain 500
         if fault == "stall":
             self._flush()
-            self._wait(math.inf)  # until the client hangs up (_ClientGone) or stop() (_ServerStopping)
+            self._wait(math.inf)  # until the client hangs up (ClientGone) or stop() (ServerStopping)
         if fault in ("drop", "stall"):
             self._drop()
             return None
@@ -734,63 +559,7 @@ class _Handler(BaseHTTPRequestHandler):
         return final
 
 
-class _HTTPServer(HTTPServer):
-    """A thread per connection, each tracked, so that stop() can close them all and wait for them."""
-
-    request_queue_size = 128  # many users' streams at once
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], rig: OllamaTestServer) -> None:
-        self.rig = rig
-        self._lock = threading.Lock()
-        self._connections: dict[socket.socket, threading.Thread] = {}
-        super().__init__(address, _Handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind looks up the host's FQDN, a DNS query that can stall; we need none.
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name, self.server_port = str(host), int(port)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        thread = threading.Thread(
-            target=self._serve_connection,
-            args=(request, client_address),
-            name="ollama-test-conn",
-            daemon=True,
-        )
-        with self._lock:
-            self._connections[request] = thread
-        thread.start()
-
-    def _serve_connection(self, request: Any, client_address: Any) -> None:
-        try:
-            self.finish_request(request, client_address)
-        except Exception:
-            self.handle_error(request, client_address)
-        finally:
-            self.shutdown_request(request)
-            with self._lock:
-                self._connections.pop(request, None)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # Connections reset by clients are routine here; anything else is a bug in the rig.
-        if self.rig.verbose or not isinstance(sys.exc_info()[1], OSError):
-            super().handle_error(request, client_address)
-
-    def close_connections(self, timeout: float) -> None:
-        """Shut every open connection (idle keep-alive ones too) and wait for their threads."""
-        with self._lock:
-            connections = dict(self._connections)
-        for sock in connections:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        deadline = time.monotonic() + timeout
-        for thread in connections.values():
-            thread.join(max(0.0, deadline - time.monotonic()))
-
-
-class OllamaTestServer:
+class OllamaTestServer(LoopbackServer):
     """A fake Ollama on 127.0.0.1 and a free port; see the module docstring.
 
     The reply to a chat is deterministic. By default the answer is the words of
@@ -809,6 +578,10 @@ class OllamaTestServer:
     ``options.num_predict`` caps the answer chunks (thinking not counted) with done_reason "length".
     """
 
+    _handler_class = _Handler
+    _faults = FAULTS
+    _thread_name = "ollama-test"
+
     def __init__(
         self,
         models: list[FakeModel] | None = None,
@@ -818,87 +591,13 @@ class OllamaTestServer:
         port: int = 0,
         verbose: bool = False,
     ) -> None:
+        super().__init__(port=port, verbose=verbose)
         self.version = version
-        self.verbose = verbose  # log requests and connection errors to stderr
-        self.url = ""
-        self.reply_words: list[str] | None = None
-        self.chunk_count: int | None = None
-        self.chunk_delay_s = 0.0
-        self.first_chunk_delay_s = 0.0
-        self.fault_after_chunks = 3
-        self.requests: list[dict[str, Any]] = []  # {"method", "path", "body"} per request; append-only
-        self._fault: str | None = None
-        self._port = port
-        self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._active = 0
-        self._cancelled = 0
         self._models: dict[str, _Installed] = {}
         self._loaded: dict[str, _Loaded] = {}
         self._library = {_model_key(m.name): m for m in (default_library() if library is None else library)}
-        self._httpd: _HTTPServer | None = None
-        self._thread: threading.Thread | None = None
         for model in default_models() if models is None else models:
             self.add_model(model)
-
-    # -- lifecycle ------------------------------------------------------------------------------------
-
-    def start(self) -> OllamaTestServer:
-        if self._httpd is not None:
-            raise RuntimeError("this OllamaTestServer was already started; make a new one")
-        self._httpd = _HTTPServer(("127.0.0.1", self._port), self)
-        self.url = f"http://127.0.0.1:{self._httpd.server_port}"
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever,
-            kwargs={"poll_interval": _POLL_S},
-            name="ollama-test-server",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Close the port (connections are then refused), end every stream and join every thread."""
-        if self._httpd is None or self._stopping.is_set():
-            return
-        self._stopping.set()
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._httpd.close_connections(timeout=5.0)
-        if self._thread is not None:
-            self._thread.join(5.0)
-
-    def __enter__(self) -> OllamaTestServer:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    # -- script and observations ----------------------------------------------------------------------
-
-    @property
-    def fault(self) -> str | None:
-        return self._fault
-
-    @fault.setter
-    def fault(self, value: str | None) -> None:
-        if value == "refuse":
-            raise ValueError("to refuse connections, stop() the server: its port then refuses them")
-        if value is not None and value not in FAULTS:
-            raise ValueError(f"unknown fault {value!r}; expected None or one of {sorted(FAULTS)}")
-        self._fault = value
-
-    @property
-    def active_streams(self) -> int:
-        """Chat generations in progress now."""
-        with self._lock:
-            return self._active
-
-    @property
-    def cancelled_streams(self) -> int:
-        """Chat generations that stopped early because the client went away."""
-        with self._lock:
-            return self._cancelled
 
     def add_model(self, m: FakeModel) -> None:
         """Install a model (replacing one of the same name), as if it had been pulled."""
@@ -912,14 +611,6 @@ class OllamaTestServer:
             self._loaded.pop(_model_key(name), None)
 
     # -- state used by the handler --------------------------------------------------------------------
-
-    def _record(self, method: str, path: str, raw: bytes) -> None:
-        try:
-            body: Any = json.loads(raw) if raw.strip() else None
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            body = raw.decode("utf-8", "replace")
-        with self._lock:
-            self.requests.append({"method": method, "path": path, "body": body})
 
     def _lookup(self, name: str) -> _Installed | None:
         with self._lock:
@@ -967,33 +658,6 @@ class OllamaTestServer:
         with self._lock:
             self._loaded.pop(_model_key(model.name), None)
 
-    @contextlib.contextmanager
-    def _generation(self) -> Iterator[None]:
-        with self._lock:
-            self._active += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._active -= 1
-
-    def _count_cancelled(self) -> None:
-        with self._lock:
-            self._cancelled += 1
-
-    def _answer(self, messages: list[dict[str, Any]]) -> tuple[Iterator[str], int]:
-        """The answer chunks (lazily: a benchmark may ask for millions) and how many there are."""
-        count = self.chunk_count
-        if count is not None:
-            return (f"w{i} " for i in range(count)), count
-        words = self.reply_words
-        if words is None:
-            users = [m for m in messages if m.get("role") == "user"]
-            last = (users[-1].get("content") or "") if users else ""
-            words = _words(f"You said: {last}")
-        words = list(words)
-        return iter(words), len(words)
-
     def _pull_progress(self, name: str) -> Iterator[dict[str, Any]]:
         """Ollama's pull progress lines; the model is installed just before "success"."""
         yield {"status": "pulling manifest"}
@@ -1021,13 +685,9 @@ class OllamaTestServer:
 
 def main(argv: list[str] | None = None) -> int:
     """Serve until SIGTERM or SIGINT; print ``READY <url>`` once listening, for the parent process."""
-    parser = argparse.ArgumentParser(
-        prog="python -m nbchat.testing.ollama_server", description="A loopback fake Ollama server."
+    parser = script_parser(
+        "python -m nbchat.testing.ollama_server", "A loopback fake Ollama server.", unit="chunk"
     )
-    parser.add_argument("--port", type=int, default=0, help="port to listen on (0: a free one)")
-    parser.add_argument("--chunk-count", type=int, default=None, help="answer with exactly N chunks")
-    parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between chunks")
-    parser.add_argument("--first-chunk-delay", type=float, default=0.0, help="seconds before the first chunk")
     parser.add_argument("--model", action="append", default=[], metavar="NAME", help="a thinking model")
     parser.add_argument(
         "--model-without-thinking",
@@ -1044,21 +704,7 @@ def main(argv: list[str] | None = None) -> int:
         FakeModel(n, thinking=False) for n in args.model_without_thinking
     ]
     server = OllamaTestServer(models or None, args.ollama_version, port=args.port, verbose=args.verbose)
-    server.chunk_count = args.chunk_count
-    server.chunk_delay_s = args.chunk_delay
-    server.first_chunk_delay_s = args.first_chunk_delay
-
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    server.start()
-    try:
-        print(f"READY {server.url}", flush=True)
-        while not stop.wait(0.5):
-            pass
-    finally:
-        server.stop()
-    return 0
+    return serve_until_signalled(server, args, lambda: server.url)
 
 
 if __name__ == "__main__":
