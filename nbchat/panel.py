@@ -88,7 +88,9 @@ class ChatPanel(widgets.VBox):
     def __init__(self, session: ChatSession | None = None) -> None:
         super().__init__()
         self.session = session or get_session()
-        self._syncing = False  # True while widgets are set from the session: their observers stay quiet
+        # Set while this thread copies the session into the widgets, so their observers stay
+        # quiet; per thread, so a person's change arriving meanwhile (main thread) is not lost.
+        self._sync_state = threading.local()
         self._shown: tuple[str | None, int] = (None, 0)  # conversation id, messages shown
         self._streaming: Reply | None = None
         self._live: widgets.Output | None = None  # the streaming reply's widget
@@ -99,6 +101,14 @@ class ChatPanel(widgets.VBox):
         _classed(self, "nbchat-panel")
         self.session.on_change(_weak_listener(self))
         self.refresh()
+
+    @property
+    def _syncing(self) -> bool:
+        return getattr(self._sync_state, "on", False)
+
+    @_syncing.setter
+    def _syncing(self, value: bool) -> None:
+        self._sync_state.on = value
 
     # -- building ------------------------------------------------------------------------------
 
