@@ -50,6 +50,7 @@ SITE_SETTINGS = {
     "openai_api_key": "OPENAI_API_KEY",
     "trust_hub_user": "NBCHAT_TRUST_HUB_USER",
     "read_timeout": "NBCHAT_READ_TIMEOUT",
+    "openai_think_switch": "NBCHAT_OPENAI_THINK_SWITCH",
 }
 
 
@@ -87,6 +88,7 @@ class Config:
     hub_user: str | None = None
     trust_hub_user: bool = True  # log JUPYTERHUB_USER in without a password
     read_timeout_s: float = DEFAULT_READ_TIMEOUT_S  # the longest an HTTP engine may stay silent
+    openai_think_switch: bool = False  # send "think first" to openai: servers as chat_template_kwargs
     policy: Policy = field(default_factory=Policy)
     site_file: Path | None = None  # the site config file that was read, if any
 
@@ -119,6 +121,9 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
         openai_api_key=merged.get("OPENAI_API_KEY") or None,
         hub_user=hub_user,
         trust_hub_user=trust_hub_user,
+        openai_think_switch=_flag(
+            "NBCHAT_OPENAI_THINK_SWITCH", merged.get("NBCHAT_OPENAI_THINK_SWITCH"), default=False
+        ),
         read_timeout_s=_positive_float(
             "NBCHAT_READ_TIMEOUT", merged.get("NBCHAT_READ_TIMEOUT"), DEFAULT_READ_TIMEOUT_S
         ),

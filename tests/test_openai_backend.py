@@ -469,3 +469,35 @@ def test_available_models_leave_out_an_unreachable_or_unset_openai_server(tmp_pa
     assert available_models(Config(data_dir=tmp_path, ollama_host=dead_ollama)) == ["qwen3"]
     bad = Config(data_dir=tmp_path, ollama_host=dead_ollama, openai_base_url="not a url")
     assert available_models(bad) == ["qwen3"]
+
+
+# -- the thinking switch ------------------------------------------------------------------------
+
+
+def test_think_first_is_not_sent_unless_the_site_says_the_server_takes_it(backend, server) -> None:
+    reply = backend.stream(QWEN, HELLO, GenerationParams(think=False)).wait()
+    assert "chat_template_kwargs" not in chat_bodies(server)[-1]
+    assert reply.thinking == REASONING_TEXT  # the server decides on its own
+
+
+@pytest.mark.parametrize("think", [False, True])
+def test_with_the_switch_think_first_goes_as_chat_template_kwargs(server, think: bool) -> None:
+    switched = OpenAIBackend(server.base_url, think_switch=True)
+    reply = switched.stream(QWEN, HELLO, GenerationParams(think=think)).wait()
+    assert chat_bodies(server)[-1]["chat_template_kwargs"] == {"enable_thinking": think}
+    assert reply.thinking == (REASONING_TEXT if think else "")
+    assert reply.text == "You said: Hello there"
+    switched.close()
+
+
+def test_the_switch_comes_from_the_environment_or_the_site_file(server, tmp_path) -> None:
+    from nbchat import load_config
+
+    config = Config(data_dir=tmp_path, openai_base_url=server.base_url, openai_think_switch=True)
+    backend, _ = resolve(f"openai:{QWEN}", config)
+    assert isinstance(backend, OpenAIBackend) and backend.think_switch
+    assert load_config({"NBCHAT_OPENAI_THINK_SWITCH": "1"}).openai_think_switch is True
+    assert load_config({}).openai_think_switch is False
+    site = tmp_path / "config.toml"
+    site.write_text("[nbchat]\nopenai_think_switch = true\n")
+    assert load_config({"NBCHAT_CONFIG": str(site)}).openai_think_switch is True

@@ -70,10 +70,15 @@ def backend_for(prefix: str, config: Config | None = None) -> Backend:
 
         base_url = check_base_url(config.openai_base_url)
         with _backends_lock:
-            key = (prefix, f"{base_url} {config.read_timeout_s}")
+            key = (prefix, f"{base_url} {config.read_timeout_s} {config.openai_think_switch}")
             backend = _backends.get(key)
             if not isinstance(backend, OpenAIBackend):
-                backend = OpenAIBackend(base_url, config.openai_api_key, read_timeout=config.read_timeout_s)
+                backend = OpenAIBackend(
+                    base_url,
+                    config.openai_api_key,
+                    read_timeout=config.read_timeout_s,
+                    think_switch=config.openai_think_switch,
+                )
                 _backends[key] = backend
         backend.use_api_key(config.openai_api_key)
         return backend

@@ -103,8 +103,12 @@ class OpenAIBackend(HttpBackend):
         *,
         connect_timeout: float = CONNECT_TIMEOUT_S,
         read_timeout: float = READ_TIMEOUT_S,
+        think_switch: bool = False,
     ) -> None:
         self.base_url = check_base_url(base_url)
+        # Send "think first" as chat_template_kwargs.enable_thinking (vLLM, SGLang, llama-server
+        # with Qwen3's template); off by default, as OpenAI itself refuses unknown parameters.
+        self.think_switch = think_switch
         self._api_key: str | None = None
         super().__init__(
             self.base_url,
@@ -182,8 +186,9 @@ class OpenAIBackend(HttpBackend):
     ) -> dict[str, Any]:
         """The /chat/completions body. History goes back as roles and answers only, never thinking.
 
-        Only OpenAI's own parameters are sent (``top_k`` and ``think`` are not: OpenAI itself
-        refuses unknown ones); ``include_usage`` asks for the token counts at the end.
+        Only OpenAI's own parameters are sent (``top_k`` is not: OpenAI itself refuses unknown
+        ones), and ``think`` only as ``chat_template_kwargs`` when ``think_switch`` is on;
+        ``include_usage`` asks for the token counts at the end.
         """
         body: dict[str, Any] = {
             "model": model,
@@ -196,6 +201,8 @@ class OpenAIBackend(HttpBackend):
         for name, value in (("top_p", params.top_p), ("seed", params.seed)):
             if value is not None:
                 body[name] = value
+        if self.think_switch:
+            body["chat_template_kwargs"] = {"enable_thinking": params.think}
         return body
 
     # -- its failures, in words (the shared HTTP plumbing raises them) ---------------------

@@ -162,6 +162,9 @@ def _check_chat_request(body: Any) -> None:
         )
     if options is not None and not isinstance(options, dict):
         raise _HTTPError(400, "stream_options must be an object.", param="stream_options")
+    template_kwargs = body.get("chat_template_kwargs")
+    if template_kwargs is not None and not isinstance(template_kwargs, dict):
+        raise _HTTPError(400, "chat_template_kwargs must be an object.", param="chat_template_kwargs")
     for name in ("max_tokens", "max_completion_tokens", "seed"):
         value = body.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
@@ -251,7 +254,10 @@ class _Handler(LoopbackHandler["OpenAITestServer"]):
         stream = body.get("stream") is True
         messages = body["messages"]
         answer, answer_len = rig._answer(messages)
-        thinking = _thinking_pieces(model.reasoning)
+        # vLLM/SGLang/llama-server pass chat_template_kwargs to the chat template: Qwen3's
+        # enable_thinking=false pre-fills an empty think block, so no reasoning comes out.
+        enable = (body.get("chat_template_kwargs") or {}).get("enable_thinking", True)
+        thinking = _thinking_pieces(model.reasoning) if enable is not False else []
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
         pieces: Iterator[tuple[str, str]] = chain(thinking, (("content", word) for word in answer))
         finish_reason = "stop"
