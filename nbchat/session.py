@@ -189,12 +189,17 @@ class ChatSession:
             changes["temperature"] = policy.max_temperature
         return settings.updated(**changes) if changes else settings
 
+    def _refuse_forbidden_model(self, model_id: str) -> None:
+        policy = self.config.policy
+        if not policy.allows_model(model_id):
+            allowed = ", ".join(policy.models or ())
+            raise PolicyError(f"{model_id} is not allowed here: {policy.source} allows only {allowed}.")
+
     def _enforce_policy(self, settings: ConversationSettings) -> None:
         """Refuse settings the site policy forbids, naming the rule and where it is set."""
         policy = self.config.policy
-        if settings.model is not None and not policy.allows_model(settings.model):
-            allowed = ", ".join(policy.models or ())
-            raise PolicyError(f"{settings.model} is not allowed here: {policy.source} allows only {allowed}.")
+        if settings.model is not None:
+            self._refuse_forbidden_model(settings.model)
         if policy.max_new_tokens is not None and settings.max_new_tokens > policy.max_new_tokens:
             raise PolicyError(
                 f"Max new tokens must be at most {policy.max_new_tokens:,} here ({policy.source}), "
@@ -376,27 +381,15 @@ class ChatSession:
     # -- models and health -----------------------------------------------------------------
 
     def models(self) -> list[str]:
-        """Model ids to choose from now: the Ollama server's and the local Qwen3."""
-        from nbchat.backends import available_models
-
-        return [m for m in available_models(self.config) if self.config.policy.allows_model(m)]
+        """Model ids to choose from now (within the site policy): Ollama's, the openai: server's, qwen3."""
+        return self.model_choices()[0]
 
     def model_choices(self) -> tuple[list[str], str | None]:
-        """What a model picker offers now, and why an engine's models are missing, if they are."""
-        from nbchat.backends import LOCAL_ALIAS, backend_for
-        from nbchat.errors import BackendError
+        """What a model picker offers now (within the site policy), and why an engine's are missing."""
+        from nbchat.backends import model_choices
 
-        allowed = self.config.policy.allows_model
-        models, problems = [], []
-        engines = ["ollama", "openai"] if self.config.openai_base_url else ["ollama"]
-        for engine in engines:
-            try:
-                models += sorted(m for m in backend_for(engine, self.config).models() if allowed(m))
-            except (BackendError, ConfigError) as exc:
-                problems.append(str(exc))
-        if allowed(LOCAL_ALIAS):
-            models.append(LOCAL_ALIAS)
-        return models, " ".join(problems) or None
+        models, problems = model_choices(self.config)
+        return [m for m in models if self.config.policy.allows_model(m)], " ".join(problems) or None
 
     def pull(self, model: str, progress: Callable[[Any], None] | None = None) -> str:
         """Have the Ollama server download ``model`` (``qwen3:1.7b`` or ``ollama:qwen3:1.7b``).
@@ -412,12 +405,7 @@ class ChatSession:
             raise InvalidValue("Name the Ollama model to pull, e.g. qwen3:1.7b.")
         model_id = "ollama:" + model.strip().removeprefix("ollama:").strip()
         ref = parse_model_id(model_id, self.config)
-        policy = self.config.policy
-        if not policy.allows_model(model_id):
-            raise PolicyError(
-                f"{model_id} is not allowed here: {policy.source} allows only "
-                f"{', '.join(policy.models or ())}."
-            )
+        self._refuse_forbidden_model(model_id)
         backend_for("ollama", self.config).pull(ref.name, progress)  # type: ignore[attr-defined]
         return model_id
 

@@ -106,18 +106,25 @@ def resolve(model_id: str, config: Config | None = None) -> tuple[Backend, str]:
     return backend_for(ref.prefix, config), ref.name
 
 
-def available_models(config: Config | None = None) -> list[str]:
-    """Model ids to offer now: the Ollama server's models (if reachable), the OpenAI-compatible
-    server's (if ``OPENAI_BASE_URL`` is set and it is reachable) and the local Qwen3."""
+def model_choices(config: Config | None = None) -> tuple[list[str], list[str]]:
+    """Model ids to offer now, and why an engine's models are missing (one line per engine).
+
+    The Ollama server's models, the OpenAI-compatible server's (when ``OPENAI_BASE_URL`` is
+    set), each sorted, then the local Qwen3. An engine that is unreachable or misconfigured
+    is left out and its error kept: the others are still offered.
+    """
     config = config or load_config()
-    try:
-        ollama = sorted(backend_for("ollama", config).models())  # a dropdown reads best in order
-    except BackendError:
-        ollama = []
-    openai: list[str] = []
-    if config.openai_base_url:
+    engines = ["ollama", "openai"] if config.openai_base_url else ["ollama"]
+    models: list[str] = []
+    problems: list[str] = []
+    for engine in engines:
         try:
-            openai = sorted(backend_for("openai", config).models())
-        except (BackendError, ConfigError):  # unreachable or misconfigured: offer the others
-            openai = []
-    return [*ollama, *openai, LOCAL_ALIAS]
+            models += sorted(backend_for(engine, config).models())  # a dropdown reads best in order
+        except (BackendError, ConfigError) as exc:
+            problems.append(str(exc))
+    return [*models, LOCAL_ALIAS], problems
+
+
+def available_models(config: Config | None = None) -> list[str]:
+    """Model ids to offer now (see ``model_choices``), without the reasons for missing ones."""
+    return model_choices(config)[0]
