@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from hypothesis import settings
 
-from nbchat import Accounts, Config
+from nbchat import Accounts, ChatSession, Config
+from nbchat.testing.ollama_server import OllamaTestServer
+
+PASSWORD = "correct horse"  # every test account's password
 
 # CI runs property tests with a fixed seed, so a red build is reproducible; locally they explore.
 settings.register_profile("ci", derandomize=True, deadline=None)
@@ -54,3 +59,51 @@ def clock() -> FakeClock:
 def accounts(config: Config, clock: FakeClock) -> Accounts:
     # Cost 4 keeps tests fast; production uses bcrypt's cost 12.
     return Accounts(config, bcrypt_rounds=4, clock=clock)
+
+
+@pytest.fixture
+def server() -> Iterator[OllamaTestServer]:
+    """A loopback Ollama server for one test (modules needing other models override this)."""
+    with OllamaTestServer() as running:
+        yield running
+
+
+@pytest.fixture
+def make_session(config: Config) -> Iterator[Callable[..., ChatSession]]:
+    """``make_session(server, *users)``: a session on scratch data talking to ``server``, with those
+    accounts registered (password ``PASSWORD``); a reply still streaming at the end is stopped."""
+    made: list[ChatSession] = []
+
+    def make(server: OllamaTestServer, *users: str) -> ChatSession:
+        session_config = replace(config, ollama_host=server.url)
+        session = ChatSession(session_config, accounts=Accounts(session_config, bcrypt_rounds=4))
+        for user in users:
+            session.register(user, PASSWORD)
+        made.append(session)
+        return session
+
+    yield make
+    for session in made:
+        if session.reply is not None:
+            session.stop()
+            session.reply.join(10)
+
+
+@pytest.fixture(scope="module")
+def ollama() -> Iterator[OllamaTestServer]:
+    """One loopback Ollama server for a whole module (the browser suites start Jupyter once)."""
+    with OllamaTestServer() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """Headless Debian Chromium under Playwright (never a browser Playwright downloads)."""
+    from browser import CHROMIUM, CHROMIUM_ARGS
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM.exists(), "Debian's Chromium is missing: `apt-get install -y chromium` (make test does)"
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()

@@ -23,8 +23,6 @@ from pathlib import Path
 import httpx
 import pytest
 from browser import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     KERNEL_IDLE,
     choose,
     free_port,
@@ -37,12 +35,6 @@ from nbchat.testing.ollama_server import OllamaTestServer
 
 PASSWORD = "correct horse"
 MODEL = "ollama:llama3.2:1b"
-
-
-@pytest.fixture(scope="module")
-def ollama() -> Iterator[OllamaTestServer]:
-    with OllamaTestServer() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
@@ -133,17 +125,6 @@ def _wait_for_lab(url: str, token: str, process: subprocess.Popen[bytes]) -> boo
             pass
         time.sleep(0.3)
     return False
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    assert CHROMIUM.exists(), "Debian's Chromium is missing: `apt-get install -y chromium` (make test does)"
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 def conversation_header(data: Path, user: str) -> list[dict]:

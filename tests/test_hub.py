@@ -26,7 +26,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from browser import CHROMIUM, CHROMIUM_ARGS, KERNEL_IDLE, choose, free_port, shot
+from browser import KERNEL_IDLE, choose, free_port, shot
 
 from nbchat.testing.ollama_server import OllamaTestServer
 
@@ -71,12 +71,6 @@ def notebook() -> str:
             "nbformat_minor": 5,
         }
     )
-
-
-@pytest.fixture(scope="module")
-def ollama() -> Iterator[OllamaTestServer]:
-    with OllamaTestServer() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
@@ -168,17 +162,6 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    assert CHROMIUM.exists(), "Debian's Chromium is missing: `apt-get install -y chromium` (make test does)"
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 def data_dir(homes: Path, user: str) -> Path:

@@ -10,8 +10,7 @@ from __future__ import annotations
 import _thread
 import getpass
 import threading
-from collections.abc import Iterator
-from dataclasses import replace
+from collections.abc import Callable, Iterator
 
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
@@ -20,7 +19,7 @@ from polling import wait_until
 
 import nbchat
 import nbchat.session
-from nbchat import Accounts, ChatSession, Config
+from nbchat import ChatSession
 from nbchat.magic import PARSER, ChatAnswer, interpolate, split_line
 from nbchat.testing.ollama_server import OllamaTestServer
 
@@ -29,25 +28,13 @@ MODEL = "ollama:llama3.2:1b"
 
 
 @pytest.fixture
-def server() -> Iterator[OllamaTestServer]:
-    with OllamaTestServer() as running:
-        yield running
-
-
-@pytest.fixture
 def session(
-    config: Config, server: OllamaTestServer, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[ChatSession]:
+    make_session: Callable[..., ChatSession], server: OllamaTestServer, monkeypatch: pytest.MonkeyPatch
+) -> ChatSession:
     """The kernel's one session (what ``%chat`` uses), on scratch data and the loopback server."""
-    config = replace(config, ollama_host=server.url)
-    session = ChatSession(config, accounts=Accounts(config, bcrypt_rounds=4))
-    session.register("alice", PASSWORD)
-    session.register("bob", PASSWORD)
+    session = make_session(server, "alice", "bob")
     monkeypatch.setattr(nbchat.session, "_session", session)
-    yield session
-    if session.reply is not None:
-        session.stop()
-        session.reply.join(10)
+    return session
 
 
 @pytest.fixture

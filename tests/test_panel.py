@@ -7,14 +7,14 @@ same panel rendered and clicked in JupyterLab.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
 from polling import wait_until
 
 import nbchat
-from nbchat import Accounts, ChatSession, Config
+from nbchat import ChatSession
 from nbchat.panel import CHOOSE_MODEL, ChatPanel, message_markdown
 from nbchat.testing.ollama_server import OllamaTestServer
 
@@ -23,20 +23,8 @@ MODEL = "ollama:llama3.2:1b"
 
 
 @pytest.fixture
-def server() -> Iterator[OllamaTestServer]:
-    with OllamaTestServer() as running:
-        yield running
-
-
-@pytest.fixture
-def session(config: Config, server: OllamaTestServer) -> Iterator[ChatSession]:
-    config = replace(config, ollama_host=server.url)
-    session = ChatSession(config, accounts=Accounts(config, bcrypt_rounds=4))
-    session.register("bob", PASSWORD)
-    yield session
-    if session.reply is not None:
-        session.stop()
-        session.reply.join(10)
+def session(make_session: Callable[..., ChatSession], server: OllamaTestServer) -> ChatSession:
+    return make_session(server, "bob")
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import string
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -73,21 +73,8 @@ hostile_text = st.one_of(
 
 
 @pytest.fixture
-def server() -> Iterator[OllamaTestServer]:
-    with OllamaTestServer() as running:
-        yield running
-
-
-@pytest.fixture
-def session(config: Config, server: OllamaTestServer) -> Iterator[ChatSession]:
-    config = replace(config, ollama_host=server.url)
-    session = ChatSession(config, accounts=Accounts(config, bcrypt_rounds=4))
-    session.register("alice", PASSWORD)
-    session.register("bob", PASSWORD)
-    yield session
-    if session.reply is not None:
-        session.stop()
-        session.reply.join(10)
+def session(make_session: Callable[..., ChatSession], server: OllamaTestServer) -> ChatSession:
+    return make_session(server, "alice", "bob")
 
 
 def chatting(session: ChatSession, user: str = "alice") -> ChatSession:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gc
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,7 +16,7 @@ import pytest
 from polling import wait_until
 
 import nbchat.session
-from nbchat import Accounts, ChatSession, Config, load_config
+from nbchat import ChatSession, Config, load_config
 from nbchat.errors import (
     AuthenticationFailed,
     BackendUnavailable,
@@ -45,16 +45,8 @@ def server() -> Iterator[OllamaTestServer]:
 
 
 @pytest.fixture
-def session(config: Config, accounts: Accounts, server: OllamaTestServer) -> Iterator[ChatSession]:
-    config = replace(config, ollama_host=server.url)
-    accounts = Accounts(config, bcrypt_rounds=4)
-    session = ChatSession(config, accounts=accounts)
-    session.register("alice", PASSWORD)
-    session.register("bob", PASSWORD)
-    yield session
-    if session.reply is not None:
-        session.stop()
-        session.reply.join(10)
+def session(make_session: Callable[..., ChatSession], server: OllamaTestServer) -> ChatSession:
+    return make_session(server, "alice", "bob")
 
 
 def logged_in(session: ChatSession, model: str | None = MODEL) -> ChatSession:
