@@ -1,6 +1,6 @@
 # The two commands the README starts with:
 #   make lab    JupyterLab opened on the chat notebook
-#   make test   lint + the whole test suite
+#   make test   lint, type check (mypy) + the whole test suite
 # Both create or refresh the virtual environment in .venv first.
 
 PYTHON ?= python3.11
@@ -40,6 +40,7 @@ proxy:
 
 test: $(STAMP) chromium proxy
 	$(BIN)/ruff check nbchat tests bench conftest.py
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 clean:

@@ -13,8 +13,8 @@ from polling import wait_until
 
 from nbchat import Config, Message
 from nbchat.backends import available_models, backend_for, parse_model_id, resolve
+from nbchat.backends.chat import ThinkParser
 from nbchat.backends.openai import DEFAULT_CONTEXT_WINDOW, OpenAIBackend, _chunks, _events, _Reply, _sse
-from nbchat.backends.transformers import ThinkParser
 from nbchat.errors import (
     BackendResponseError,
     BackendTimeout,

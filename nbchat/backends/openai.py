@@ -26,8 +26,8 @@ from typing import Any
 import httpx
 
 from nbchat.backends.base import ReplyStream
+from nbchat.backends.chat import ThinkParser, chat_messages
 from nbchat.backends.http import HttpBackend, HttpReplyStream, server_message
-from nbchat.backends.transformers import ThinkParser, chat_messages  # light: imports no torch
 from nbchat.errors import (
     BackendError,
     BackendResponseError,
