@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable
 
 
 def wait_until(condition: Callable[[], bool], seconds: float = 3.0, interval: float = 0.01) -> bool:
-    """True as soon as ``condition()`` holds; False if it still does not after ``seconds``."""
+    """Return True as soon as ``condition()`` holds; fail the test if it still does not after ``seconds``.
+
+    A wait that times out is always a failure: a test can never go on as if
+    the thing it waited for had happened.
+    """
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if condition():
             return True
         time.sleep(interval)
-    return condition()
+    if condition():
+        return True
+    try:
+        what = inspect.getsource(condition).strip()
+    except (OSError, TypeError):
+        what = repr(condition)
+    raise AssertionError(f"still not true after {seconds} s: {what}")

@@ -11,12 +11,26 @@ from __future__ import annotations
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Generator, Iterator, Sequence
-from dataclasses import replace
-from typing import Any, Protocol
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal, Protocol
 
 from nbchat.errors import BackendError
 from nbchat.types import Chunk, GenerationParams, GenerationStats, Message
+
+LoadPhase = Literal["tokenizer", "weights", "ready"]
+
+
+@dataclass(frozen=True)
+class LoadProgress:
+    """One step of loading a model: ``tokenizer``, then ``weights``, then ``ready``."""
+
+    model: str
+    phase: LoadPhase
+    elapsed_s: float
+
+
+ProgressCallback = Callable[[LoadProgress], None]
 
 
 class Backend(Protocol):
@@ -33,7 +47,19 @@ class Backend(Protocol):
         ...
 
     def context_window(self, model: str) -> int:
-        """How many tokens the prompt and the reply may use together."""
+        """How many tokens the prompt and the reply may use together (may load the model)."""
+        ...
+
+    def known_context_window(self, model: str) -> int | None:
+        """The context window if it is known without loading a model, else None.
+
+        May ask a server (a network call): callers never hold a lock around it.
+        """
+        ...
+
+    def prepare(self, model: str, on_progress: ProgressCallback | None = None) -> None:
+        """Make ``model`` ready to stream: a local model is loaded (reporting each phase to
+        ``on_progress``); a server's models need nothing. Called in the reply's thread."""
         ...
 
     def count_tokens(self, model: str, messages: Sequence[Message], *, think: bool = False) -> int:

@@ -104,12 +104,12 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
-from nbchat.backends.base import ReplyStream
+from nbchat.backends.base import LoadPhase, LoadProgress, ProgressCallback, ReplyStream
 from nbchat.backends.chat import ThinkParser, chat_messages
 from nbchat.config import DEFAULT_QWEN_MODEL
 from nbchat.errors import BackendError, ContextOverflow, GenerationFailed, ModelLoadError
@@ -137,19 +137,6 @@ _SHUTDOWN_S = 10.0  # grace period for a model process to stop or exit before it
 _LOAD_TIMEOUT_S = 3600.0
 _STALL_TIMEOUT_S = 3600.0  # no token for this long (the process alive): give up on the reply
 
-LoadPhase = Literal["tokenizer", "weights", "ready"]
-
-
-@dataclass(frozen=True)
-class LoadProgress:
-    """One step of loading a model: ``tokenizer``, then ``weights``, then ``ready``."""
-
-    model: str
-    phase: LoadPhase
-    elapsed_s: float
-
-
-ProgressCallback = Callable[[LoadProgress], None]
 
 
 def sampling_kwargs(params: GenerationParams) -> dict[str, Any]:
