@@ -28,6 +28,7 @@ from nbchat.config import Config, load_config
 from nbchat.errors import (
     AuthenticationFailed,
     CorruptFile,
+    HubAccountConflict,
     InvalidPassword,
     InvalidUsername,
     LoginThrottled,
@@ -39,7 +40,14 @@ from nbchat.errors import (
 from nbchat.files import atomic_write_bytes, ensure_private_dir, fsync_dir, locked
 from nbchat.store import ConversationStore, claim_directory
 from nbchat.types import is_valid_id, new_id, utcnow
-from nbchat.usernames import check_username, hub_username, username_key
+from nbchat.usernames import (
+    HUB_TAG_HEX,
+    check_username,
+    hub_username,
+    is_hub_shaped,
+    legacy_hub_username,
+    username_key,
+)
 
 USERS_VERSION = 1
 THROTTLE_VERSION = 1
@@ -135,6 +143,11 @@ class Accounts:
     def register(self, username: str, password: str) -> str:
         """Create an account; returns its key (the lower-case name)."""
         check_username(username)
+        if is_hub_shaped(username):
+            raise InvalidUsername(
+                f"{username!r} ends like a JupyterHub account name ('-' and {HUB_TAG_HEX} hex digits); "
+                "such names are reserved for JupyterHub users. Choose another."
+            )
         key = username.lower()
         encoded = check_password(password, username)
         # Hash outside the lock (it takes a while); re-check everything inside it.
@@ -169,18 +182,25 @@ class Accounts:
 
         Only for ``JUPYTERHUB_USER`` in a hub-spawned kernel (see ``ChatSession``).
         The account is created on first use, within the user cap, with a random
-        password nobody knows; its username is ``hub_username(hub_name)``.
+        password nobody knows; its username is ``hub_username(hub_name)`` and its
+        record keeps the exact hub name. A hub login reaches only the account
+        created for that exact name: an account of another hub name (or a
+        password account) under the same username is refused with
+        ``HubAccountConflict``. Accounts made before issue 11 under the old
+        8-hex-digit tag are found by ``legacy_hub_username``, for their exact
+        hub name only.
         """
-        key = hub_username(hub_name).lower()
+        name = hub_username(hub_name)
+        key = name.lower()
         with self._users_lock():
             users = self._read_users()
-            record = users.get(key)
-            if record is None:
+            found = self._hub_account(users, key, hub_name)
+            if found is None:
                 self._refuse_when_full(users, f"so the hub user {hub_name!r} cannot get one")
                 self._set_aside_orphaned_conversations(key)
                 now = utcnow().isoformat(timespec="seconds")
                 record = {
-                    "name": hub_username(hub_name),
+                    "name": name,
                     "account_id": new_id(),
                     "password_hash": self._hash(uuid.uuid4().hex.encode("ascii")),
                     "created": now,
@@ -190,8 +210,41 @@ class Accounts:
                 claim_directory(self.data_dir, key, record["account_id"])
                 users[key] = record
                 self._write_users(users)
+            else:
+                key, record = found
         store = ConversationStore(self.data_dir, key, account_id=record["account_id"])
-        return Login(key, record.get("hub_name") or record["name"], store)
+        return Login(key, hub_name, store)
+
+    def _hub_account(
+        self, users: dict[str, dict[str, Any]], key: str, hub_name: str
+    ) -> tuple[str, dict[str, Any]] | None:
+        """The existing account of exactly ``hub_name``, or None; refuses an account of anybody else."""
+        record = users.get(key)
+        if record is None:
+            legacy_key = legacy_hub_username(hub_name).lower()
+            legacy = users.get(legacy_key)
+            if legacy is not None and legacy.get("hub_name") == hub_name:
+                return legacy_key, legacy
+            return None
+        owner = record.get("hub_name")
+        if owner == hub_name:
+            return key, record
+        remedy = (
+            f"An administrator can give {hub_name!r} a data dir of its own (NBCHAT_DATA_DIR), or, if "
+            f"the account is really theirs, set \"hub_name\": {json.dumps(hub_name, ensure_ascii=False)} "
+            f"in its record in {self.config.users_file}."
+        )
+        if owner is None:
+            raise HubAccountConflict(
+                f"The nbchat account {record['name']!r} is a local account with a password, not the "
+                f"account of the JupyterHub user {hub_name!r}, so nbchat will not log the hub user into "
+                f"it. Its owner can log in with the password (NBCHAT_TRUST_HUB_USER=0). {remedy}"
+            )
+        raise HubAccountConflict(
+            f"The nbchat account {record['name']!r} belongs to the JupyterHub user {owner!r}, not to "
+            f"{hub_name!r}: two hub names map to the same account name, and nbchat never lets them "
+            f"share it. {remedy}"
+        )
 
     def _refuse_when_full(self, users: dict[str, Any], consequence: str = "") -> None:
         """The user cap: raise ``UserLimitReached`` when no account can be added."""
@@ -261,6 +314,8 @@ class Accounts:
             self._password_matches(password, self._dummy())  # same work as a real check: no timing hint
             raise AuthenticationFailed(WRONG_CREDENTIALS)
         if not self._password_matches(password, record["password_hash"].encode("ascii")):
+            raise AuthenticationFailed(WRONG_CREDENTIALS)
+        if "hub_name" in record:  # only JupyterHub logs a hub account in, whatever its hash
             raise AuthenticationFailed(WRONG_CREDENTIALS)
         with self._users_lock():
             failures = self._read_throttle()

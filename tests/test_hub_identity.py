@@ -3,11 +3,14 @@ account ``Accounts.hub_login`` gives them, and the ``NBCHAT_TRUST_HUB_USER`` swi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import uuid
 from dataclasses import replace
 from pathlib import Path
 
+import bcrypt
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -22,11 +25,13 @@ from nbchat import (
     UserLimitReached,
     load_config,
 )
-from nbchat.usernames import check_username, hub_username
+from nbchat.errors import HubAccountConflict
+from nbchat.store import claim_directory
+from nbchat.usernames import check_username, hub_username, legacy_hub_username
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 PASSWORD = "correct horse"
-HASHED = re.compile(r"-[0-9a-f]{8}\Z")  # the hash of the hub name that ends a made-up username
+HASHED = re.compile(r"-[0-9a-f]{20}\Z")  # the hash of the hub name that ends a made-up username
 
 #: Hub names nbchat cannot use as they are, each for another rule.
 ODD_HUB_NAMES = [
@@ -41,7 +46,8 @@ ODD_HUB_NAMES = [
     "-@-",  # nothing readable left
     ".hidden",  # starts with '.'
     "a/b",  # a path separator
-    "Ann.Lee-uni.edu-00000000",  # valid, but shaped like a made-up name
+    "Ann.Lee-uni.edu-00000000",  # valid, but shaped like a made-up name of old
+    "ann-0123456789abcdef0123",  # valid, but shaped like a made-up name
 ]
 
 
@@ -68,12 +74,12 @@ def test_an_odd_hub_name_becomes_a_valid_username_ending_in_its_hash(hub_name: s
 
 
 def test_made_up_usernames_stay_readable() -> None:
-    assert re.fullmatch(r"Ann\.Lee-uni\.edu-[0-9a-f]{8}", hub_username("Ann.Lee@uni.edu"))
-    assert re.fullmatch(r"CON-[0-9a-f]{8}", hub_username("CON"))
-    assert re.fullmatch(r"hub-con\.x-[0-9a-f]{8}", hub_username("con.x"))  # never a device name
-    assert re.fullmatch(r"hub-[0-9a-f]{8}", hub_username("名前"))  # nothing readable: 'hub-'
-    assert re.fullmatch(r"hub-[0-9a-f]{8}", hub_username("-@-"))
-    assert re.fullmatch(r"x{19}-[0-9a-f]{8}", hub_username("x" * 40))
+    assert re.fullmatch(r"Ann\.Lee-uni-[0-9a-f]{20}", hub_username("Ann.Lee@uni.edu"))
+    assert re.fullmatch(r"CON-[0-9a-f]{20}", hub_username("CON"))
+    assert re.fullmatch(r"hub-con\.x-[0-9a-f]{20}", hub_username("con.x"))  # never a device name
+    assert re.fullmatch(r"hub-[0-9a-f]{20}", hub_username("名前"))  # nothing readable: 'hub-'
+    assert re.fullmatch(r"hub-[0-9a-f]{20}", hub_username("-@-"))
+    assert re.fullmatch(r"x{11}-[0-9a-f]{20}", hub_username("x" * 40))
 
 
 def test_distinct_odd_hub_names_get_distinct_accounts() -> None:
@@ -88,8 +94,9 @@ def test_a_hub_user_cannot_take_another_ones_account_by_choosing_its_made_up_nam
         assert hub_username(impostor).lower() != ann.lower()
 
 
-def test_hub_names_that_differ_only_in_case_are_one_account_like_usernames() -> None:
-    """As with local accounts; JupyterHub lower-cases names by default anyway."""
+def test_hub_names_that_differ_only_in_case_map_to_one_username_like_usernames() -> None:
+    """As with local accounts; JupyterHub lower-cases names by default anyway (and ``hub_login``
+    refuses the second spelling rather than share the account: see below)."""
     assert hub_username("Alice").lower() == hub_username("alice").lower()
 
 
@@ -256,3 +263,104 @@ def test_trusting_the_hub_user_can_be_switched_on(tmp_path: Path, raw: str) -> N
 def test_an_unclear_trust_setting_is_refused_naming_the_variable(tmp_path: Path, raw: str) -> None:
     with pytest.raises(ConfigError, match=f"NBCHAT_TRUST_HUB_USER.*{raw!r}"):
         load_config(env(tmp_path, NBCHAT_TRUST_HUB_USER=raw))
+
+
+# -- one hub name, one account (issue 11, defect 1) -------------------------------------------
+
+#: Two hub names whose old 8-hex-digit tags are equal (found by brute force, ~3 minutes).
+COLLIDING = ("alice@uni.edu", "alice@uni.edu+&@!$$&+#&@@")
+
+
+def write_users(accounts: Accounts, users: dict[str, dict[str, str]]) -> None:
+    accounts.config.users_file.parent.mkdir(parents=True, exist_ok=True)
+    accounts.config.users_file.write_text(json.dumps({"version": 1, "users": users}), encoding="utf-8")
+
+
+def hub_record(name: str, hub_name: str, password: str | None = None) -> dict[str, str]:
+    password = password or uuid.uuid4().hex  # by default one nobody knows, as hub_login makes
+    return {
+        "name": name,
+        "account_id": uuid.uuid4().hex,
+        "password_hash": bcrypt.hashpw(password.encode(), bcrypt.gensalt(4)).decode(),
+        "created": "2025-05-01T09:12:44+00:00",
+        "password_changed": "2025-05-01T09:12:44+00:00",
+        "hub_name": hub_name,
+    }
+
+
+def test_hub_names_whose_old_tags_collide_get_separate_accounts(accounts: Accounts) -> None:
+    first, second = COLLIDING
+    alice = accounts.hub_login(first)
+    alice.conversations.create("alice's private notes")
+    other = accounts.hub_login(second)
+    assert other.username != alice.username
+    assert other.display_name == second
+    assert other.conversations.list() == []
+
+
+def test_the_hub_tag_holds_80_bits_of_the_hub_names_sha256() -> None:
+    tag = hub_username("Ann.Lee@uni.edu").rsplit("-", 1)[1]
+    assert tag == hashlib.sha256(b"Ann.Lee@uni.edu").hexdigest()[: len(tag)]
+    assert len(tag) * 4 >= 80
+
+
+def test_a_hub_login_never_reaches_an_account_created_for_another_hub_name(accounts: Accounts) -> None:
+    """Should two hub names ever map to one username, the second is refused, naming both and a remedy."""
+    name = hub_username("ann@uni.edu")
+    write_users(accounts, {name.lower(): hub_record(name, "someone-else@uni.edu")})
+    with pytest.raises(HubAccountConflict) as refused:
+        accounts.hub_login("ann@uni.edu")
+    message = str(refused.value)
+    assert "'ann@uni.edu'" in message and "'someone-else@uni.edu'" in message
+    assert "same account" in message and str(accounts.config.users_file) in message
+
+
+def test_hub_names_that_differ_only_in_case_are_refused_rather_than_shared(accounts: Accounts) -> None:
+    """Two hub users Alice and alice (a hub that does not lower-case names) never share one account."""
+    accounts.hub_login("Alice").conversations.create("Alice's")
+    with pytest.raises(HubAccountConflict, match="'alice'"):
+        accounts.hub_login("alice")
+    assert accounts.hub_login("Alice").display_name == "Alice"
+
+
+def test_a_hub_login_never_reaches_a_password_account_of_the_same_name(accounts: Accounts) -> None:
+    """Someone who registered 'bob' with a password is not the hub user bob (nor the reverse)."""
+    accounts.register("bob", PASSWORD)
+    accounts.login("bob", PASSWORD).conversations.create("registered bob's")
+    with pytest.raises(HubAccountConflict, match="password"):
+        accounts.hub_login("bob")
+    assert [c.title for c in accounts.login("bob", PASSWORD).conversations.list()] == ["registered bob's"]
+
+
+def test_a_password_never_opens_a_hub_account_even_one_whose_hash_is_known(accounts: Accounts) -> None:
+    name = hub_username("ann@uni.edu")
+    write_users(accounts, {name.lower(): hub_record(name, "ann@uni.edu", password=PASSWORD)})
+    with pytest.raises(AuthenticationFailed):
+        accounts.login(name, PASSWORD)
+    assert accounts.hub_login("ann@uni.edu").username == name.lower()
+
+
+def test_a_name_shaped_like_a_made_up_hub_username_cannot_be_registered(accounts: Accounts) -> None:
+    """Otherwise anyone could take Ann's hub account name before her first login."""
+    with pytest.raises(InvalidUsername, match="reserved for JupyterHub"):
+        accounts.register(hub_username("Ann.Lee@uni.edu"), PASSWORD)
+    assert accounts.usernames() == []
+    accounts.register("build-2024", PASSWORD)  # an ordinary name with a dash is fine
+
+
+def test_an_account_made_under_the_old_short_tag_still_serves_its_exact_hub_name(accounts: Accounts) -> None:
+    first, second = COLLIDING
+    old_name = legacy_hub_username(first)
+    assert old_name.lower() == legacy_hub_username(second).lower()  # the pair did collide
+    assert re.fullmatch(r"alice-uni\.edu-[0-9a-f]{8}", old_name)
+    write_users(accounts, {old_name.lower(): hub_record(old_name, first)})
+    claim_directory(accounts.data_dir, old_name, accounts._read_users()[old_name.lower()]["account_id"])
+
+    alice = accounts.hub_login(first)
+    assert (alice.username, alice.display_name) == (old_name.lower(), first)
+    alice.conversations.create("kept from before the upgrade")
+    other = accounts.hub_login(second)  # the old tag's collision partner gets an account of its own
+    assert other.username == hub_username(second).lower() != old_name.lower()
+    assert other.conversations.list() == []
+    titles = [c.title for c in accounts.hub_login(first).conversations.list()]
+    assert titles == ["kept from before the upgrade"]
