@@ -153,3 +153,7 @@ class ModelNotChosen(SessionError):
 
 class ReplyInProgress(SessionError):
     """A reply is still streaming in this session."""
+
+
+class HubAccountConflict(AccountError):
+    """A JupyterHub name maps to an account that belongs to someone else (another hub name, or a password)."""
