@@ -501,3 +501,16 @@ def test_the_switch_comes_from_the_environment_or_the_site_file(server, tmp_path
     site = tmp_path / "config.toml"
     site.write_text("[nbchat]\nopenai_think_switch = true\n")
     assert load_config({"NBCHAT_CONFIG": str(site)}).openai_think_switch is True
+
+
+def test_a_model_without_max_model_len_has_no_known_window_but_the_default_to_send(backend, server) -> None:
+    server.add_model(ServedModel("llama-server-model", max_model_len=None))
+    assert backend.known_context_window("llama-server-model") is None
+    assert backend.known_context_window("not-listed") is None
+    assert backend.known_context_window("not-listed") is None
+    assert backend.context_window("llama-server-model") == DEFAULT_CONTEXT_WINDOW
+    assert sum(r["path"] == "/v1/models" for r in server.requests) == 2, "each answer is remembered"
+
+
+def test_a_server_without_a_model_list_knows_no_window(server) -> None:
+    assert OpenAIBackend(server.url).known_context_window("anything") is None

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from nbchat.backends.base import ReplyStream
+from nbchat.backends.base import ProgressCallback, ReplyStream
 from nbchat.errors import (
     BackendError,
     BackendResponseError,
@@ -59,6 +59,13 @@ class HttpBackend(ABC):
     def count_tokens(self, model: str, messages: Sequence[Message], *, think: bool = False) -> int:
         """An estimate (``nbchat.history.estimate_tokens``): the tokenizer lives in the server."""
         return estimate_tokens(messages)
+
+    def prepare(self, model: str, on_progress: ProgressCallback | None = None) -> None:  # noqa: B027
+        """Nothing to do: a server loads its models itself, on the first request."""
+
+    @abstractmethod
+    def known_context_window(self, model: str) -> int | None:
+        """The context window the server states for ``model`` (may ask it), else None."""
 
     @abstractmethod
     def chat_request(
@@ -134,7 +141,7 @@ class HttpBackend(ABC):
         """Nothing arrived within the read timeout."""
 
     @abstractmethod
-    def _broken_off(self, exc: httpx.HTTPError) -> str:
+    def _broken_off(self, exc: Exception) -> str:
         """The connection broke off in the middle."""
 
     @abstractmethod

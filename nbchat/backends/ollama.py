@@ -143,6 +143,10 @@ class OllamaBackend(HttpBackend):
         info = self.model_info(model)
         return min(DEFAULT_NUM_CTX, info.context_length or DEFAULT_NUM_CTX)
 
+    def known_context_window(self, model: str) -> int:
+        """``context_window``: ``/api/show`` tells it without Ollama loading the model."""
+        return self.context_window(model)
+
     # -- chatting --------------------------------------------------------------------------
 
     def stream(self, model: str, messages: Sequence[Message], params: GenerationParams) -> ReplyStream:
@@ -200,7 +204,7 @@ class OllamaBackend(HttpBackend):
             + "; it may be overloaded or stuck. Try again, or restart Ollama."
         )
 
-    def _broken_off(self, exc: httpx.HTTPError) -> str:
+    def _broken_off(self, exc: Exception) -> str:
         return f"The connection to Ollama at {self.host} broke off ({exc}); is the server still running?"
 
     def _not_json(self, path: str) -> str:

@@ -116,7 +116,7 @@ class OpenAIBackend(HttpBackend):
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
         )
-        self._windows: dict[str, int] = {}
+        self._windows: dict[str, int | None] = {}  # max_model_len per listed model, None: not stated
         self._windows_lock = threading.Lock()
         self.use_api_key(api_key)
 
@@ -140,7 +140,7 @@ class OpenAIBackend(HttpBackend):
         """Model ids of every model the server lists, e.g. ``openai:Qwen/Qwen3-1.7B``."""
         data = self._get_json("GET", "/models")
         entries = [m for m in data.get("data") or [] if isinstance(m, dict) and isinstance(m.get("id"), str)]
-        windows = {m["id"]: _positive_int(m.get("max_model_len")) or DEFAULT_CONTEXT_WINDOW for m in entries}
+        windows = {m["id"]: _positive_int(m.get("max_model_len")) for m in entries}
         with self._windows_lock:
             self._windows.update(windows)
         return [f"{PREFIX}:{m['id']}" for m in entries]
@@ -164,17 +164,20 @@ class OpenAIBackend(HttpBackend):
         Asked once per listed model. A model the server does not list (llama-server answers to
         any name) or a server without a model list gets the default too.
         """
+        return self.known_context_window(model) or DEFAULT_CONTEXT_WINDOW
+
+    def known_context_window(self, model: str) -> int | None:
+        """The ``max_model_len`` the server lists for ``model`` (asking once), else None."""
         with self._windows_lock:
-            known = self._windows.get(model)
-        if known is not None:
-            return known
+            if model in self._windows:
+                return self._windows[model]
         try:
             self.models()
         except BackendResponseError as exc:
             if exc.status_code not in _NO_MODEL_LIST:
                 raise
-        with self._windows_lock:
-            return self._windows.get(model, DEFAULT_CONTEXT_WINDOW)
+        with self._windows_lock:  # not listed: not asked again until the list is read anew
+            return self._windows.setdefault(model, None)
 
     # -- chatting --------------------------------------------------------------------------
 
@@ -230,7 +233,7 @@ class OpenAIBackend(HttpBackend):
             + "; it may be overloaded or stuck. Try again, or restart it."
         )
 
-    def _broken_off(self, exc: httpx.HTTPError) -> str:
+    def _broken_off(self, exc: Exception) -> str:
         return (
             f"The connection to the server at {self.base_url} broke off ({self._scrub(str(exc))}); "
             "is it still running?"
