@@ -21,7 +21,9 @@ Jupyter itself (code blocks highlighted). Every control has a stable CSS class
 from __future__ import annotations
 
 import html
+import sys
 import threading
+import types
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
@@ -94,13 +96,28 @@ class ChatPanel(widgets.VBox):
         self._shown: tuple[str | None, int] = (None, 0)  # conversation id, messages shown
         self._streaming: Reply | None = None
         self._live: widgets.Output | None = None  # the streaming reply's widget
+        self._stop_following = threading.Event()  # set: the redraw thread of the reply shown ends
         self._lock = threading.RLock()
+        self._closed = False
         self._style = widgets.HTML(_STYLE)  # one per panel: a new widget per redraw would pile up
         self._build_login_view()
         self._build_chat_view()
         _classed(self, "nbchat-panel")
-        self.session.on_change(_weak_listener(self))
+        self._listener = _weak_listener(self)
+        self.session.on_change(self._listener)
         self.refresh()
+
+    def close(self) -> None:
+        """Let the panel go: it stops listening to the session and following a reply, and every
+        widget of it is closed (ipywidgets keeps a widget until then). Closing twice is harmless."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._stop_following.set()
+            self._streaming = self._live = None
+        self.session.off_change(self._listener)  # outside our lock: the session calls in under its own
+        close_widgets(self, self.login_view, self.chat_view)
 
     @property
     def _syncing(self) -> bool:
@@ -289,6 +306,8 @@ class ChatPanel(widgets.VBox):
     def refresh(self) -> None:
         """Show exactly what the session holds now (any thread)."""
         with self._lock:
+            if self._closed:
+                return
             self._syncing = True
             try:
                 if self.session.user is None:
@@ -308,7 +327,8 @@ class ChatPanel(widgets.VBox):
             self.login_message.value = (
                 f"<span class='nbchat-error'>JupyterHub login failed: {html.escape(str(hub_error))}</span>"
             )
-        self.messages.children = ()
+        self._stop_following.set()
+        self._set_messages(())
         self._shown = (None, 0)
         self._streaming = self._live = None
         self.prompt.value = ""
@@ -387,9 +407,15 @@ class ChatPanel(widgets.VBox):
             children = list(map(_message_widget, messages))
         if live is not None:
             children.append(live)
-        if tuple(children) != self.messages.children:
-            self.messages.children = tuple(children)
+        self._set_messages(tuple(children))
         self._shown = (conversation_id, len(messages))
+
+    def _set_messages(self, children: tuple[widgets.Widget, ...]) -> None:
+        """Show ``children``; a message widget no longer shown is closed, not left in ipywidgets."""
+        dropped = [child for child in self.messages.children if child not in children]
+        if children != self.messages.children:
+            self.messages.children = children
+        close_widgets(*dropped)
 
     def _set_model_options(self, current: str | None) -> None:
         ids = list(self._model_ids)
@@ -419,6 +445,8 @@ class ChatPanel(widgets.VBox):
 
     def _follow(self, reply: Reply) -> None:
         """Show ``reply`` as it streams, redrawn at a bounded rate by a thread of its own."""
+        self._stop_following.set()  # the thread of a reply shown before ends
+        self._stop_following = stop = threading.Event()
         self._streaming = reply
         output = _classed(widgets.Output(), "nbchat-message", "nbchat-message-assistant", "nbchat-streaming")
         output.outputs = _markdown_output("…")
@@ -427,12 +455,14 @@ class ChatPanel(widgets.VBox):
         first_use = " (the local model loads on first use: this can take a minute)" if local else ""
         self.status.value = f"Generating with <code>{html.escape(reply.model)}</code>…{first_use}"
         threading.Thread(
-            target=self._redraw, args=(reply, output), name="nbchat-panel-redraw", daemon=True
+            target=self._redraw, args=(reply, output, stop), name="nbchat-panel-redraw", daemon=True
         ).start()
 
-    def _redraw(self, reply: Reply, output: widgets.Output) -> None:
+    def _redraw(self, reply: Reply, output: widgets.Output, stop: threading.Event) -> None:
         shown, said = "", ""
         while not reply.join(REDRAW_INTERVAL_S):
+            if stop.is_set():  # closed, logged out, or following another reply
+                return
             text = reply.markdown()
             if text != shown and text.strip():
                 output.outputs = _markdown_output(text)
@@ -440,6 +470,8 @@ class ChatPanel(widgets.VBox):
             if reply.status and reply.status != said:  # loading a local model: say how far
                 self.status.value = html.escape(reply.status)
                 said = reply.status
+        if stop.is_set():
+            return
         output.outputs = _markdown_output(reply.markdown())
         self.status.value = _reply_status(reply)
         if self._streaming is reply:
@@ -619,6 +651,21 @@ def _reply_status(reply: Reply) -> str:
     return " · ".join(parts)
 
 
+def close_widgets(*roots: widgets.Widget) -> None:
+    """Close ``roots`` and every widget they hold (children, layouts, styles), each once."""
+    seen: set[int] = set()
+    todo: list[Any] = list(roots)
+    while todo:
+        item = todo.pop()
+        if isinstance(item, (list, tuple)):
+            todo.extend(item)
+        elif isinstance(item, widgets.Widget) and id(item) not in seen:
+            seen.add(id(item))
+            if item.comm is not None:
+                todo.extend(getattr(item, name) for name in item.keys)
+                widgets.Widget.close(item)  # not ChatPanel.close, which calls this
+
+
 def _weak_listener(panel: ChatPanel) -> Callable[[ChatSession], None]:
     """A session listener that does not keep a closed or forgotten panel alive."""
     ref = weakref.ref(panel)
@@ -631,8 +678,57 @@ def _weak_listener(panel: ChatPanel) -> Callable[[ChatSession], None]:
     return listener
 
 
+#: The panel each cell showed last (by JupyterLab's cell id; None: a front end that sends none).
+_shown_by_cell: weakref.WeakValueDictionary[str | None, ChatPanel] = weakref.WeakValueDictionary()
+
+
 def panel(session: ChatSession | None = None) -> None:
-    """Show the chat panel in this cell (``nbchat.ChatPanel()`` gives you the widget itself)."""
+    """Show the chat panel in this cell (``nbchat.ChatPanel()`` gives you the widget itself).
+
+    Re-running the cell closes the panel it showed before, and so do cells deleted since the
+    last run; where the front end does not say which cell runs, the panel shown last this way.
+    """
     from IPython.display import display
 
-    display(ChatPanel(session))
+    cell, deleted = running_cell()
+    for gone in (*deleted, cell):
+        previous = _shown_by_cell.pop(gone, None)
+        if previous is not None:
+            previous.close()
+    shown = ChatPanel(session)
+    _shown_by_cell[cell] = shown
+    display(shown)
+
+
+def running_cell() -> tuple[str | None, tuple[str, ...]]:
+    """The id of the cell being run and of the cells deleted since the last run.
+
+    JupyterLab and Notebook 7 send both in the execute request's metadata
+    (``cellId``, ``deletedCells``), which ipykernel keeps as the parent message.
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None, ()
+    kernel = getattr(get_ipython(), "kernel", None)
+    parent = kernel.get_parent() if kernel is not None else None
+    metadata = parent.get("metadata") if isinstance(parent, dict) else None
+    if not isinstance(metadata, dict):
+        return None, ()
+    cell = metadata.get("cellId")
+    deleted = metadata.get("deletedCells")
+    return (
+        cell if isinstance(cell, str) else None,
+        tuple(d for d in deleted if isinstance(d, str)) if isinstance(deleted, list) else (),
+    )
+
+
+class _CallableModule(types.ModuleType):
+    """``nbchat.panel()`` keeps working once this module is imported (importing a submodule
+    makes it the package's attribute ``panel``, in place of the function of that name)."""
+
+    def __call__(self, session: ChatSession | None = None) -> None:
+        panel(session)
+
+
+sys.modules[__name__].__class__ = _CallableModule
