@@ -15,19 +15,23 @@ file's ``[nbchat]`` table; the policy comes from the file only.
 
 from __future__ import annotations
 
+import datetime
 import fnmatch
 import ipaddress
 import os
+import re
 import sys
+import unicodedata
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import platformdirs
 
-from nbchat.errors import ConfigError
+from nbchat.errors import ConfigError, InvalidValue, PolicyError
+from nbchat.types import MAX_SYSTEM_CHARS, ConversationSettings, check_text
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -53,6 +57,27 @@ SITE_SETTINGS = {
     "openai_think_switch": "NBCHAT_OPENAI_THINK_SWITCH",
 }
 
+#: The one type each ``[nbchat]`` key takes in the file (``float``: any number), and an example.
+SITE_TYPES: dict[str, tuple[type, str]] = {
+    "data_dir": (str, '"/srv/nbchat"'),
+    "max_users": (int, "50"),
+    "ollama_host": (str, '"http://ollama.internal:11434"'),
+    "qwen_model": (str, '"Qwen/Qwen3-1.7B"'),
+    "openai_base_url": (str, '"http://vllm.internal:8000/v1"'),
+    "openai_api_key": (str, '"sk-..."'),
+    "trust_hub_user": (bool, "true"),
+    "read_timeout": (float, "120"),
+    "openai_think_switch": (bool, "false"),
+}
+
+#: The keys of the ``[policy]`` table.
+POLICY_KEYS = frozenset(
+    {"models", "max_new_tokens", "max_temperature", "default_system", "allow_registration"}
+)
+
+_EXPECTED = {str: "text in quotes", int: "a whole number", float: "a number", bool: "true or false"}
+_SECRET_KEYS = {"openai_api_key"}  # never shown in an error
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -73,6 +98,39 @@ class Policy:
 
     def allows_model(self, model_id: str) -> bool:
         return self.models is None or any(fnmatch.fnmatchcase(model_id, p) for p in self.models)
+
+    def refuse_model(self, model_id: str) -> None:
+        """Raise ``PolicyError`` for a model the site does not allow, naming the rule and its file."""
+        if self.allows_model(model_id):
+            return
+        allowed = f"only {', '.join(self.models)}" if self.models else "no model at all"
+        raise PolicyError(f"{model_id} is not allowed here: {self.source} allows {allowed}.")
+
+    def check_settings(self, settings: ConversationSettings) -> None:
+        """Raise ``PolicyError`` for settings past a rule (a saved conversation's too: rules change)."""
+        if settings.model is not None:
+            self.refuse_model(settings.model)
+        if self.max_new_tokens is not None and settings.max_new_tokens > self.max_new_tokens:
+            raise PolicyError(
+                f"Max new tokens must be at most {self.max_new_tokens:,} here ({self.source}), "
+                f"not {settings.max_new_tokens:,}."
+            )
+        if self.max_temperature is not None and settings.temperature > self.max_temperature:
+            raise PolicyError(
+                f"Temperature must be at most {self.max_temperature} here ({self.source}), "
+                f"not {settings.temperature}."
+            )
+
+    def starting_settings(self, settings: ConversationSettings) -> ConversationSettings:
+        """A new conversation's settings: the site's system prompt, and the defaults within the caps."""
+        changes: dict[str, Any] = {}
+        if self.default_system:
+            changes["system"] = self.default_system
+        if self.max_new_tokens is not None and settings.max_new_tokens > self.max_new_tokens:
+            changes["max_new_tokens"] = self.max_new_tokens
+        if self.max_temperature is not None and settings.temperature > self.max_temperature:
+            changes["temperature"] = self.max_temperature
+        return settings.updated(**changes) if changes else settings
 
 
 @dataclass(frozen=True)
@@ -105,27 +163,42 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
     """Build a ``Config`` from ``environ`` (default: ``os.environ``, read now) and the site file."""
     env = os.environ if environ is None else environ
     site_file, site, policy = _read_site_file(env)
-    merged = {var: str(site[key]) for key, var in SITE_SETTINGS.items() if key in site}
-    merged.update({k: v for k, v in env.items() if v is not None and str(v).strip()})
+    merged: dict[str, str] = {}
+    names: dict[str, str] = {}  # where each value came from, for error messages
+    for key, value in site.items():
+        merged[SITE_SETTINGS[key]] = value
+        names[SITE_SETTINGS[key]] = f"nbchat.{key} in {site_file}"
+    for var, value in env.items():
+        if value is not None and str(value).strip():
+            merged[var], names[var] = value, var
+    if names.get("OLLAMA_URL") == "OLLAMA_URL" and names.get("OLLAMA_HOST") != "OLLAMA_HOST":
+        # the environment's OLLAMA_URL beats the file's ollama_host (the environment always wins)
+        merged["OLLAMA_HOST"], names["OLLAMA_HOST"] = merged["OLLAMA_URL"], "OLLAMA_URL"
+
+    def name(var: str) -> str:
+        return names.get(var, var)
+
     hub_user = (merged.get("JUPYTERHUB_USER") or "").strip() or None
-    trust_hub_user = _flag("NBCHAT_TRUST_HUB_USER", merged.get("NBCHAT_TRUST_HUB_USER"), default=True)
-    data_dir = _data_dir(merged.get("NBCHAT_DATA_DIR"))
+    trust_hub_user = _flag(
+        name("NBCHAT_TRUST_HUB_USER"), merged.get("NBCHAT_TRUST_HUB_USER"), default=True
+    )
+    data_dir = _data_dir(name("NBCHAT_DATA_DIR"), merged.get("NBCHAT_DATA_DIR"))
     if hub_user is not None and trust_hub_user and merged.get("NBCHAT_DATA_DIR"):
         data_dir = _hub_user_dir(data_dir, hub_user)
     return Config(
         data_dir=data_dir,
-        max_users=_positive_int("NBCHAT_MAX_USERS", merged.get("NBCHAT_MAX_USERS"), DEFAULT_MAX_USERS),
-        ollama_host=parse_ollama_host(merged.get("OLLAMA_HOST") or merged.get("OLLAMA_URL")),
+        max_users=_positive_int(name("NBCHAT_MAX_USERS"), merged.get("NBCHAT_MAX_USERS"), DEFAULT_MAX_USERS),
+        ollama_host=parse_ollama_host(merged.get("OLLAMA_HOST"), name=name("OLLAMA_HOST")),
         qwen_model=(merged.get("NBCHAT_QWEN_MODEL") or "").strip() or DEFAULT_QWEN_MODEL,
-        openai_base_url=(merged.get("OPENAI_BASE_URL") or "").strip() or None,
-        openai_api_key=merged.get("OPENAI_API_KEY") or None,
+        openai_base_url=check_openai_base_url(merged.get("OPENAI_BASE_URL"), name=name("OPENAI_BASE_URL")),
+        openai_api_key=_api_key(name("OPENAI_API_KEY"), merged.get("OPENAI_API_KEY")),
         hub_user=hub_user,
         trust_hub_user=trust_hub_user,
         openai_think_switch=_flag(
-            "NBCHAT_OPENAI_THINK_SWITCH", merged.get("NBCHAT_OPENAI_THINK_SWITCH"), default=False
+            name("NBCHAT_OPENAI_THINK_SWITCH"), merged.get("NBCHAT_OPENAI_THINK_SWITCH"), default=False
         ),
         read_timeout_s=_positive_float(
-            "NBCHAT_READ_TIMEOUT", merged.get("NBCHAT_READ_TIMEOUT"), DEFAULT_READ_TIMEOUT_S
+            name("NBCHAT_READ_TIMEOUT"), merged.get("NBCHAT_READ_TIMEOUT"), DEFAULT_READ_TIMEOUT_S
         ),
         policy=policy,
         site_file=site_file,
@@ -139,8 +212,15 @@ def _hub_user_dir(shared: Path, hub_user: str) -> Path:
     return shared / hub_username(hub_user).lower()
 
 
-def _read_site_file(env: Mapping[str, str]) -> tuple[Path | None, dict[str, Any], Policy]:
-    """The site file's ``[nbchat]`` settings and ``[policy]``; no file (at the default path) is fine."""
+# -- the site file --------------------------------------------------------------------------------
+
+
+def _read_site_file(env: Mapping[str, str]) -> tuple[Path | None, dict[str, str], Policy]:
+    """The site file's ``[nbchat]`` settings (as the environment would spell them) and ``[policy]``.
+
+    No file at the default path is fine. Every value's type is checked here, whether or not
+    the environment overrides it: a broken file is reported when it is read, never later.
+    """
     named = (env.get("NBCHAT_CONFIG") or "").strip()
     path = Path(named).expanduser() if named else DEFAULT_SITE_CONFIG
     try:
@@ -161,16 +241,14 @@ def _read_site_file(env: Mapping[str, str]) -> tuple[Path | None, dict[str, Any]
             f"{path}: unknown table [{unknown_tables[0]}]; the tables are [nbchat] and [policy]."
         )
     settings = _table(path, document, "nbchat", set(SITE_SETTINGS))
-    return path, settings, _policy(path, _table(path, document, "policy", _POLICY_KEYS))
-
-
-_POLICY_KEYS = {"models", "max_new_tokens", "max_temperature", "default_system", "allow_registration"}
+    policy = _policy(path, _table(path, document, "policy", set(POLICY_KEYS)))
+    return path, {key: _site_value(path, key, value) for key, value in settings.items()}, policy
 
 
 def _table(path: Path, document: dict[str, Any], name: str, known: set[str]) -> dict[str, Any]:
     table = document.get(name, {})
     if not isinstance(table, dict):
-        raise ConfigError(f"{path}: [{name}] must be a table.")
+        raise ConfigError(f"{path}: [{name}] must be a table, not {_kind(table)}.")
     unknown = sorted(set(table) - known)
     if unknown:
         raise ConfigError(
@@ -180,31 +258,51 @@ def _table(path: Path, document: dict[str, Any], name: str, known: set[str]) -> 
     return table
 
 
+def _site_value(path: Path, key: str, value: object) -> str:
+    """One ``[nbchat]`` value of the right type, spelled as its environment variable would be."""
+    wanted, example = SITE_TYPES[key]
+    if not _is(value, wanted):
+        found = _found(value, secret=key in _SECRET_KEYS)
+        raise ConfigError(f"{path}: nbchat.{key} must be {_EXPECTED[wanted]} such as {example}, not {found}.")
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, str) and not value.strip():
+        raise ConfigError(f"nbchat.{key} in {path} is empty; remove the line to use the default.")
+    return repr(float(value)) if isinstance(value, (int, float)) and wanted is float else str(value)
+
+
 def _policy(path: Path, table: dict[str, Any]) -> Policy:
     where = f"the site policy in {path}"
+
+    def refuse(key: str, expected: str, value: object) -> NoReturn:
+        raise ConfigError(f"{path}: policy.{key} must be {expected}, not {_found(value)}.")
+
     models = table.get("models")
-    if models is not None and (
-        not isinstance(models, list) or not all(isinstance(m, str) and m.strip() for m in models)
-    ):
-        raise ConfigError(f"{path}: policy.models must be a list of model id patterns such as 'ollama:*'.")
+    patterns = "a list of text patterns such as ['ollama:qwen3:*', 'openai:*']"
+    if models is not None:
+        if not isinstance(models, list):
+            refuse("models", patterns, models)
+        for model in models:
+            if not isinstance(model, str):
+                refuse("models", patterns, model)
+            if not model.strip():
+                raise ConfigError(f"{path}: policy.models holds an empty pattern; remove it.")
     max_tokens = table.get("max_new_tokens")
-    if max_tokens is not None and (
-        isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
-    ):
-        raise ConfigError(f"{path}: policy.max_new_tokens must be a whole number of at least 1.")
+    if max_tokens is not None and (not _is(max_tokens, int) or max_tokens < 1):
+        refuse("max_new_tokens", "a whole number of at least 1", max_tokens)
     max_temperature = table.get("max_temperature")
-    if max_temperature is not None and (
-        isinstance(max_temperature, bool)
-        or not isinstance(max_temperature, (int, float))
-        or not 0 <= max_temperature <= 2
-    ):
-        raise ConfigError(f"{path}: policy.max_temperature must be a number from 0 to 2.")
+    if max_temperature is not None and (not _is(max_temperature, float) or not 0 <= max_temperature <= 2):
+        refuse("max_temperature", "a number from 0 to 2", max_temperature)
     system = table.get("default_system", "")
     if not isinstance(system, str):
-        raise ConfigError(f"{path}: policy.default_system must be text.")
+        refuse("default_system", _EXPECTED[str], system)
+    try:
+        check_text("policy.default_system", system, max_chars=MAX_SYSTEM_CHARS)
+    except InvalidValue as exc:
+        raise ConfigError(f"{path}: {exc} Shorten it.") from None
     registration = table.get("allow_registration", True)
     if not isinstance(registration, bool):
-        raise ConfigError(f"{path}: policy.allow_registration must be true or false.")
+        refuse("allow_registration", "true or false", registration)
     return Policy(
         models=tuple(m.strip() for m in models) if models is not None else None,
         max_new_tokens=max_tokens,
@@ -213,6 +311,43 @@ def _policy(path: Path, table: dict[str, Any]) -> Policy:
         allow_registration=registration,
         source=where,
     )
+
+
+def _is(value: object, wanted: type) -> bool:
+    """TOML's types as nbchat reads them: true/false is no number, and a whole number is a number."""
+    if isinstance(value, bool) or wanted is bool:
+        return isinstance(value, bool) and wanted is bool
+    if wanted is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, wanted)
+
+
+def _kind(value: object) -> str:
+    """A TOML value's type, as an administrator reading the file would call it."""
+    kinds: list[tuple[type | tuple[type, ...], str]] = [
+        (bool, "true/false"),
+        (int, "an integer"),
+        (float, "a decimal number"),
+        (str, "text"),
+        (list, "an array"),
+        (dict, "a table"),
+        (datetime.datetime, "a date and time"),
+        (datetime.date, "a date"),
+        (datetime.time, "a time of day"),
+    ]
+    return next((kind for types, kind in kinds if isinstance(value, types)), type(value).__name__)
+
+
+def _found(value: object, *, secret: bool = False) -> str:
+    """What was found, with the value when it is short, plain and not a secret."""
+    kind = _kind(value)
+    if secret or isinstance(value, (bool, list, dict)):
+        return kind
+    shown = repr(value) if not isinstance(value, datetime.date) else value.isoformat()
+    return f"{kind} ({shown[:40]}{'...' if len(shown) > 40 else ''})"
+
+
+# -- single settings ------------------------------------------------------------------------------
 
 
 def _flag(name: str, raw: str | None, *, default: bool) -> bool:
@@ -226,11 +361,11 @@ def _flag(name: str, raw: str | None, *, default: bool) -> bool:
     raise ConfigError(f"{name} must be 1/true/yes/on or 0/false/no/off, not {raw!r}.")
 
 
-def _data_dir(raw: str | None) -> Path:
+def _data_dir(name: str, raw: str | None) -> Path:
     if raw is None or not raw.strip():
         return Path(platformdirs.user_data_dir("nbchat", appauthor=False))
     if "\x00" in raw:
-        raise ConfigError("NBCHAT_DATA_DIR contains a NUL character; set it to a directory path.")
+        raise ConfigError(f"{name} contains a NUL character; set it to a directory path.")
     return Path(raw.strip()).expanduser().absolute()
 
 
@@ -254,37 +389,139 @@ def _positive_float(name: str, raw: str | None, default: float) -> float:
     except ValueError:
         raise ConfigError(f"{name} must be a number of seconds such as {default:g}, not {raw!r}.") from None
     if not value > 0 or value == float("inf"):
-        raise ConfigError(f"{name} must be a positive number of seconds, not {raw!r}.")
+        raise ConfigError(f"{name} must be a positive number of seconds, not {raw.strip()!r}.")
     return value
 
 
-def parse_ollama_host(raw: str | None) -> str:
+def _api_key(name: str, raw: str | None) -> str | None:
+    """The key alone: a space or control character inside would break (or forge) the HTTP header."""
+    key = (raw or "").strip()
+    bad = _bad_char(key)
+    if bad is not None:
+        raise ConfigError(
+            f"{name} contains a space or control character (U+{ord(bad):04X}) inside the key; "
+            "set it to the key alone, on one line."
+        )
+    return key or None
+
+
+# -- addresses ------------------------------------------------------------------------------------
+
+_OLLAMA_FORMS = (
+    f"host[:port], http://host[:port][/path] or https://host[:port][/path] with a port from 1-65535, "
+    f"such as 127.0.0.1:{DEFAULT_OLLAMA_PORT}"
+)
+_OPENAI_EXAMPLE = "http://127.0.0.1:8000/v1"
+_HOST_NAME = re.compile(r"[\w.-]+")  # letters (any script), digits, '-', '.', '_'
+_UNPRINTABLE = frozenset({"Cc", "Cf", "Co", "Cs", "Zl", "Zp", "Zs"})
+
+
+def _bad_char(text: str) -> str | None:
+    """The first whitespace or control/format character in ``text`` (URLs and keys hold none)."""
+    return next((c for c in text if c.isspace() or unicodedata.category(c) in _UNPRINTABLE), None)
+
+
+def parse_ollama_host(raw: str | None, *, name: str = "OLLAMA_HOST") -> str:
     """Turn ``OLLAMA_HOST``/``OLLAMA_URL`` into a base URL, as the official client does.
 
     A bare host gets port 11434, ``http://host`` port 80 and ``https://host``
-    port 443; a missing host means 127.0.0.1; a trailing path is kept.
+    port 443; a missing host (``:PORT``) means 127.0.0.1; a trailing path is
+    kept. What the official client would silently change (port 0, a newline
+    dropped, ``//h`` read as a path, a password dropped) is refused instead.
     """
     text = (raw or "").strip()
+
+    def refuse(problem: str) -> NoReturn:
+        raise ConfigError(f"{name} {raw!r} {problem}; use {_OLLAMA_FORMS}.")
+
+    bad = _bad_char(text)
+    if bad is not None:
+        refuse(f"contains a space or control character (U+{ord(bad):04X})")
     scheme, sep, rest = text.partition("://")
     if not sep:
         scheme, rest, port = "http", text, DEFAULT_OLLAMA_PORT
     elif scheme in ("http", "https"):
         port = 80 if scheme == "http" else 443
     else:
+        refuse(f"has scheme {scheme!r}; only http:// and https:// work")
+    if "?" in rest or "#" in rest:
+        refuse("has a query (?) or fragment (#), which an Ollama address cannot have")
+    netloc, _, path = rest.partition("/")
+    if not text:
+        return f"http://127.0.0.1:{DEFAULT_OLLAMA_PORT}"
+    host, given_port = _split_netloc(netloc, refuse)
+    if not host:
+        if sep or not netloc.startswith(":"):
+            refuse("has no host")
+        host = "127.0.0.1"  # ":PORT", as the official client reads it
+    path = path.strip("/")
+    return f"{scheme}://{host}:{given_port or port}" + (f"/{path}" if path else "")
+
+
+def check_openai_base_url(raw: str | None, *, name: str = "OPENAI_BASE_URL") -> str | None:
+    """``OPENAI_BASE_URL`` as written (trimmed), or None when unset; refused now if unusable.
+
+    A control character or space would reach every request line; a user name or
+    password in it would be shown wherever the address is (errors, ``health()``).
+    """
+    text = (raw or "").strip()
+    if not text:
+        return None
+    shown = re.sub(r"(?<=://)[^/@]*@", "***@", text)
+
+    def refuse(problem: str) -> NoReturn:
         raise ConfigError(
-            f"OLLAMA_HOST {raw!r} has scheme {scheme!r}; use http:// or https:// "
-            f"(or a bare host such as 127.0.0.1:{DEFAULT_OLLAMA_PORT})."
+            f"{name} {shown!r} {problem}; use an http:// or https:// address with the API's path, "
+            f"such as {_OPENAI_EXAMPLE}."
         )
-    try:
-        split = urllib.parse.urlsplit(f"{scheme}://{rest}")
-        host = split.hostname or "127.0.0.1"
-        port = split.port or port
-    except ValueError as exc:
-        raise ConfigError(f"OLLAMA_HOST {raw!r} is not a usable address: {exc}.") from None
-    try:
-        if isinstance(ipaddress.ip_address(host), ipaddress.IPv6Address):
-            host = f"[{host}]"
-    except ValueError:
-        pass
-    path = split.path.strip("/")
-    return f"{scheme}://{host}:{port}" + (f"/{path}" if path else "")
+
+    bad = _bad_char(text)
+    if bad is not None:
+        refuse(f"contains a space or control character (U+{ord(bad):04X})")
+    split = urllib.parse.urlsplit(text)
+    if split.scheme not in ("http", "https") or not text.startswith(f"{split.scheme}://"):
+        refuse("does not start with http:// or https://")
+    if split.query or split.fragment or "?" in text or "#" in text:
+        refuse("has a query (?) or fragment (#); the API's paths are added after the address")
+    if "@" in split.netloc:
+        refuse("holds a user name or password; put the key in OPENAI_API_KEY instead")
+    host, _ = _split_netloc(split.netloc, refuse)
+    if not host:
+        refuse("has no host")
+    return text
+
+
+def _split_netloc(netloc: str, refuse: Callable[[str], NoReturn]) -> tuple[str, int | None]:
+    """``host[:port]`` or ``[v6]:port`` checked: the host (IPv6 in brackets, lowercased) and port."""
+    if "@" in netloc:
+        refuse("holds a user name or password, which would be dropped")
+    if netloc.startswith("["):
+        end = netloc.find("]")
+        if end < 0:
+            refuse("has an unclosed '['; IPv6 addresses go in brackets, such as [::1]:11434")
+        inner, after = netloc[1:end], netloc[end + 1 :]
+        try:
+            ipaddress.IPv6Address(inner)
+        except ValueError:
+            refuse(f"has {inner!r} in brackets, which is not an IPv6 address")
+        if after and not after.startswith(":"):
+            refuse(f"has text after ']' ({after!r}) that is not :port")
+        host, port_text = f"[{inner.lower()}]", after[1:] if after else None
+    else:
+        if netloc.count(":") > 1:
+            refuse("has more than one ':'; IPv6 addresses go in brackets, such as [::1]:11434")
+        host, colon, port_text_or_empty = netloc.partition(":")
+        port_text = port_text_or_empty if colon else None
+        if host and not _HOST_NAME.fullmatch(host):
+            refuse(f"has the host {host!r}; a host name holds letters, digits, '-', '.' and '_'")
+        host = host.lower()
+    if port_text is None:
+        return host, None
+    if not port_text:
+        refuse("has no port after ':'")
+    if not (port_text.isascii() and port_text.isdigit()):
+        refuse(f"has port {port_text!r}, which is not a number")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        refuse(f"has port {port}, outside 1-65535")
+    return host, port

@@ -100,3 +100,114 @@ def test_bad_max_users_is_a_clear_error(raw: str) -> None:
 def test_nul_in_data_dir_is_refused() -> None:
     with pytest.raises(ConfigError, match="NUL"):
         load_config({"NBCHAT_DATA_DIR": "/tmp/a\x00b"})
+
+
+# -- addresses that would be silently changed are refused ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        ("host:0", "port 0"),
+        ("http://host:0", "port 0"),
+        ("host:", "no port after ':'"),
+        ("host:+80", "port '+80'"),
+        ("host:٣٤", "port '٣٤'"),
+        ("http://a\nb", "a space or control character"),
+        ("http://a\tb:11434", "a space or control character"),
+        ("a b", "a space or control character"),
+        ("host\x00:1", "a space or control character"),
+        ("host\u200b", "a space or control character"),
+        ("//h", "no host"),
+        ("http://", "no host"),
+        ("http://:80", "no host"),
+        ("http:///path", "no host"),
+        ("::1", "IPv6 addresses go in brackets"),
+        ("[::1", "an unclosed '['"),
+        ("[zz::1]:11434", "'zz::1' in brackets, which is not an IPv6 address"),
+        ("[::1]x", "text after ']'"),
+        ("user:pw@host", "a user name or password"),
+        ("http://host/api?x=1", "a query (?) or fragment (#)"),
+        ("host#frag", "a query (?) or fragment (#)"),
+        ("ho$t:11434", "the host 'ho$t'"),
+        ("HTTP://host", "scheme 'HTTP'"),
+    ],
+)
+def test_an_ollama_host_that_would_be_silently_changed_is_refused_saying_what_is_valid(
+    raw: str, problem: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_ollama_host(raw)
+    message = str(caught.value)
+    assert message.startswith(f"OLLAMA_HOST {raw!r} ") and problem in message, message
+    assert "1-65535" in message and "127.0.0.1:11434" in message, message  # what a valid value looks like
+
+
+def test_a_refused_ollama_host_names_where_it_came_from() -> None:
+    with pytest.raises(ConfigError, match=r"^OLLAMA_URL 'h:0' has port 0"):
+        load_config({"OLLAMA_URL": "h:0"})
+    with pytest.raises(ConfigError, match=r"^OLLAMA_HOST 'h:0' has port 0"):
+        load_config({"OLLAMA_HOST": "h:0", "OLLAMA_URL": "fine:1"})
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("localhost", "http://localhost:11434"),
+        ("0.0.0.0:11434", "http://0.0.0.0:11434"),
+        ("http://h:1234/", "http://h:1234"),
+        ("[::1]:11434", "http://[::1]:11434"),
+        ("https://ollama.example.org/", "https://ollama.example.org:443"),
+        ("http://ollama.internal:11434/ollama/", "http://ollama.internal:11434/ollama"),
+        ("gpu_box-2.lan:65535", "http://gpu_box-2.lan:65535"),
+        ("Ollama.Internal", "http://ollama.internal:11434"),
+        ("http://host:1", "http://host:1"),
+    ],
+)
+def test_legitimate_ollama_hosts_keep_working(raw: str, expected: str) -> None:
+    assert parse_ollama_host(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        ("http://127.0.0.1:8000/v1\n", None),  # a trailing newline (from `cat key`) is trimmed: fine
+        ("http://127.0.0.1:8000/v1\nX-Injected: 1", "a space or control character"),
+        ("http://vllm:8000/v 1", "a space or control character"),
+        ("http://vllm:8000/v1\x7f", "a space or control character"),
+        ("ftp://vllm/v1", "http:// or https://"),
+        ("vllm:8000/v1", "http:// or https://"),
+        ("http:///v1", "no host"),
+        ("http://vllm:0/v1", "port 0"),
+        ("http://vllm:99999/v1", "port 99999"),
+        ("http://vllm:abc/v1", "port 'abc'"),
+        ("http://key:secret@vllm:8000/v1", "a user name or password"),
+        ("http://vllm:8000/v1?api-version=1", "a query (?) or fragment (#)"),
+    ],
+)
+def test_an_unusable_openai_base_url_is_refused_when_the_config_is_loaded(
+    raw: str, problem: str | None
+) -> None:
+    if problem is None:
+        assert load_config({"OPENAI_BASE_URL": raw}).openai_base_url == raw.strip()
+        return
+    with pytest.raises(ConfigError) as caught:
+        load_config({"OPENAI_BASE_URL": raw})
+    message = str(caught.value)
+    assert message.startswith("OPENAI_BASE_URL ") and problem in message, message
+    assert "http://127.0.0.1:8000/v1" in message, message  # an example of a valid value
+    assert "secret" not in message
+
+
+@pytest.mark.parametrize(
+    "raw", ["http://127.0.0.1:8000/v1", "https://api.example.com/v1/", "http://[::1]:8080/v1", "http://h"]
+)
+def test_legitimate_openai_base_urls_are_kept_as_written(raw: str) -> None:
+    assert load_config({"OPENAI_BASE_URL": f"  {raw} "}).openai_base_url == raw
+
+
+def test_an_api_key_with_a_newline_inside_is_refused_without_showing_it() -> None:
+    with pytest.raises(ConfigError, match="OPENAI_API_KEY contains a space or control character") as caught:
+        load_config({"OPENAI_API_KEY": "sk-abc123\nX-Injected: 1"})
+    assert "abc123" not in str(caught.value)
+    assert load_config({"OPENAI_API_KEY": "sk-abc123\n"}).openai_api_key == "sk-abc123"  # trimmed

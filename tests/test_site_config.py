@@ -71,13 +71,13 @@ def test_no_site_file_means_defaults_and_no_policy(tmp_path: Path) -> None:
         ("[policy]\nmax_new_tokens = 0\n", "policy.max_new_tokens must be a whole number"),
         ("[policy]\nmax_temperature = 3\n", "policy.max_temperature must be a number from 0 to 2"),
         ("[policy]\nallow_registration = 'no'\n", "policy.allow_registration must be true or false"),
-        ("[nbchat]\nmax_users = 0\n", "NBCHAT_MAX_USERS must be at least 1"),
+        ("[nbchat]\nmax_users = 0\n", "nbchat.max_users in .*config.toml must be at least 1"),
     ],
 )
 def test_a_broken_site_file_is_a_clear_error_naming_the_file(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")) as caught:
         load_config(site_file(tmp_path, text))
-    assert "config.toml" in str(caught.value) or "NBCHAT_MAX_USERS" in str(caught.value)
+    assert str(tmp_path / "config.toml") in str(caught.value)
 
 
 def test_a_named_site_file_that_is_missing_is_an_error(tmp_path: Path) -> None:
@@ -93,7 +93,7 @@ def test_hub_users_on_a_shared_data_volume_get_directories_of_their_own(tmp_path
     ann = load_config({**shared, "JUPYTERHUB_USER": "ann"})
     ben = load_config({**shared, "JUPYTERHUB_USER": "Ben.Lee@uni.edu"})
     assert ann.data_dir == tmp_path / "shared" / "ann"
-    assert ben.data_dir.parent == tmp_path / "shared" and ben.data_dir.name.startswith("ben.lee-uni.edu-")
+    assert ben.data_dir.parent == tmp_path / "shared" and ben.data_dir.name.startswith("ben.lee-uni")
     session = ChatSession(ann, accounts=Accounts(ann, bcrypt_rounds=4))
     session.login_from_hub()
     session.new_conversation("Mine")
