@@ -13,6 +13,7 @@ import pytest
 from nbchat import Accounts, ChatSession, ConfigError, PolicyError, load_config
 from nbchat.config import Policy
 from nbchat.testing.ollama_server import OllamaTestServer
+from nbchat.types import ConversationSettings
 
 SITE = """
 [nbchat]
@@ -174,3 +175,61 @@ def test_a_conversation_saved_before_the_policy_cannot_send_past_it(
 def test_registration_can_be_closed(policed: ChatSession) -> None:
     with pytest.raises(PolicyError, match="Registration is closed"):
         policed.register("bob", "correct horse")
+
+
+# -- the rules themselves, on Policy (the session calls these) ---------------------------------
+
+RULES = Policy(
+    models=("ollama:qwen3:*", "qwen3"),
+    max_new_tokens=1024,
+    max_temperature=1.0,
+    default_system="You help the data team.",
+    source="the site policy in /etc/nbchat/config.toml",
+)
+
+
+def test_policy_refuse_model_names_the_rule_and_where_it_is_set() -> None:
+    RULES.refuse_model("ollama:qwen3:1.7b")
+    RULES.refuse_model("qwen3")
+    with pytest.raises(PolicyError) as caught:
+        RULES.refuse_model("ollama:llama3.2:1b")
+    assert str(caught.value) == (
+        "ollama:llama3.2:1b is not allowed here: the site policy in /etc/nbchat/config.toml "
+        "allows only ollama:qwen3:*, qwen3."
+    )
+    Policy().refuse_model("anything:at-all")  # no [policy] models: every model
+
+
+def test_a_policy_with_an_empty_model_list_says_it_allows_no_model() -> None:
+    with pytest.raises(PolicyError, match=r"allows no model at all\.$"):
+        Policy(models=()).refuse_model("qwen3")
+
+
+def test_policy_check_settings_refuses_what_is_past_a_rule_with_todays_messages() -> None:
+    RULES.check_settings(ConversationSettings(model="qwen3", max_new_tokens=1024, temperature=1.0))
+    RULES.check_settings(ConversationSettings())  # no model chosen yet: nothing to refuse
+    with pytest.raises(PolicyError, match=r"^ollama:llama3.2:1b is not allowed here"):
+        RULES.check_settings(ConversationSettings(model="ollama:llama3.2:1b"))
+    with pytest.raises(PolicyError) as tokens:
+        RULES.check_settings(ConversationSettings(model="qwen3", max_new_tokens=2000))
+    assert str(tokens.value) == (
+        "Max new tokens must be at most 1,024 here (the site policy in /etc/nbchat/config.toml), not 2,000."
+    )
+    with pytest.raises(PolicyError) as temperature:
+        RULES.check_settings(ConversationSettings(temperature=1.5))
+    assert str(temperature.value) == (
+        "Temperature must be at most 1.0 here (the site policy in /etc/nbchat/config.toml), not 1.5."
+    )
+    Policy().check_settings(ConversationSettings(model="x", max_new_tokens=131_072, temperature=2.0))
+
+
+def test_policy_starting_settings_bring_the_system_prompt_within_the_caps() -> None:
+    start = RULES.starting_settings(ConversationSettings(max_new_tokens=4096, temperature=1.8, think=True))
+    assert start == ConversationSettings(
+        max_new_tokens=1024, temperature=1.0, think=True, system="You help the data team."
+    )
+    RULES.check_settings(start)
+    within = ConversationSettings(max_new_tokens=100, temperature=0.2)
+    assert RULES.starting_settings(within) == replace(within, system="You help the data team.")
+    plain = ConversationSettings()
+    assert Policy().starting_settings(plain) is plain  # no rules: nothing changes
