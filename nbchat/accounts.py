@@ -38,7 +38,7 @@ from nbchat.errors import (
     UsernameTaken,
 )
 from nbchat.files import atomic_write_bytes, ensure_private_dir, fsync_dir, locked
-from nbchat.store import ConversationStore, claim_directory
+from nbchat.store import ACCOUNT_MARKER, ConversationStore, claim_directory
 from nbchat.types import is_valid_id, new_id, utcnow
 from nbchat.usernames import (
     HUB_TAG_HEX,
@@ -57,6 +57,7 @@ FREE_FAILURES = 5  # failed logins allowed before delays start
 MAX_DELAY_S = 300.0
 FORGET_FAILURES_AFTER_S = 24 * 3600.0
 WRONG_CREDENTIALS = "Wrong username or password."
+TRASH_PREFIX = ".deleted-"  # conversations/.deleted-<key>-<32 hex>: an account being deleted
 BCRYPT_HASH = re.compile(r"\$2[abxy]\$\d\d\$[./A-Za-z0-9]{53}")
 
 
@@ -114,6 +115,9 @@ class Login:
 
 class Accounts:
     """The accounts of one data dir. Safe to use from several threads and kernels at once."""
+
+    #: The steps of ``delete_account`` that ``_reached`` announces (tests/workers.py kills a worker at each).
+    DELETION_STEPS = ("authenticated", "renamed", "users-written")
 
     def __init__(
         self,
@@ -260,36 +264,83 @@ class Accounts:
         login.close()
 
     def change_password(self, username: str, old_password: str, new_password: str) -> None:
-        key, _ = self._authenticate(username, old_password)
+        key, authenticated = self._authenticate(username, old_password)
         encoded = check_password(new_password, username)
         password_hash = self._hash(encoded)
         with self._users_lock():
             users = self._read_users()
-            if key not in users:
-                raise AuthenticationFailed(WRONG_CREDENTIALS)
+            if not _same_account(users.get(key), authenticated):
+                raise AuthenticationFailed(WRONG_CREDENTIALS)  # deleted (and perhaps re-made) meanwhile
             users[key]["password_hash"] = password_hash
             users[key]["password_changed"] = utcnow().isoformat(timespec="seconds")
             self._write_users(users)
 
     def delete_account(self, username: str, password: str) -> None:
-        """Delete the account and every conversation of it, after checking the password."""
-        key, _ = self._authenticate(username, password)
-        trash: Path | None = None
+        """Delete the account and every conversation of it, after checking the password.
+
+        A recoverable sequence, all under the accounts lock: rename the user's
+        directory to ``.deleted-<key>-<hex>`` (the point of no return: its
+        ``.account`` marker says which account it was), write ``users.json``
+        without the account, then remove the renamed directory. A crash before
+        the rename changes nothing; after it, the next use of the accounts (by
+        any kernel) finishes the deletion (see ``_finish_interrupted_deletions``).
+        """
+        key, authenticated = self._authenticate(username, password)
         with self._users_lock():
             users = self._read_users()
-            if key not in users:
-                raise AuthenticationFailed(WRONG_CREDENTIALS)
+            if not _same_account(users.get(key), authenticated):
+                raise AuthenticationFailed(WRONG_CREDENTIALS)  # deleted (and perhaps re-made) meanwhile
+            self._reached("authenticated")
             user_dir = self.config.conversations_dir / key
+            trash: Path | None = None
             if user_dir.exists():
-                # Rename first: a crash after this point leaves no conversations
-                # reachable under the name, and the account still usable.
-                trash = user_dir.with_name(f".deleted-{key}-{uuid.uuid4().hex}")
+                trash = user_dir.with_name(f"{TRASH_PREFIX}{key}-{uuid.uuid4().hex}")
                 user_dir.rename(trash)
                 fsync_dir(user_dir.parent)
+                self._reached("renamed")
             del users[key]
             self._write_users(users)
-        if trash is not None:
+            self._reached("users-written")
+            if trash is not None:
+                shutil.rmtree(trash, ignore_errors=True)
+
+    def _finish_interrupted_deletions(self) -> None:
+        """Finish every deletion a crash interrupted after its point of no return (caller holds the lock).
+
+        A ``.deleted-<key>-<hex>`` directory exists only once ``delete_account``
+        renamed the account's directory: if ``users.json`` still holds the
+        account its marker names, the account is removed now; the directory
+        itself is removed in every case.
+        """
+        conversations_dir = self.config.conversations_dir
+        try:
+            trashes = [path for path in conversations_dir.iterdir() if path.name.startswith(TRASH_PREFIX)]
+        except FileNotFoundError:
+            return
+        if not trashes:
+            return
+        users = self._read_users()
+        finished = []
+        for trash in trashes:
+            key = trash.name[len(TRASH_PREFIX) : -33]
+            record = users.get(key)
+            ours = record is not None and _read_marker(trash) in _markers_of(record)
+            if ours and record is not None and not (conversations_dir / key).exists():
+                del users[key]
+                finished.append(record["name"])
+        if finished:
+            self._write_users(users)
+            warnings.warn(
+                f"The deletion of the account(s) {', '.join(map(repr, finished))} was interrupted "
+                "(a kernel stopped half-way); nbchat finished it.",
+                NbchatWarning,
+                stacklevel=4,
+            )
+        for trash in trashes:
             shutil.rmtree(trash, ignore_errors=True)
+
+    def _reached(self, step: str) -> None:
+        """A seam for the crash tests: tests/workers.py overrides it to be SIGKILLed at ``step``."""
 
     # -- authentication and throttling -----------------------------------------------------
 
@@ -361,6 +412,7 @@ class Accounts:
         with self._mutex:
             ensure_private_dir(self.data_dir)
             with locked(self.data_dir / ".users.lock", "The accounts file"):
+                self._finish_interrupted_deletions()
                 yield
 
     def _read_users(self) -> dict[str, dict[str, Any]]:
@@ -429,6 +481,23 @@ class Accounts:
                 NbchatWarning,
                 stacklevel=3,
             )
+
+
+def _same_account(record: dict[str, Any] | None, authenticated: dict[str, Any]) -> bool:
+    """True if ``record`` is still the account that was authenticated (not deleted and made again)."""
+    return record is not None and record["account_id"] == authenticated["account_id"]
+
+
+def _markers_of(record: dict[str, Any]) -> set[str]:
+    """The values the account's directory marker can hold."""
+    return {record["account_id"]}
+
+
+def _read_marker(directory: Path) -> str | None:
+    try:
+        return (directory / ACCOUNT_MARKER).read_bytes().strip().decode("ascii", "replace")
+    except OSError:
+        return None
 
 
 def _json_bytes(payload: dict[str, Any]) -> bytes:

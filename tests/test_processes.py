@@ -30,6 +30,7 @@ import pytest
 import nbchat.store
 from nbchat import (
     Accounts,
+    AuthenticationFailed,
     Config,
     Conversation,
     ConversationStore,
@@ -606,6 +607,44 @@ def test_sigkill_during_rename_and_settings_rewrites_keeps_file_loadable_and_app
     jsonl_records(conversation_file(store, conversation.id))
     leftovers = [p.name for p in store.directory.iterdir() if p.name.endswith(".tmp")]
     print(f"{len(final.messages)} appends around 10 killed rewriters; {len(leftovers)} temp files left")
+
+
+@pytest.mark.parametrize("step", ["authenticated", "renamed", "users-written"])
+def test_a_deletion_killed_at_any_step_is_finished_by_the_next_kernel_or_never_began(
+    tmp_path: Path, spawn, step: str
+) -> None:
+    """A kernel deleting eve is SIGKILLed at ``step``. Before the rename of her directory to
+    ``.deleted-*`` (the point of no return) nothing has changed: the account still works fully.
+    From the rename on, the next kernel to use the accounts finishes the deletion: the name can be
+    registered again, the old password no longer logs in, and nothing is left in ``.deleted-*``."""
+    data = tmp_path / "data"
+    accounts = Accounts(Config(data_dir=data), bcrypt_rounds=4)
+    accounts.register("eve", workers.PASSWORD)
+    accounts.register("bob", workers.PASSWORD)
+    accounts.login("eve", workers.PASSWORD).conversations.create("eve's chat")
+    accounts.login("bob", workers.PASSWORD).conversations.create("bob's chat")
+    assert step in Accounts.DELETION_STEPS
+
+    worker = spawn("delete-pausing", data, "eve", workers.PASSWORD, step)
+    worker.wait_for_line(f"reached {step}")
+    worker.kill()
+
+    next_kernel = Accounts(Config(data_dir=data), bcrypt_rounds=4)
+    if step == "authenticated":
+        titles = [c.title for c in next_kernel.login("eve", workers.PASSWORD).conversations.list()]
+        assert titles == ["eve's chat"]
+    else:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            next_kernel.register("eve", "a new password")
+        finished = [str(w.message) for w in caught if "interrupted" in str(w.message)]
+        assert len(finished) == (1 if step == "renamed" else 0), finished
+        assert next_kernel.login("eve", "a new password").conversations.list() == []
+        with pytest.raises(AuthenticationFailed):
+            next_kernel.login("eve", workers.PASSWORD)
+    assert list((data / "conversations").glob(".deleted-*")) == []
+    bobs = next_kernel.login("bob", workers.PASSWORD).conversations.list()
+    assert [c.title for c in bobs] == ["bob's chat"]
 
 
 # -- races found while writing these tests, fixed since -----------------------------------------

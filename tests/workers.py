@@ -106,6 +106,22 @@ def cmd_replace_account(data_dir: str, username: str, old_password: str, new_pas
     emit(json.dumps({"id": conversation.id}))
 
 
+def cmd_delete_pausing(data_dir: str, username: str, password: str, step: str) -> None:
+    """Delete the account but stop at ``step`` (one of ``Accounts.DELETION_STEPS``): print
+    ``reached <step>`` there and wait to be SIGKILLed, so the test crashes it exactly at that step."""
+
+    class Pausing(Accounts):
+        def _reached(self, name: str) -> None:
+            if name == step:
+                emit(f"reached {name}")
+                while keep_going():
+                    time.sleep(0.01)
+                raise SystemExit(f"nobody killed the worker at {name!r}")
+
+    Pausing(Config(data_dir=Path(data_dir)), bcrypt_rounds=4).delete_account(username, password)
+    emit("finished")
+
+
 def cmd_append(data_dir: str, user: str, conversation_ids: str, tag: str, count: str, go_file: str) -> None:
     """Append ``count`` messages once the gate opens, message ``seq`` to conversation ``(seq + tag) % n``."""
     store = ConversationStore(Path(data_dir), user)
@@ -183,6 +199,7 @@ COMMANDS = {
     "register": cmd_register,
     "login": cmd_login,
     "replace-account": cmd_replace_account,
+    "delete-pausing": cmd_delete_pausing,
     "append": cmd_append,
     "append-loop": cmd_append_loop,
     "rewrite-loop": cmd_rewrite_loop,
