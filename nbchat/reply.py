@@ -7,23 +7,34 @@ so a panel's Stop button (a widget event, handled on the main thread) works
 while tokens arrive, and a reply nobody iterates is still saved. Any number of
 readers can iterate a ``Reply`` (the magic in a cell, the panel, user code);
 each sees every chunk from the first.
+
+A reply ends exactly once: when its stream ends, or at the latest
+``CANCEL_GRACE_S`` after ``cancel()`` even if the engine has not answered
+(a server still loading a model, a frozen process). What streamed by then is
+what is saved; anything the engine sends later is dropped.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from nbchat.errors import GenerationFailed, NbchatError
-from nbchat.types import Chunk, GenerationStats, Message
+from nbchat.errors import GenerationFailed, NbchatError, StoreError
+from nbchat.types import MAX_MODEL_ID_CHARS, MAX_STAT_TEXT_CHARS, Chunk, GenerationStats, Message
 
 if TYPE_CHECKING:
     from nbchat.backends.base import ReplyStream
 
 Listener = Callable[["Reply"], None]
+Start = Callable[["Reply"], "ReplyStream"]
+Save = Callable[["Reply"], "Message | None"]
+
+#: After ``cancel()``, the reply ends by this time whether or not the engine has let go.
+CANCEL_GRACE_S = 1.0
 
 _log = logging.getLogger(__name__)
 
@@ -34,18 +45,17 @@ class Reply:
     Iterate it for ``Chunk``s, or call ``wait()``; ``cancel()`` (or the
     session's ``stop()``) stops it from any thread and keeps what streamed.
     ``message`` is the saved assistant ``Message`` once it is done (``None``
-    if nothing was saved: stopped before the first token). ``error`` holds
-    the ``NbchatError`` that ended it, if any; ``wait()`` and iteration raise it.
+    if nothing was saved: stopped before the first token, or saving failed).
+    ``error`` holds the ``NbchatError`` that ended it, if any; when the reply
+    could not be saved (a full disk), ``save_error`` holds that ``StoreError``
+    (and ``error`` too, unless the reply had already failed) while the text
+    stays here; ``wait()`` and iteration raise ``error``.
+
+    Once done, a reply holds only its own question (``prompt``), its text and
+    its saved message: never the conversation it was part of.
     """
 
-    def __init__(
-        self,
-        conversation_id: str,
-        model: str,
-        prompt: Message,
-        start: Callable[[Reply], ReplyStream],
-        save: Callable[[Reply], Message | None],
-    ) -> None:
+    def __init__(self, conversation_id: str, model: str, prompt: Message, start: Start, save: Save) -> None:
         self.conversation_id = conversation_id
         self.model = model
         self.prompt = prompt  # the user message this answers, already saved
@@ -54,14 +64,15 @@ class Reply:
         self.message: Message | None = None
         self.dropped_messages = 0  # older messages left out so the prompt fits the context
         self.status = ""  # what happens before the first token (loading a local model), for views
-        self._start = start
-        self._save = save
-        self._chunks: list[Chunk] = []
-        self._text: list[str] = []
-        self._thinking: list[str] = []
+        self.save_error: NbchatError | None = None  # why the reply is not on disk, if saving failed
+        self._start: Start | None = start
+        self._save: Save | None = save
+        self._chunks: list[Chunk] = []  # the one record of what streamed; text/thinking derive from it
         self._stream: ReplyStream | None = None
         self._cancelled = threading.Event()
         self._done = threading.Event()
+        self._ending = threading.Lock()  # whoever takes it first ends the reply
+        self._ended = False
         self._changed = threading.Condition()
         self._listeners: list[Listener] = []
         self._thread = threading.Thread(target=self._run, name="nbchat-reply", daemon=True)
@@ -74,11 +85,13 @@ class Reply:
 
     @property
     def text(self) -> str:
-        return "".join(self._text)
+        with self._changed:
+            return "".join(c.text for c in self._chunks if c.kind == "text")
 
     @property
     def thinking(self) -> str:
-        return "".join(self._thinking)
+        with self._changed:
+            return "".join(c.text for c in self._chunks if c.kind == "thinking")
 
     @property
     def done(self) -> bool:
@@ -92,6 +105,11 @@ class Reply:
     def partial(self) -> bool:
         """Stopped or failed part-way: the text is what arrived before that."""
         return self.stats is not None and self.stats.finish_reason in ("cancelled", "error")
+
+    @property
+    def saved(self) -> bool:
+        """True once the reply is in the conversation file."""
+        return self.message is not None
 
     def __iter__(self) -> Iterator[Chunk]:
         """Every chunk from the first, as it arrives; raises the reply's error at the end."""
@@ -134,9 +152,17 @@ class Reply:
         if finished:
             _call(listener, self)
 
+    def unsubscribe(self, listener: Listener) -> None:
+        """Stop calling ``listener`` (a closed view); unknown listeners are ignored."""
+        with self._changed:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
     def set_status(self, status: str) -> None:
         """Say what is happening before the first token; listeners hear of it (any thread)."""
         with self._changed:
+            if self._ended:
+                return
             self.status = status
             self._changed.notify_all()
             listeners = list(self._listeners)
@@ -146,53 +172,105 @@ class Reply:
     # -- control -----------------------------------------------------------------------------
 
     def cancel(self) -> None:
-        """Stop generating as soon as possible; what streamed so far is kept and saved."""
+        """Stop generating; the reply ends (saving what streamed) within ``CANCEL_GRACE_S``."""
+        if self._done.is_set() or self._cancelled.is_set():
+            return
         self._cancelled.set()
         stream = self._stream
         if stream is not None:
             stream.cancel()
+        timer = threading.Timer(CANCEL_GRACE_S, self.end_now)
+        timer.daemon = True
+        timer.name = "nbchat-reply-cancel"
+        timer.start()
+
+    def end_now(self) -> None:
+        """End a cancelled reply at once with what has streamed, whatever the engine is doing.
+
+        The engine's late chunks (if it ever answers) are dropped. A no-op once the reply is done.
+        """
+        stream = self._stream
+        stats = stream.stats if stream is not None else None
+        self._end(replace(stats, finish_reason="cancelled") if stats else GenerationStats("cancelled"))
 
     # -- the reply's thread ------------------------------------------------------------------
 
     def _run(self) -> None:
+        error: NbchatError | None = None
+        stream: ReplyStream | None = None
         try:
-            stream = self._start(self)
+            start = self._start
+            if start is None or self._ended:
+                return
+            stream = start(self)
             self._stream = stream
             if self._cancelled.is_set():
                 stream.cancel()
             for chunk in stream:
-                self._add(chunk)
-            self.stats = stream.stats
+                if not self._add(chunk):
+                    stream.cancel()  # the reply was ended without us: let the engine go
+                    break
+            stats = stream.stats
         except NbchatError as exc:
-            self.error = exc
-            self.stats = _stats_after(self._stream, "error", str(exc))
+            error = exc
+            stats = _stats_after(stream, str(exc))
         except Exception as exc:  # a bug or an engine's surprise: report it, keep the text
-            self.error = GenerationFailed(f"The reply failed unexpectedly: {type(exc).__name__}: {exc}")
-            self.error.__cause__ = exc
-            self.stats = _stats_after(self._stream, "error", str(self.error))
-        if self.stats is not None and self._cancelled.is_set() and self.stats.finish_reason != "error":
-            self.stats = replace(self.stats, finish_reason="cancelled")
-        try:
-            self.message = self._save(self)
-        except NbchatError as exc:
-            self.error = self.error or exc
-        finally:
-            with self._changed:
-                self._done.set()
-                self._changed.notify_all()
-                listeners = list(self._listeners)
-                self._listeners.clear()
-            for listener in listeners:
-                _call(listener, self)
+            error = GenerationFailed(f"The reply failed unexpectedly: {type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+            stats = _stats_after(stream, str(error))
+        if stats is not None and self._cancelled.is_set() and stats.finish_reason != "error":
+            stats = replace(stats, finish_reason="cancelled")
+        self._end(stats, error)
 
-    def _add(self, chunk: Chunk) -> None:
+    def _add(self, chunk: Chunk) -> bool:
+        """Record a chunk and tell the listeners; False if the reply has already ended."""
         with self._changed:
+            if self._ended:
+                return False
             self._chunks.append(chunk)
-            (self._text if chunk.kind == "text" else self._thinking).append(chunk.text)
             self._changed.notify_all()
             listeners = list(self._listeners)
         for listener in listeners:
             _call(listener, self)
+        return True
+
+    def _end(self, stats: GenerationStats | None, error: NbchatError | None = None) -> None:
+        """Save and finish, exactly once, from whichever thread gets here first."""
+        with self._ending:
+            if self._ended:
+                return
+            with self._changed:
+                self._ended = True  # from here on no chunk is added: what is saved is what is shown
+            self.stats, self.error = stats, error
+            save = self._save
+            try:
+                self.message = save(self) if save is not None else None
+            except NbchatError as exc:
+                self._save_failed(exc)
+            except OSError as exc:  # the store turns these into StoreError; never lose a reply silently
+                self._save_failed(StoreError(f"The reply could not be saved: {exc}"))
+            except Exception as exc:
+                _log.exception("Saving an nbchat reply failed")
+                self._save_failed(StoreError(f"The reply could not be saved: {type(exc).__name__}: {exc}"))
+            finally:
+                # A finished reply keeps its own text, never the history it was sent with.
+                self._start = self._save = None
+                self._stream = None
+                with self._changed:
+                    self._done.set()
+                    self._changed.notify_all()
+                    listeners = list(self._listeners)
+                    self._listeners.clear()
+        for listener in listeners:
+            _call(listener, self)
+
+    def _save_failed(self, exc: NbchatError) -> None:
+        """Keep the text in memory and say why it is not on disk (``save_error``, and ``error``)."""
+        _log.warning("An nbchat reply was not saved: %s", exc)
+        self.message = None
+        self.save_error = exc
+        if self.error is None:
+            self.error = exc
 
     # -- display -----------------------------------------------------------------------------
 
@@ -202,35 +280,44 @@ class Reply:
     def markdown(self) -> str:
         """The reply as Markdown: thinking folded away, then the text, then how it ended."""
         parts = []
-        if self.thinking.strip():
-            parts.append(f"<details><summary>Thinking</summary>\n\n{self.thinking.strip()}\n\n</details>\n")
-        if not self.done and not self.text and not self.thinking and self.status:
+        text, thinking = self.text, self.thinking
+        if thinking.strip():
+            parts.append(f"<details><summary>Thinking</summary>\n\n{thinking.strip()}\n\n</details>\n")
+        if not self.done and not text and not thinking and self.status:
             return f"*{self.status}*"
-        parts.append(self.text)
+        parts.append(text)
         if self.done:
             if self.error is not None:
                 parts.append(f"\n\n**Error:** {self.error}")
-            elif self.stats is not None and self.stats.finish_reason == "cancelled":
+            if self.save_error is not None and self.save_error is not self.error:
+                parts.append(f"\n\n**Not saved:** {self.save_error}")
+            if self.error is None and self.stats is not None and self.stats.finish_reason == "cancelled":
                 parts.append("\n\n*(stopped)*")
-            elif self.stats is not None and self.stats.finish_reason == "length":
+            elif self.error is None and self.stats is not None and self.stats.finish_reason == "length":
                 parts.append("\n\n*(cut off at max new tokens)*")
         return "".join(parts)
 
     def __repr__(self) -> str:
         state = "done" if self.done else "streaming"
         reason = f", {self.stats.finish_reason}" if self.stats is not None else ""
-        return f"<Reply {self.model} {state}{reason}: {len(self.text)} chars>"
+        unsaved = ", NOT SAVED" if self.done and self.message is None and self.error is not None else ""
+        return f"<Reply {self.model} {state}{reason}{unsaved}: {len(self.text)} chars>"
 
 
-def _stats_after(stream: ReplyStream | None, reason: str, error: str) -> GenerationStats:
+def _stats_after(stream: ReplyStream | None, error: str) -> GenerationStats:
     """The stream's own stats if it ended with them, else a bare error record."""
     if stream is not None and stream.stats is not None:
         return stream.stats
-    return GenerationStats(reason, error=error)  # type: ignore[arg-type]
+    return GenerationStats("error", error=error)
 
 
-def stats_record(reply: Reply) -> dict[str, Any]:
-    """What a saved assistant message keeps about how it was made."""
+def stats_record(reply: Reply, scrub: Callable[[str], str] = lambda text: text) -> dict[str, Any]:
+    """What a saved assistant message keeps about how it was made: only values that can be saved.
+
+    A statistic an engine reported oddly (a list, NaN, an overflowing number) is dropped rather
+    than costing the reply; error texts pass through ``scrub`` (which removes secrets) and are
+    cut to the stat size limit.
+    """
     record: dict[str, Any] = reply.stats.to_dict() if reply.stats is not None else {}
     if reply.partial:
         record["partial"] = True
@@ -238,7 +325,29 @@ def stats_record(reply: Reply) -> dict[str, Any]:
         record["dropped_messages"] = reply.dropped_messages
     if reply.error is not None:
         record["error"] = str(reply.error)
-    return record
+    return clean_stats(record, scrub)
+
+
+def clean_stats(record: dict[str, Any], scrub: Callable[[str], str] = lambda text: text) -> dict[str, Any]:
+    """Keep finite numbers, booleans and (scrubbed, bounded) text; drop anything else."""
+    clean: dict[str, Any] = {}
+    for key, value in record.items():
+        if not isinstance(key, str) or not key or len(key) > MAX_MODEL_ID_CHARS or not key.isprintable():
+            continue
+        if isinstance(value, bool) or value is None:
+            clean[key] = value
+        elif isinstance(value, int):
+            if abs(value) < 2**53:  # what every JSON reader takes exactly
+                clean[key] = value
+        elif isinstance(value, float):
+            if math.isfinite(value):
+                clean[key] = value
+        elif isinstance(value, str):
+            text = scrub(value)
+            if len(text) > MAX_STAT_TEXT_CHARS:
+                text = text[: MAX_STAT_TEXT_CHARS - 1] + "…"
+            clean[key] = text.encode("utf-8", "replace").decode("utf-8")
+    return clean
 
 
 def _call(listener: Listener, reply: Reply) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from nbchat.accounts import Accounts, Login
@@ -38,19 +38,22 @@ from nbchat.history import sendable, truncate_history
 from nbchat.reply import Reply, stats_record
 from nbchat.types import (
     DEFAULT_TITLE,
+    MAX_CONTENT_CHARS,
     Conversation,
     ConversationSettings,
     ConversationSummary,
     GenerationParams,
     Message,
+    title_from_text,
 )
 
 if TYPE_CHECKING:
-    from nbchat.backends.base import ReplyStream
+    from nbchat.backends.base import Backend, LoadProgress, ReplyStream
     from nbchat.store import ConversationStore
 
-#: How long ``logout`` waits for a stopped reply to be saved before letting go.
-LOGOUT_WAIT_S = 30.0
+#: How long ``logout`` waits for a stopped reply to end by itself (it ends within
+#: ``CANCEL_GRACE_S`` of a stop); after that logout saves the partial reply itself.
+LOGOUT_WAIT_S = 5.0
 #: A conversation still called "New conversation" takes its title from its first prompt.
 AUTO_TITLE_CHARS = 60
 
@@ -118,12 +121,13 @@ class ChatSession:
         self._switch_to(self.accounts.hub_login(config.hub_user), hub=True)
 
     def logout(self) -> None:
-        """Stop any reply (its partial text is saved), then forget everything of this user."""
+        """Stop any reply (its partial text is saved first), then forget everything of this user."""
         with self._mutex:
             reply = self._reply
         if reply is not None and not reply.done:
             reply.cancel()
-            reply.join(LOGOUT_WAIT_S)
+            if not reply.join(LOGOUT_WAIT_S):
+                reply.end_now()  # the engine has not let go: save what streamed while the login is open
         with self._mutex:
             login, self._login = self._login, None
             self._current = None
@@ -251,58 +255,40 @@ class ChatSession:
 
         ``model``, ``temperature`` (0–2), ``max_new_tokens`` (1 to the model's
         context), ``think``, ``system``. Unknown names and bad values are refused
-        and nothing changes.
+        and nothing changes. Only the settings named change, so two kernels
+        changing different settings at once both keep theirs.
         """
-        with self._mutex:
-            conversation = self._require_current()
-            settings = conversation.settings.updated(**changes)  # validates every value
-            if settings.model is not None and "model" in changes:
-                from nbchat.backends import parse_model_id
+        conversation = self._require_current()
+        settings = conversation.settings.updated(**changes)  # validates every value
+        if settings.model is not None and "model" in changes:
+            from nbchat.backends import parse_model_id
 
-                parse_model_id(settings.model, self.config)  # refuse an unknown form now, not at send
-            settings = self._fit_max_tokens(settings, explicit="max_new_tokens" in changes)
-            self._enforce_policy(settings)
-            updated = self._store().update_settings(conversation.id, **settings.to_dict())
+            parse_model_id(settings.model, self.config)  # refuse an unknown form now, not at send
+        # May ask a server for the model's context: never under the session's lock.
+        window = self._known_context_window(settings.model)
+        settings = _fit_max_tokens(settings, window, explicit="max_new_tokens" in changes)
+        self._enforce_policy(settings)
+        before = conversation.settings.to_dict()
+        changed = {k: v for k, v in settings.to_dict().items() if before[k] != v}
+        with self._mutex:
+            if self._current != conversation.id:
+                raise NoConversation(
+                    "Another conversation was selected while these settings were being checked; try again."
+                )
+            updated = self._store().update_settings(conversation.id, **changed)
         self._changed()
         return updated.settings
 
-    def _fit_max_tokens(self, settings: ConversationSettings, *, explicit: bool) -> ConversationSettings:
-        """Max new tokens must leave room for a prompt in the model's context (when known cheaply).
-
-        A value the user just gave is refused; a value carried over from the
-        previous model (choosing a small-context model) is lowered to half the
-        context, with a warning, so picking a model in a dropdown never fails.
-        """
-        window = self._known_context_window(settings.model)
-        if window is None or settings.max_new_tokens < window:
-            return settings
-        if not explicit:
-            fitted = max(1, window // 2)
-            warnings.warn(
-                f"Max new tokens lowered from {settings.max_new_tokens:,} to {fitted:,}: "
-                f"{settings.model}'s context holds only {window:,} tokens.",
-                NbchatWarning,
-                stacklevel=3,
-            )
-            return settings.updated(max_new_tokens=fitted)
-        if settings.max_new_tokens >= window:
-            raise InvalidValue(
-                f"Max new tokens must be below {settings.model}'s context of {window:,} tokens "
-                f"(the prompt needs room too), not {settings.max_new_tokens:,}."
-            )
-
     def _known_context_window(self, model_id: str | None) -> int | None:
+        """The model's context if the engine knows it without loading anything (None if not)."""
         if model_id is None:
             return None
         from nbchat.backends import resolve
-        from nbchat.backends.transformers import loaded
         from nbchat.errors import BackendError
 
         backend, name = resolve(model_id, self.config)
-        if backend.prefix == "transformers" and name not in loaded():
-            return None  # known only once loaded; checked again when the reply starts
         try:
-            return backend.context_window(name)
+            return backend.known_context_window(name)
         except BackendError:
             return None  # the engine is unreachable now; send() will say so
 
@@ -340,25 +326,23 @@ class ChatSession:
                 )
             self._enforce_policy(settings)  # settings saved before a policy change do not slip past it
             backend, name = resolve(settings.model, self.config)
-            question = store.append(conversation.id, Message("user", prompt))
+            question = Message("user", prompt)  # refused here, before anything is saved
+            title = None
             if conversation.title == DEFAULT_TITLE and not conversation.messages:
-                store.rename(conversation.id, _title_from(prompt))
+                title = title_from_text(prompt, AUTO_TITLE_CHARS)  # cleaned: never refused
+            store.append(conversation.id, question)
+            if title is not None and title != DEFAULT_TITLE:
+                try:
+                    store.rename(conversation.id, title)
+                except NbchatError as exc:  # the question is saved; a title is not worth failing for
+                    warnings.warn(f"The conversation keeps its title: {exc}", NbchatWarning, stacklevel=2)
             history = [*conversation.messages, question]
 
             def start(reply: Reply) -> ReplyStream:
                 return _start_reply(reply, backend, name, settings, history)
 
             def save(reply: Reply) -> Message | None:
-                if not reply.text and not reply.thinking and reply.error is None:
-                    return None  # stopped before the first token: nothing to keep
-                message = Message(
-                    "assistant",
-                    reply.text,
-                    thinking=reply.thinking or None,
-                    model=reply.model,
-                    stats=stats_record(reply),
-                )
-                return store.append(conversation.id, message)
+                return _save_reply(store, conversation.id, reply)
 
             def ended(reply: Reply) -> None:
                 if reply.done:
@@ -419,10 +403,19 @@ class ChatSession:
 
     def on_change(self, listener: Listener) -> None:
         """Call ``listener(session)`` after logins, logouts, conversation and settings changes."""
-        self._listeners.append(listener)
+        with self._mutex:
+            self._listeners.append(listener)
+
+    def off_change(self, listener: Listener) -> None:
+        """Stop calling ``listener`` (a closed panel); a listener never added is ignored."""
+        with self._mutex:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
 
     def _changed(self) -> None:
-        for listener in list(self._listeners):
+        with self._mutex:
+            listeners = list(self._listeners)
+        for listener in listeners:
             try:
                 listener(self)
             except Exception:  # a view's bug must not break the session
@@ -454,11 +447,10 @@ class ChatSession:
 
 
 def _start_reply(
-    reply: Reply, backend: Any, name: str, settings: ConversationSettings, history: list[Message]
+    reply: Reply, backend: Backend, name: str, settings: ConversationSettings, history: list[Message]
 ) -> ReplyStream:
     """In the reply's thread: fit the history into the model's context, then start streaming."""
-    if backend.prefix == "transformers" and name not in backend.loaded():
-        _load_with_progress(reply, backend, name)  # off the main thread, saying how far it got
+    _prepare_with_progress(reply, backend, name)  # a local model loads here, off the main thread
     window = backend.context_window(name)
     budget = window - settings.max_new_tokens
     if budget <= 0:
@@ -470,7 +462,7 @@ def _start_reply(
     system = [Message("system", settings.system)] if settings.system.strip() else []
     everything = system + history
 
-    def count(messages: list[Message]) -> int:
+    def count(messages: Sequence[Message]) -> int:
         return backend.count_tokens(name, messages, think=settings.think)
 
     kept = truncate_history(everything, budget, count)
@@ -485,26 +477,81 @@ def _start_reply(
     return backend.stream(name, kept, params)
 
 
-def _load_with_progress(reply: Reply, backend: Any, name: str) -> None:
-    """Load a local model for ``reply``, telling its views each phase (a first load takes a while)."""
+def _prepare_with_progress(reply: Reply, backend: Backend, name: str) -> None:
+    """Have the engine make the model ready, telling the reply's views each phase of a load."""
     model = reply.model
     phases = {
         "tokenizer": f"Loading {model}: the tokenizer…",
         "weights": f"Loading {model}: the weights (the first use of a model takes a while)…",
     }
 
-    def progress(step: Any) -> None:
+    def progress(step: LoadProgress) -> None:
         if step.phase == "ready":
             reply.set_status(f"{model} loaded in {step.elapsed_s:.1f} s; generating…")
         else:
             reply.set_status(phases.get(step.phase, f"Loading {model}…"))
 
-    backend.load(name, on_progress=progress)
+    backend.prepare(name, on_progress=progress)
 
 
-def _title_from(prompt: str) -> str:
-    line = " ".join(prompt.split())
-    return line if len(line) <= AUTO_TITLE_CHARS else line[: AUTO_TITLE_CHARS - 1].rstrip() + "…"
+def _fit_max_tokens(
+    settings: ConversationSettings, window: int | None, *, explicit: bool
+) -> ConversationSettings:
+    """Max new tokens must leave room for a prompt in the model's context (when known cheaply).
+
+    A value the user just gave is refused; a value carried over from the
+    previous model (choosing a small-context model) is lowered to half the
+    context, with a warning, so picking a model in a dropdown never fails.
+    """
+    if window is None or settings.max_new_tokens < window:
+        return settings
+    if explicit:
+        raise InvalidValue(
+            f"Max new tokens must be below {settings.model}'s context of {window:,} tokens "
+            f"(the prompt needs room too), not {settings.max_new_tokens:,}."
+        )
+    fitted = max(1, window // 2)
+    warnings.warn(
+        f"Max new tokens lowered from {settings.max_new_tokens:,} to {fitted:,}: "
+        f"{settings.model}'s context holds only {window:,} tokens.",
+        NbchatWarning,
+        stacklevel=4,
+    )
+    return settings.updated(max_new_tokens=fitted)
+
+
+def _save_reply(store: ConversationStore, conversation_id: str, reply: Reply) -> Message | None:
+    """Append the finished reply to its conversation; whatever the engine sent, its text is kept.
+
+    Text over the message size limit is cut with a note (``stats.truncated``), lone
+    surrogates (which a JSON ``\\ud800`` can produce) become U+FFFD, and odd statistics are
+    dropped (``stats_record``), so no reply is ever lost to a number.
+    """
+    text, thinking = _saveable(reply.text), _saveable(reply.thinking)
+    if not text and not thinking and reply.error is None:
+        return None  # stopped before the first token: nothing to keep
+    stats = stats_record(reply)
+    if len(text) > MAX_CONTENT_CHARS:
+        note = (
+            f"\n\n*(nbchat: the reply was {len(text):,} characters long; it was cut to "
+            f"{MAX_CONTENT_CHARS:,} to be saved.)*"
+        )
+        text = text[: MAX_CONTENT_CHARS - len(note)] + note
+        stats["truncated"] = True
+    if len(thinking) > MAX_CONTENT_CHARS:
+        thinking = thinking[: MAX_CONTENT_CHARS - 1] + "…"
+        stats["truncated"] = True
+    message = Message("assistant", text, thinking=thinking or None, model=reply.model, stats=stats)
+    return store.append(conversation_id, message)
+
+
+def _saveable(text: str) -> str:
+    """``text`` with any lone surrogate (unstorable in UTF-8) replaced by U+FFFD."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text
 
 
 _session: ChatSession | None = None

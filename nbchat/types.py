@@ -9,6 +9,7 @@ conversation behind the store's back.
 from __future__ import annotations
 
 import math
+import re
 import unicodedata
 import uuid
 from collections.abc import Mapping
@@ -44,8 +45,26 @@ def is_valid_id(value: object) -> bool:
     return isinstance(value, str) and len(value) == 32 and all(c in "0123456789abcdef" for c in value)
 
 
-def check_text(what: str, value: object, *, max_chars: int, single_line: bool = False) -> str:
-    """Refuse non-strings, over-long text, text UTF-8 cannot hold, and (optionally) control chars."""
+#: Invisible format characters that are ordinary parts of text: joiners inside emoji sequences
+#: (👩‍💻 is three code points joined by U+200D) and in Indic scripts, and the directional marks of
+#: right-to-left writing. Other format characters (BOM, bidi overrides that can disguise text,
+#: soft hyphens) stay out of one-line names.
+TEXT_FORMAT_CHARS = frozenset("\u200c\u200d\u200e\u200f\u061c")
+
+
+def check_text(
+    what: str,
+    value: object,
+    *,
+    max_chars: int,
+    single_line: bool = False,
+    allowed: frozenset[str] = frozenset(),
+) -> str:
+    """Refuse non-strings, over-long text, text UTF-8 cannot hold, and (optionally) control chars.
+
+    ``single_line`` refuses control, format and line/paragraph separator characters
+    except those in ``allowed``.
+    """
     if not isinstance(value, str):
         raise InvalidValue(f"{what} must be text, not {type(value).__name__}.")
     if len(value) > max_chars:
@@ -57,7 +76,10 @@ def check_text(what: str, value: object, *, max_chars: int, single_line: bool = 
             f"{what} contains characters that are not valid Unicode (lone surrogates)."
         ) from None
     if single_line:
-        bad = next((c for c in value if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")), None)
+        bad = next(
+            (c for c in value if c not in allowed and unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")),
+            None,
+        )
         if bad is not None:
             raise InvalidValue(
                 f"{what} contains the control character U+{ord(bad):04X}; use plain text on one line."
@@ -66,12 +88,41 @@ def check_text(what: str, value: object, *, max_chars: int, single_line: bool = 
 
 
 def check_title(value: object) -> str:
-    """A conversation title: one line of 1–200 characters, surrounding spaces removed."""
+    """A conversation title: one line of 1–200 characters, surrounding spaces removed.
+
+    Emoji sequences and right-to-left marks are text (``TEXT_FORMAT_CHARS``); control
+    characters, a BOM or bidi overrides are refused.
+    """
     title = check_text("A conversation title", value, max_chars=10 * MAX_TITLE_CHARS).strip()
-    check_text("A conversation title", title, max_chars=MAX_TITLE_CHARS, single_line=True)
+    check_text(
+        "A conversation title", title, max_chars=MAX_TITLE_CHARS, single_line=True, allowed=TEXT_FORMAT_CHARS
+    )
     if not title:
         raise InvalidValue("A conversation title cannot be empty.")
     return title
+
+
+#: Terminal colour and cursor codes (CSI and OSC sequences), pasted from a console's output.
+_ANSI_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
+
+
+def title_from_text(text: str, max_chars: int) -> str:
+    """An automatic title from free text (a first prompt): always a valid title, never a refusal.
+
+    Control and format characters go (those of ``TEXT_FORMAT_CHARS`` stay), any run of
+    whitespace becomes one space, and the result is cut at a word to ``max_chars`` with "…";
+    text with nothing left gives ``DEFAULT_TITLE``.
+    """
+    plain = _ANSI_ESCAPE.sub(" ", text[: 20 * max_chars])
+    kept = "".join(
+        c if c in TEXT_FORMAT_CHARS or unicodedata.category(c) not in ("Cc", "Cf", "Cs", "Co", "Cn") else " "
+        for c in plain
+    )
+    line = " ".join(kept.split())
+    if len(line) > max_chars:
+        line = line[: max_chars - 1].rstrip() + "…"
+    line = line.strip("".join(TEXT_FORMAT_CHARS) + " ")
+    return line if line and line != "…" else DEFAULT_TITLE
 
 
 def check_model_id(what: str, value: object) -> str | None:
@@ -284,6 +335,8 @@ class GenerationStats:
     duration_s: float | None = None
     tokens_per_s: float | None = None
     error: str | None = None
+    #: True when ``completion_tokens``/``tokens_per_s`` are estimated (counted chunks), not reported
+    tokens_estimated: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The form saved in a message's ``stats``: only what is known."""

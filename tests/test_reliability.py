@@ -24,6 +24,7 @@ from nbchat import (
     BackendError,
     ChatSession,
     Config,
+    ContextOverflow,
     ConversationNotFound,
     InvalidValue,
     Message,
@@ -171,17 +172,17 @@ def test_any_title_and_prompt_is_saved_or_refused_clearly_and_nothing_is_lost(
     assert len(session.conversations()) == before
 
 
-def test_a_one_megabyte_prompt_is_refused_whole_or_kept_whole(session: ChatSession) -> None:
+def test_a_one_megabyte_prompt_is_kept_whole_and_the_reply_says_by_how_much_it_is_too_long(
+    session: ChatSession,
+) -> None:
+    """Under the message size limit, so it is saved intact; far over any context, so the reply says so."""
     chatting(session)
     big = "x" * 1_000_000
-    try:
+    with pytest.raises(ContextOverflow, match=r"shorten it by about [\d,]+ tokens"):
         session.send(big).wait(30)
-    except InvalidValue as exc:
-        assert "characters" in str(exc) and session.history() == []
-    except NbchatError:
-        assert session.history()[0].content == big  # refused by the context check, saved intact
-    else:
-        assert session.history()[0].content == big
+    question, answer = session.history()
+    assert question.content == big
+    assert answer.content == "" and answer.stats is not None and "shorten it" in answer.stats["error"]
 
 
 @HOSTILE
