@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="%chat",
         add_help=False,
+        allow_abbrev=False,  # "--temp 0.5" would be half read: the line splitter knows whole options only
         # argparse %-formats usage (and help strings): every literal % is written %%.
         usage="%%chat [options] [prompt]   or   %%%%chat [options] + the prompt as the cell's body",
         description=(
@@ -78,7 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         const="",
         metavar="TITLE",
-        help='start a new conversation (on the line, quote the title: --new "My title")',
+        help=(
+            'start a new conversation titled TITLE: quote the title (--new "My plans"), or leave one '
+            "word unquoted when options follow it (--new Plans -m MODEL what next?); otherwise the "
+            "words after --new are the prompt of an untitled conversation (--new what is x?)"
+        ),
     )
     chats.add_argument("--list", action="store_true", help="list your conversations")
     settings = parser.add_argument_group("settings of the conversation (kept for its next messages)")
@@ -253,8 +258,10 @@ def split_line(line: str, parser: argparse.ArgumentParser) -> tuple[list[str], s
     """The leading options of a line (as argv) and the prompt after them, exactly as typed.
 
     ``--`` ends the options explicitly (for a prompt starting with ``-``). An
-    option with an optional value (``--new``) takes the next word only if it is
-    quoted, so ``--new what is x`` starts a conversation and asks "what is x".
+    option with an optional value (``--new``) takes the next word if it is
+    quoted, or if it is one plain word followed by an option: ``--new Plans -m
+    MODEL what next?`` starts "Plans" and asks "what next?", while ``--new what
+    is x`` starts an untitled conversation and asks "what is x".
     """
     argv: list[str] = []
     rest = line.lstrip()
@@ -267,12 +274,33 @@ def split_line(line: str, parser: argparse.ArgumentParser) -> tuple[list[str], s
         if action is None or "=" in word or action.nargs == 0:
             continue  # a flag, or unknown (argparse reports it)
         if action.nargs == "?" and not rest.startswith(("'", '"')):
+            title, after = _plain_word(rest)
+            if title and _starts_with_option(after, parser):
+                argv.append(title)  # --new Plans -m MODEL ...: an option follows, so Plans is the title
+                rest = after
             continue
         value, rest = _next_token(rest)
         if not value and not rest:
             continue  # the value is missing: argparse says so
         argv.append(value)
     return argv, rest.strip()
+
+
+def _plain_word(text: str) -> tuple[str, str]:
+    """The first word of ``text`` if it is plain (no quotes, not an option), and the text after it."""
+    parts = text.split(None, 1)
+    if not parts or parts[0].startswith("-") or any(q in parts[0] for q in "'\"\\"):
+        return "", text
+    return parts[0], parts[1] if len(parts) > 1 else ""
+
+
+def _starts_with_option(text: str, parser: argparse.ArgumentParser) -> bool:
+    """Whether ``text`` begins with one of the parser's options (or ``--``, the end of options)."""
+    word = text.split(None, 1)[0] if text.strip() else ""
+    known = parser._option_string_actions
+    if word == "--" or word.split("=", 1)[0] in known:
+        return True
+    return not word.startswith("--") and word[:2] in known  # a short option with its value: -t0.2
 
 
 def _next_token(text: str) -> tuple[str, str]:
@@ -336,7 +364,7 @@ def interpolate(prompt: str, namespace: Mapping[str, Any]) -> str:
         ) from None
 
 
-class _Names(dict):  # type: ignore[type-arg]
+class _Names(dict[str, Any]):
     def __init__(self, namespace: Mapping[str, Any]) -> None:
         super().__init__()
         self._namespace = namespace

@@ -101,6 +101,37 @@ def test_options_come_first_and_the_rest_of_the_line_is_the_prompt_verbatim() ->
     assert split_line("-- -1 is negative", PARSER) == ([], "-1 is negative")
 
 
+@pytest.mark.parametrize(
+    ("line", "argv", "prompt"),
+    [
+        ("--new Plans -m ollama:llama3.2:1b what next?", ["--new", "Plans", "-m", "ollama:llama3.2:1b"], "what next?"),
+        ("--new Plans --think -t 0.2 go", ["--new", "Plans", "--think", "-t", "0.2"], "go"),
+        ("--new Plans --model=qwen3 hi", ["--new", "Plans", "--model=qwen3"], "hi"),
+        ("--new Plans -t0.2 hi", ["--new", "Plans", "-t0.2"], "hi"),
+        ("--new Plans -- -1 is negative", ["--new", "Plans"], "-1 is negative"),
+        ("--new Plans --list", ["--new", "Plans", "--list"], ""),
+        ("--new what is x?", ["--new"], "what is x?"),
+        ("--new what's -t up", ["--new"], "what's -t up"),
+        ("--new what -x means", ["--new"], "what -x means"),
+        ("--new -m qwen3 hi", ["--new", "-m", "qwen3"], "hi"),
+    ],
+)
+def test_an_unquoted_word_after_new_is_the_title_when_options_follow_it(
+    line: str, argv: list[str], prompt: str
+) -> None:
+    assert split_line(line, PARSER) == (argv, prompt)
+
+
+def test_an_abbreviated_option_is_refused_not_half_read(shell: InteractiveShell) -> None:
+    captured = run(shell, "%chat --temp 0.5 hello")
+    assert "nbchat: unrecognized arguments: --temp" in captured.stderr
+
+
+def test_help_explains_when_the_word_after_new_is_a_title(shell: InteractiveShell) -> None:
+    help_text = " ".join(run(shell, "%chat --help").stdout.split())
+    assert "--new Plans -m MODEL" in help_text and "--new what is x?" in help_text
+
+
 # -- accounts -----------------------------------------------------------------------------------
 
 
@@ -243,6 +274,21 @@ def test_conversations_are_listed_and_switched_by_title(
     assert session.current is not None and session.current.title == "Chat"
     captured = run(shell, "%chat -c nowhere")
     assert "No conversation of yours is called 'nowhere'" in captured.stderr
+
+
+def test_new_with_a_one_word_title_then_options_titles_the_conversation_and_sends_the_rest(
+    shell: InteractiveShell, session: ChatSession, server: OllamaTestServer, passwords: list[str]
+) -> None:
+    logged_in_chat(shell, passwords)
+    captured = run(shell, f"%chat --new Plans -m {MODEL} what next?")
+    assert "Traceback" not in captured.stderr and captured.stderr == ""
+    current = session.current
+    assert current is not None and current.title == "Plans" and current.model == MODEL
+    assert [m.content for m in session.history()] == ["what next?", "You said: what next?"]
+    run(shell, "%chat --new what is x?")  # no option after the word: untitled, the whole line asked
+    assert session.current is not None and session.current.title != "what"
+    sent = [r["body"]["messages"][-1]["content"] for r in server.requests if r["path"] == "/api/chat"]
+    assert sent == ["what next?"]  # the untitled conversation has no model yet: nothing sent
 
 
 def test_a_new_conversation_has_no_model_until_one_is_chosen(
