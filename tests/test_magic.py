@@ -104,7 +104,7 @@ def test_options_come_first_and_the_rest_of_the_line_is_the_prompt_verbatim() ->
 @pytest.mark.parametrize(
     ("line", "argv", "prompt"),
     [
-        ("--new Plans -m ollama:llama3.2:1b what next?", ["--new", "Plans", "-m", "ollama:llama3.2:1b"], "what next?"),
+        ("--new Plans -m qwen3 what next?", ["--new", "Plans", "-m", "qwen3"], "what next?"),
         ("--new Plans --think -t 0.2 go", ["--new", "Plans", "--think", "-t", "0.2"], "go"),
         ("--new Plans --model=qwen3 hi", ["--new", "Plans", "--model=qwen3"], "hi"),
         ("--new Plans -t0.2 hi", ["--new", "Plans", "-t0.2"], "hi"),
