@@ -174,46 +174,12 @@ class ChatSession:
         with self._mutex:
             store = self._store()
             conversation = store.create(title)
-            start = self._policy_defaults(conversation.settings)
+            start = self.config.policy.starting_settings(conversation.settings)
             if start != conversation.settings:
                 conversation = store.update_settings(conversation.id, **start.to_dict())
             self._current = conversation.id
         self._changed()
         return conversation
-
-    def _policy_defaults(self, settings: ConversationSettings) -> ConversationSettings:
-        """A new conversation's settings under the site policy: its system prompt, within its caps."""
-        policy = self.config.policy
-        changes: dict[str, Any] = {}
-        if policy.default_system:
-            changes["system"] = policy.default_system
-        if policy.max_new_tokens is not None and settings.max_new_tokens > policy.max_new_tokens:
-            changes["max_new_tokens"] = policy.max_new_tokens
-        if policy.max_temperature is not None and settings.temperature > policy.max_temperature:
-            changes["temperature"] = policy.max_temperature
-        return settings.updated(**changes) if changes else settings
-
-    def _refuse_forbidden_model(self, model_id: str) -> None:
-        policy = self.config.policy
-        if not policy.allows_model(model_id):
-            allowed = ", ".join(policy.models or ())
-            raise PolicyError(f"{model_id} is not allowed here: {policy.source} allows only {allowed}.")
-
-    def _enforce_policy(self, settings: ConversationSettings) -> None:
-        """Refuse settings the site policy forbids, naming the rule and where it is set."""
-        policy = self.config.policy
-        if settings.model is not None:
-            self._refuse_forbidden_model(settings.model)
-        if policy.max_new_tokens is not None and settings.max_new_tokens > policy.max_new_tokens:
-            raise PolicyError(
-                f"Max new tokens must be at most {policy.max_new_tokens:,} here ({policy.source}), "
-                f"not {settings.max_new_tokens:,}."
-            )
-        if policy.max_temperature is not None and settings.temperature > policy.max_temperature:
-            raise PolicyError(
-                f"Temperature must be at most {policy.max_temperature} here ({policy.source}), "
-                f"not {settings.temperature}."
-            )
 
     def select(self, conversation_id: str) -> Conversation:
         """Make a conversation of this user current."""
@@ -267,7 +233,7 @@ class ChatSession:
         # May ask a server for the model's context: never under the session's lock.
         window = self._known_context_window(settings.model)
         settings = _fit_max_tokens(settings, window, explicit="max_new_tokens" in changes)
-        self._enforce_policy(settings)
+        self.config.policy.check_settings(settings)
         before = conversation.settings.to_dict()
         changed = {k: v for k, v in settings.to_dict().items() if before[k] != v}
         with self._mutex:
@@ -324,7 +290,7 @@ class ChatSession:
                     "configure(model='ollama:qwen3:1.7b') or model='qwen3' for the local Qwen3; "
                     "nbchat.models() lists what is available."
                 )
-            self._enforce_policy(settings)  # settings saved before a policy change do not slip past it
+            self.config.policy.check_settings(settings)  # saved before a policy change: still checked
             backend, name = resolve(settings.model, self.config)
             question = Message("user", prompt)  # refused here, before anything is saved
             title = None
@@ -389,7 +355,7 @@ class ChatSession:
             raise InvalidValue("Name the Ollama model to pull, e.g. qwen3:1.7b.")
         model_id = "ollama:" + model.strip().removeprefix("ollama:").strip()
         ref = parse_model_id(model_id, self.config)
-        self._refuse_forbidden_model(model_id)
+        self.config.policy.refuse_model(model_id)
         backend_for("ollama", self.config).pull(ref.name, progress)  # type: ignore[attr-defined]
         return model_id
 

@@ -14,7 +14,7 @@ from hypothesis import settings
 from nbchat import Accounts, ChatSession, Config
 from nbchat.testing.ollama_server import OllamaTestServer
 
-PASSWORD = "correct horse"  # every test account's password
+PASSWORD = "correct horse"  # every test account's password (import it: `from conftest import PASSWORD`)
 
 # CI runs property tests with a fixed seed, so a red build is reproducible; locally they explore.
 settings.register_profile("ci", derandomize=True, deadline=None)
@@ -38,6 +38,20 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+def chatting(
+    session: ChatSession,
+    user: str = "alice",
+    model: str | None = "ollama:qwen3:1.7b",
+    title: str | None = None,
+) -> ChatSession:
+    """Log ``user`` in (password ``PASSWORD``), start a conversation and choose ``model`` (None: none)."""
+    session.login(user, PASSWORD)
+    session.new_conversation(title)
+    if model is not None:
+        session.configure(model=model)
+    return session
 
 
 @pytest.fixture

@@ -19,6 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import nbchat.session
+from conftest import PASSWORD
+from conftest import chatting as log_in_and_chat
 from nbchat import (
     Accounts,
     BackendError,
@@ -35,7 +37,6 @@ from nbchat.testing.ollama_server import OllamaTestServer
 
 pytestmark = pytest.mark.reliability
 
-PASSWORD = "correct horse"
 MODEL = "ollama:llama3.2:1b"
 HOSTILE = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -79,10 +80,7 @@ def session(make_session: Callable[..., ChatSession], server: OllamaTestServer) 
 
 
 def chatting(session: ChatSession, user: str = "alice") -> ChatSession:
-    session.login(user, PASSWORD)
-    session.new_conversation(f"{user}'s plans")
-    session.configure(model=MODEL)
-    return session
+    return log_in_and_chat(session, user, MODEL, f"{user}'s plans")
 
 
 def everything_under(root: Path) -> set[Path]:

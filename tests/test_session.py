@@ -16,6 +16,7 @@ import pytest
 from polling import wait_until
 
 import nbchat.session
+from conftest import PASSWORD, chatting
 from nbchat import ChatSession, Config, load_config
 from nbchat.errors import (
     AuthenticationFailed,
@@ -34,7 +35,6 @@ from nbchat.types import DEFAULT_TITLE
 
 MODEL = "ollama:qwen3:1.7b"
 PLAIN_MODEL = "ollama:llama3.2:1b"
-PASSWORD = "correct horse"
 
 
 @pytest.fixture
@@ -50,11 +50,7 @@ def session(make_session: Callable[..., ChatSession], server: OllamaTestServer) 
 
 
 def logged_in(session: ChatSession, model: str | None = MODEL) -> ChatSession:
-    session.login("alice", PASSWORD)
-    session.new_conversation("Chat")
-    if model is not None:
-        session.configure(model=model)
-    return session
+    return chatting(session, "alice", model, "Chat")
 
 
 def chat_bodies(server: OllamaTestServer) -> list[dict]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from polling import wait_until
 
-from conftest import PASSWORD
+from conftest import PASSWORD, chatting
 from nbchat import Accounts, ChatSession, Config
 from nbchat.errors import InvalidValue, NbchatError, StoreError
 from nbchat.reply import CANCEL_GRACE_S, clean_stats
@@ -32,13 +32,6 @@ from nbchat.types import DEFAULT_TITLE, MAX_CONTENT_CHARS, Conversation, Message
 MODEL = "ollama:qwen3:1.7b"
 #: Generous on a loaded 2-core machine, and far below the stalls the servers are told to make.
 PROMPT_END_S = CANCEL_GRACE_S + 2.0
-
-
-def chatting(session: ChatSession, user: str = "alice") -> ChatSession:
-    session.login(user, PASSWORD)
-    session.new_conversation()
-    session.configure(model=MODEL, think=False)
-    return session
 
 
 @pytest.fixture
