@@ -157,3 +157,21 @@ class ReplyInProgress(SessionError):
 
 class HubAccountConflict(AccountError):
     """A JupyterHub name maps to an account that belongs to someone else (another hub name, or a password)."""
+
+
+class StorageFailed(StoreError, OSError):
+    """The disk refused a read or a write (full, read-only, no permission, I/O error).
+
+    The message names the file and what to do. It is also an ``OSError`` whose
+    ``errno`` is the cause's, so code that handled the raw ``OSError`` still does;
+    ``path`` is the file concerned.
+    """
+
+    def __init__(self, message: str, path: Path, errno: int | None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.errno = errno  # no strerror/filename: str() stays the message above
+
+
+class StorageFull(StorageFailed):
+    """The disk (or the user's quota) is full: free some space; nothing saved before was lost."""

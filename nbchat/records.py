@@ -17,8 +17,20 @@ from nbchat.types import Conversation, ConversationSettings, Message
 FORMAT_VERSION = 1
 
 
+MAX_REASON_CHARS = 200  # a reason quotes the bad value; a megabyte of it helps nobody
+
+
 class RecordError(ValueError):
     """A line is not a valid record; the caller decides whether it is torn or corrupt."""
+
+
+class NotJSON(RecordError):
+    """The bytes are not JSON at all, which is what an interrupted append leaves behind.
+
+    A prefix of a JSON object is never a JSON object, so an unterminated last
+    line that *is* JSON was written whole (an editor dropped its newline) and
+    is not torn; one that is not JSON is.
+    """
 
 
 def header_line(conversation: Conversation) -> bytes:
@@ -48,6 +60,23 @@ def message_line(message: Message) -> bytes:
 
 def parse_header(line: bytes) -> Conversation:
     """A conversation with no messages, from its first line."""
+    try:
+        return _parse_header(line)
+    except RecursionError:  # a value nested deep enough to exhaust the stack while checking it
+        raise RecordError(_TOO_DEEP) from None
+
+
+def parse_message(line: bytes) -> Message:
+    try:
+        return _parse_message(line)
+    except RecursionError:
+        raise RecordError(_TOO_DEEP) from None
+
+
+_TOO_DEEP = "the line nests arrays or objects too deeply to be read"
+
+
+def _parse_header(line: bytes) -> Conversation:
     record = _object(line)
     version = record.get("version")
     if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
@@ -57,7 +86,7 @@ def parse_header(line: bytes) -> Conversation:
             "the file was left untouched."
         )
     if isinstance(version, bool) or version != FORMAT_VERSION:  # JSON true is not 1
-        raise RecordError(f"the header's version is {version!r}, expected {FORMAT_VERSION}")
+        raise RecordError(_brief(f"the header's version is {version!r}, expected {FORMAT_VERSION}"))
     settings = record.get("settings")
     if not isinstance(settings, dict):
         raise RecordError("the header has no settings object")
@@ -72,10 +101,10 @@ def parse_header(line: bytes) -> Conversation:
             settings=ConversationSettings(**settings),
         )
     except InvalidValue as exc:
-        raise RecordError(str(exc)) from None
+        raise RecordError(_brief(str(exc))) from None
 
 
-def parse_message(line: bytes) -> Message:
+def _parse_message(line: bytes) -> Message:
     record = _object(line)
     _expect_keys(record, {"id", "role", "content", "thinking", "time", "model", "stats"}, "message")
     try:
@@ -89,7 +118,7 @@ def parse_message(line: bytes) -> Message:
             stats=record["stats"],
         )
     except InvalidValue as exc:
-        raise RecordError(str(exc)) from None
+        raise RecordError(_brief(str(exc))) from None
 
 
 def _line(record: dict[str, Any]) -> bytes:
@@ -100,10 +129,15 @@ def _line(record: dict[str, Any]) -> bytes:
 
 
 def _object(line: bytes) -> dict[str, Any]:
+    # Catch everything json.loads raises on hostile input: one bad line is one damaged file.
     try:
         record = json.loads(line)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RecordError(f"not valid JSON ({exc})") from None
+    except RecursionError:
+        raise RecordError(_TOO_DEEP) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise NotJSON(_brief(f"not valid JSON ({exc})")) from None
+    except ValueError as exc:  # valid JSON Python will not read, such as an integer of 5,000 digits
+        raise RecordError(_brief(f"unreadable JSON ({exc})")) from None
     if not isinstance(record, dict):
         raise RecordError(f"expected a JSON object, found {type(record).__name__}")
     return record
@@ -115,7 +149,7 @@ def _expect_keys(record: dict[str, Any], keys: set[str], what: str) -> None:
         raise RecordError(f"the {what} lacks {', '.join(sorted(missing))}")
     extra = record.keys() - keys
     if extra:
-        raise RecordError(f"the {what} has unknown fields {', '.join(sorted(extra))}")
+        raise RecordError(_brief(f"the {what} has unknown fields {', '.join(sorted(extra))}"))
 
 
 def _time(value: datetime) -> str:
@@ -125,11 +159,17 @@ def _time(value: datetime) -> str:
 
 def _parse_time(value: object) -> datetime:
     if not isinstance(value, str):
-        raise RecordError(f"a time must be an ISO 8601 string, not {value!r}")
+        raise RecordError(_brief(f"a time must be an ISO 8601 string, not {value!r}"))
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        raise RecordError(f"{value!r} is not an ISO 8601 time") from None
+        raise RecordError(_brief(f"{value!r} is not an ISO 8601 time")) from None
     if parsed.tzinfo is None:
-        raise RecordError(f"the time {value!r} has no timezone")
+        raise RecordError(_brief(f"the time {value!r} has no timezone"))
     return parsed
+
+
+def _brief(reason: str) -> str:
+    if len(reason) <= MAX_REASON_CHARS:
+        return reason
+    return reason[: MAX_REASON_CHARS - 1] + "…"

@@ -12,13 +12,30 @@ one line per message. Why this layout:
 
 Every change happens under the user's cross-process lock, after reading the
 latest file, so two kernels of one user never lose each other's messages.
-A torn last line (a crash mid-append, never acknowledged) is dropped and the
-file repaired; any other damage moves the file aside (never deleting it) and
+A torn last line (a crash mid-append, never acknowledged: bytes that are not
+even JSON) is dropped and the file repaired; a last line that parses but lost
+its newline is a saved message and is kept. Any other damage, a line nested
+too deeply to decode included, moves the file aside (never deleting it) and
 raises ``CorruptFile``, while the user's other conversations keep working.
+
+Reading takes the lock when it can but does not need it, so a read-only data
+dir (or a full disk where the lock file cannot be created) can still be read:
+whole-file changes are atomic replacements, so an open file is the old
+version or the new one, never a mix; appends only add whole lines at the end,
+so an unlocked reader sees every acknowledged message plus at most an
+unfinished last line, which it leaves out. What needs the lock is changing
+the file, repairs included, so an unlocked reader repairs nothing and
+reports a damaged file without moving it.
+
+Every OS error becomes a ``StorageFailed`` naming the file; a failed write
+changes neither the file nor what this store remembers of it.
 """
 
 from __future__ import annotations
 
+import builtins
+import contextlib
+import errno
 import os
 import threading
 import warnings
@@ -36,9 +53,20 @@ from nbchat.errors import (
     InvalidValue,
     NbchatWarning,
     NotLoggedIn,
+    StorageFailed,
     UnsupportedVersion,
 )
-from nbchat.files import append_bytes, atomic_write_bytes, ensure_private_dir, fsync_dir, locked
+from nbchat.files import (
+    append_bytes,
+    atomic_write_bytes,
+    ensure_private_dir,
+    fsync_dir,
+    locked,
+    os_errors,
+    storage_error,
+    truncate,
+    try_locked,
+)
 from nbchat.types import (
     DEFAULT_TITLE,
     Conversation,
@@ -82,13 +110,47 @@ class _Cached:
     messages: list[Message] = field(default_factory=list)
     ids: set[str] = field(default_factory=set)
 
+    def copy(self) -> _Cached:
+        return replace(self, messages=list(self.messages), ids=set(self.ids))
+
+    def view(self) -> Conversation:
+        return replace(self.conversation, messages=tuple(self.messages))
+
+
+@dataclass
+class _Read:
+    """One read of a file: its complete lines, and the unterminated last line if any."""
+
+    inode: int
+    state: _Cached | None  # the complete lines; None when not even the header line is complete
+    tail: bytes  # the bytes after the last newline
+    last: Conversation | Message | None  # ``tail`` parsed: a whole record that lost its newline
+
+    @property
+    def torn(self) -> bool:
+        """``tail`` is not JSON: an interrupted append, never acknowledged."""
+        return bool(self.tail) and self.last is None
+
+    def with_last(self) -> _Cached:
+        """The state once ``last`` has its newline back."""
+        length = len(self.tail) + 1
+        if isinstance(self.last, Conversation):
+            return _Cached(self.inode, self.tail + b"\n", length, self.last)
+        assert self.state is not None and isinstance(self.last, Message)
+        state = self.state.copy()
+        state.messages.append(self.last)
+        state.ids.add(self.last.id)
+        state.offset += length
+        return state
+
 
 class ConversationStore:
     """The conversations of exactly one user; it can reach no other user's files.
 
     With ``account_id`` (as a ``Login`` opens it) the store serves only while
     the user's directory still belongs to that account: after the account is
-    deleted, by this kernel or another, every use raises ``NotLoggedIn``.
+    deleted (or its password changed), by this kernel or another, every use
+    raises ``NotLoggedIn``.
     """
 
     def __init__(self, data_dir: Path, username: str, account_id: str | None = None) -> None:
@@ -116,8 +178,11 @@ class ConversationStore:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def list(self) -> list[ConversationSummary]:
-        """Summaries, most recently updated first, from each file's first line only."""
+    def list(self) -> builtins.list[ConversationSummary]:
+        """Summaries, most recently updated first, from each file's first line only.
+
+        A file that cannot be read is skipped with a warning naming it; the others still list.
+        """
         with self._mutex:
             self._check_open()
             self._check_account()
@@ -131,8 +196,10 @@ class ConversationStore:
 
     def get(self, conversation_id: str) -> Conversation:
         """The conversation with every message, including lines other kernels appended."""
-        with self._mutex, self._lock():
-            return self._load(self._path(conversation_id))
+        with self._mutex:
+            path = self._path(conversation_id)
+            with self._reading() as refused:
+                return self._load(path, refused=refused, writing=False)
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -152,7 +219,11 @@ class ConversationStore:
             return conversation
 
     def append(self, conversation_id: str, message: Message) -> Message:
-        """Save one message at the end of the conversation: one write + fsync."""
+        """Save one message at the end of the conversation: one write + fsync.
+
+        If the disk refuses (``StorageFailed``), the file and this store are as
+        before, so the same message can be appended again once there is space.
+        """
         if not isinstance(message, Message):
             raise InvalidValue(f"append() takes a Message, not {type(message).__name__}.")
         line = records.message_line(message)
@@ -184,14 +255,19 @@ class ConversationStore:
         """Remove the conversation's file for good."""
         with self._mutex, self._lock():
             path = self._path(conversation_id)
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                raise self._not_found(conversation_id) from None
-            fsync_dir(self._dir)
+            with os_errors(path, "delete"):
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    raise self._not_found(conversation_id) from None
             self._cache.pop(conversation_id, None)
+            fsync_dir(self._dir)
 
     # -- internals -------------------------------------------------------------------------
+
+    @property
+    def _what(self) -> str:
+        return f"The conversations of {self._user!r}"
 
     def _check_open(self) -> None:
         if self._closed:
@@ -200,19 +276,22 @@ class ConversationStore:
     def _check_account(self) -> None:
         if self._account_id is None:
             return
-        try:
-            marker = (self._dir / ACCOUNT_MARKER).read_bytes().strip().decode("ascii", "replace")
-        except FileNotFoundError:
-            marker = None
+        path = self._dir / ACCOUNT_MARKER
+        with os_errors(path, "read", writing=False):
+            try:
+                marker: str | None = path.read_bytes().strip().decode("ascii", "replace")
+            except FileNotFoundError:
+                marker = None
         if marker != self._account_id:
             self.close()
             raise NotLoggedIn(
-                f"The account {self._user!r} was deleted since this login (perhaps from another "
-                "kernel); log in again."
+                f"The account {self._user!r} was deleted or its password was changed since this "
+                "login (perhaps from another kernel); log in again."
             )
 
     @contextmanager
     def _lock(self) -> Iterator[None]:
+        """Hold the user's lock, to change files; a disk that refuses the lock file is ``StorageFailed``."""
         self._check_open()
         if self._account_id is None:
             for path in (self._data_dir, self._dir.parent, self._dir):
@@ -220,14 +299,31 @@ class ConversationStore:
         else:
             self._check_account()  # never recreate the directory of a deleted account
         try:
-            with locked(self._dir / LOCK_NAME, f"The conversations of {self._user!r}"):
+            with locked(self._dir / LOCK_NAME, self._what):
                 self._check_account()  # the account may have gone while we waited
                 yield
-        except FileNotFoundError:
-            if self._dir.exists():
-                raise
-            self._check_account()
+        except StorageFailed as exc:
+            if exc.errno == errno.ENOENT and not self._dir.exists():
+                self._check_account()
             raise
+
+    @contextmanager
+    def _reading(self) -> Iterator[StorageFailed | None]:
+        """Hold the user's lock if the disk allows; yield ``None`` if held, else why it is not.
+
+        Nothing is created to read: see the module docstring for why reading
+        without the lock is safe, and what an unlocked reader must not do.
+        """
+        self._check_open()
+        self._check_account()
+        with os_errors(self._dir, "read", writing=False):
+            exists = self._dir.is_dir()
+        if not exists:  # nothing to read; taking the lock would create the directory
+            yield storage_error(FileNotFoundError(errno.ENOENT, "missing"), self._dir, "read", writing=False)
+            return
+        with try_locked(self._dir / LOCK_NAME, self._what) as refused:
+            self._check_account()
+            yield refused
 
     def _not_found(self, conversation_id: object) -> ConversationNotFound:
         return ConversationNotFound(f"{self._user!r} has no conversation with id {conversation_id!r}.")
@@ -238,116 +334,207 @@ class ConversationStore:
             raise self._not_found(conversation_id)
         return self._dir / f"{conversation_id}{SUFFIX}"
 
-    def _conversation_files(self) -> list[Path]:
-        try:
-            names = os.listdir(self._dir)
-        except FileNotFoundError:
-            return []
+    def _conversation_files(self) -> builtins.list[Path]:
+        with os_errors(self._dir, "list the conversations in", writing=False):
+            try:
+                names = os.listdir(self._dir)
+            except FileNotFoundError:
+                return []
         return [
             self._dir / name for name in names if name.endswith(SUFFIX) and is_valid_id(name[: -len(SUFFIX)])
         ]
 
     def _summary(self, path: Path) -> ConversationSummary | None:
         try:
-            with path.open("rb") as handle:
-                first = handle.readline()
-                mtime = os.fstat(handle.fileno()).st_mtime
-        except FileNotFoundError:
-            return None  # deleted by another kernel while listing
+            with os_errors(path, "read", writing=False):
+                try:
+                    with path.open("rb") as handle:
+                        first = handle.readline()
+                        mtime = os.fstat(handle.fileno()).st_mtime
+                except FileNotFoundError:
+                    return None  # deleted by another kernel while listing
+        except StorageFailed as exc:
+            warnings.warn(f"Skipped a conversation: {exc}", NbchatWarning, stacklevel=3)
+            return None
         try:
-            if not first.endswith(b"\n"):
-                raise records.RecordError("the header line is incomplete")
+            # With or without its newline: a header that parses is whole (atomic writes never tear one).
             header = records.parse_header(first)
+            if header.id != path.name[: -len(SUFFIX)]:
+                raise records.RecordError(f"the header's id {header.id!r} does not match the file name")
         except UnsupportedVersion as exc:
             warnings.warn(f"Skipped {path.name}: {exc}", NbchatWarning, stacklevel=3)
             return None
         except records.RecordError:
-            try:
-                with self._lock():
-                    self._load(path)  # re-checks under the lock, then moves it aside
-            except CorruptFile as exc:
-                warnings.warn(str(exc), NbchatWarning, stacklevel=3)
-                return None
-            except (UnsupportedVersion, ConversationNotFound):
-                return None
-            return self._summary(path)
+            return self._summary_after_checking(path)
         modified = datetime.fromtimestamp(mtime, timezone.utc)
         return replace(header.summary, updated=max(header.updated, modified))
 
-    def _load(self, path: Path) -> Conversation:
-        """Bring the cache of ``path`` up to date and return it (caller holds the lock)."""
-        conversation_id = path.name[: -len(SUFFIX)]
+    def _summary_after_checking(self, path: Path) -> ConversationSummary | None:
+        """Re-read a file whose header looked damaged, under the lock when possible (then moved aside)."""
         try:
-            handle = path.open("rb")
-        except FileNotFoundError:
-            self._cache.pop(conversation_id, None)
-            raise self._not_found(conversation_id) from None
-        with handle:
-            stat = os.fstat(handle.fileno())
-            first = handle.readline()
-            cached = self._cache.get(conversation_id)
-            if (
-                cached
-                and (cached.inode, cached.header) == (stat.st_ino, first)
-                and stat.st_size >= cached.offset
-            ):
-                handle.seek(cached.offset)
-                tail = handle.read()
-            else:
-                cached, tail = None, first + handle.read()
-        try:
-            return self._absorb(path, conversation_id, stat.st_ino, cached, tail)
-        except records.RecordError as exc:
-            raise self._move_aside(path, str(exc)) from None
+            with self._reading() as refused:
+                conversation = self._load(path, refused=refused, writing=False)
+                with os_errors(path, "read", writing=False):
+                    mtime = path.stat().st_mtime
+        except (CorruptFile, StorageFailed) as exc:
+            warnings.warn(str(exc), NbchatWarning, stacklevel=4)
+            return None
+        except (UnsupportedVersion, ConversationNotFound):
+            return None
+        modified = datetime.fromtimestamp(mtime, timezone.utc)
+        return replace(conversation.summary, updated=max(conversation.updated, modified))
 
-    def _absorb(
-        self, path: Path, conversation_id: str, inode: int, cached: _Cached | None, data: bytes
+    def _load(
+        self, path: Path, *, refused: StorageFailed | None = None, writing: bool = True
     ) -> Conversation:
-        """Parse newly read bytes into the cache, dropping and repairing a torn last line."""
-        base = cached.offset if cached else 0
-        complete, newline, torn = data.rpartition(b"\n")
+        """Bring the cache of ``path`` up to date and return the conversation.
+
+        With the lock held (``refused`` is None) a torn last line is cut off, a
+        lost final newline added back and a damaged file moved aside; for a
+        writer a repair the disk refuses is ``StorageFailed``, a reader goes on
+        without it. Without the lock nothing is changed, and the cache keeps
+        complete lines only.
+        """
+        conversation_id = path.name[: -len(SUFFIX)]
+        with os_errors(path, "read", writing=False):
+            try:
+                handle = path.open("rb")
+            except FileNotFoundError:
+                self._cache.pop(conversation_id, None)
+                raise self._not_found(conversation_id) from None
+            with handle:
+                stat = os.fstat(handle.fileno())
+                first = handle.readline()
+                cached = self._cache.get(conversation_id)
+                if (
+                    cached
+                    and (cached.inode, cached.header) == (stat.st_ino, first)
+                    and stat.st_size >= cached.offset
+                ):
+                    handle.seek(cached.offset)
+                    tail = handle.read()
+                else:
+                    cached, tail = None, first + handle.read()
+        try:
+            read = self._parse(conversation_id, stat.st_ino, cached, tail)
+        except records.RecordError as exc:
+            self._cache.pop(conversation_id, None)
+            if refused is not None:
+                raise self._left_in_place(path, str(exc), refused) from None
+            raise self._move_aside(path, str(exc)) from None
+        return self._settle(path, conversation_id, read, repair=refused is None, writing=writing)
+
+    def _settle(
+        self, path: Path, conversation_id: str, read: _Read, *, repair: bool, writing: bool
+    ) -> Conversation:
+        """Repair what ``read`` found at the end of the file (if allowed), cache it, return it."""
+        state = read.state
+        if read.torn and repair and state is not None:
+            try:
+                truncate(path, state.offset)
+            except StorageFailed:
+                if writing:
+                    raise
+            else:
+                warnings.warn(
+                    f"{path.name}: dropped an incomplete last line ({len(read.tail)} bytes) left by an "
+                    "interrupted write; that message had never been saved. The file is repaired.",
+                    NbchatWarning,
+                    stacklevel=4,
+                )
+        if read.last is not None:
+            whole = read.with_last()
+            if repair:
+                try:
+                    append_bytes(path, b"\n")  # the next append must start on a line of its own
+                    state = whole
+                except StorageFailed:
+                    if writing:
+                        raise
+            if state is not None:
+                self._cache[conversation_id] = state
+            return whole.view()
+        assert state is not None  # _parse returns a state unless the last line is the header
+        self._cache[conversation_id] = state
+        return state.view()
+
+    def _parse(self, conversation_id: str, inode: int, cached: _Cached | None, data: bytes) -> _Read:
+        """Parse bytes read after ``cached`` (or a whole file); the cache itself is left unchanged."""
+        complete, newline, tail = data.rpartition(b"\n")
         lines = complete.split(b"\n") if newline else []
         if cached is None:
-            if not lines:
-                raise records.RecordError("the file has no complete header line")
-            # A newer format raises UnsupportedVersion here, before anything is repaired.
-            conversation = records.parse_header(lines[0])
-            if conversation.id != conversation_id:
-                raise records.RecordError(f"the header's id {conversation.id!r} does not match the file name")
-            header = lines[0] + b"\n"
-            cached = _Cached(inode, header, len(header), conversation)
+            if not lines:  # the header lost its newline, or the file is not a conversation at all
+                if not tail:
+                    raise records.RecordError("the file is empty")
+                try:
+                    header = self._parse_header(conversation_id, tail)
+                except records.NotJSON as exc:
+                    raise records.RecordError(f"the file has no complete header line ({exc})") from None
+                return _Read(inode, None, tail, header)
+            header = self._parse_header(conversation_id, lines[0])
+            state = _Cached(inode, lines[0] + b"\n", len(lines[0]) + 1, header)
             lines = lines[1:]
-        for number, line in enumerate(lines, start=len(cached.messages) + 2):
-            try:
-                message = records.parse_message(line)
-            except records.RecordError as exc:
-                raise records.RecordError(f"line {number}: {exc}") from None
-            cached.messages.append(message)
-            cached.ids.add(message.id)
-            cached.offset += len(line) + 1
-        if torn:
-            os.truncate(path, base + len(data) - len(torn))
-            warnings.warn(
-                f"{path.name}: dropped an incomplete last line ({len(torn)} bytes) left by an "
-                "interrupted write; that message had never been saved. The file is repaired.",
-                NbchatWarning,
-                stacklevel=4,
-            )
-        self._cache[conversation_id] = cached
-        return replace(cached.conversation, messages=tuple(cached.messages))
+        elif lines or tail:
+            state = cached.copy()
+        else:
+            return _Read(inode, cached, b"", None)
+        first = len(state.messages) + 2  # the header is line 1
+        for number, line in enumerate(lines, start=first):
+            message = self._parse_message(number, line)
+            state.messages.append(message)
+            state.ids.add(message.id)
+            state.offset += len(line) + 1
+        last = None
+        if tail:
+            with contextlib.suppress(records.NotJSON):  # not JSON: torn by an interrupted append
+                last = self._parse_message(first + len(lines), tail)
+        return _Read(inode, state, tail, last)
+
+    @staticmethod
+    def _parse_header(conversation_id: str, line: bytes) -> Conversation:
+        # A newer format raises UnsupportedVersion here, before anything is repaired.
+        conversation = records.parse_header(line)
+        if conversation.id != conversation_id:
+            raise records.RecordError(f"the header's id {conversation.id!r} does not match the file name")
+        return conversation
+
+    @staticmethod
+    def _parse_message(number: int, line: bytes) -> Message:
+        try:
+            return records.parse_message(line)
+        except records.NotJSON as exc:
+            raise records.NotJSON(f"line {number}: {exc}") from None
+        except records.RecordError as exc:
+            raise records.RecordError(f"line {number}: {exc}") from None
 
     def _move_aside(self, path: Path, reason: str) -> CorruptFile:
-        conversation_id = path.name[: -len(SUFFIX)]
-        self._cache.pop(conversation_id, None)
         stamp = utcnow().strftime("%Y%m%dT%H%M%S%fZ")
         moved = path.with_name(f"{path.name}.corrupt-{stamp}")
-        os.replace(path, moved)
-        fsync_dir(path.parent)
+        try:
+            with os_errors(path, "move aside"):
+                os.replace(path, moved)
+        except StorageFailed as exc:
+            return CorruptFile(
+                f"Conversation file {path} could not be read ({reason}), and moving it aside failed "
+                f"too: {exc} It was left in place; your other conversations are unaffected.",
+                path=path,
+                moved_to=None,
+            )
+        with contextlib.suppress(StorageFailed):  # moved either way; only its durability is in doubt
+            fsync_dir(path.parent)
         return CorruptFile(
             f"Conversation file {path} could not be read ({reason}). It was moved to "
             f"{moved} (nothing was deleted); your other conversations are unaffected.",
             path=path,
             moved_to=moved,
+        )
+
+    def _left_in_place(self, path: Path, reason: str, refused: StorageFailed) -> CorruptFile:
+        return CorruptFile(
+            f"Conversation file {path} could not be read ({reason}). It was left in place, as the "
+            f"data dir cannot be changed now: {refused} Your other conversations are unaffected.",
+            path=path,
+            moved_to=None,
         )
 
     def _rewrite(self, conversation_id: str, **changes: Any) -> Conversation:
@@ -358,15 +545,18 @@ class ConversationStore:
     def _rewrite_loaded(self, current: Conversation, **changes: Any) -> Conversation:
         updated = replace(current, updated=utcnow(), **changes)
         path = self._dir / f"{current.id}{SUFFIX}"
-        self._write_whole(path, updated, list(current.messages))
+        self._write_whole(path, updated, builtins.list(current.messages))
         return updated
 
-    def _write_whole(self, path: Path, conversation: Conversation, messages: list[Message]) -> None:
+    def _write_whole(self, path: Path, conversation: Conversation, messages: builtins.list[Message]) -> None:
         header = records.header_line(conversation)
         body = b"".join(records.message_line(m) for m in messages)
+        self._cache.pop(conversation.id, None)  # re-read from disk if anything below fails
         atomic_write_bytes(path, header + body)
+        with os_errors(path, "read", writing=False):
+            inode = path.stat().st_ino
         self._cache[conversation.id] = _Cached(
-            inode=path.stat().st_ino,
+            inode=inode,
             header=header,
             offset=len(header) + len(body),
             conversation=replace(conversation, messages=()),

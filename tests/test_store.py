@@ -445,3 +445,131 @@ def test_files_are_written_with_private_permissions_despite_a_loose_umask(store:
         os.umask(old)
     assert file_of(store, conversation.id).stat().st_mode & 0o777 == 0o600
     assert store.directory.stat().st_mode & 0o777 == 0o700
+
+
+# -- a last line without its newline is a saved message, not a torn one ----------------------
+
+
+def test_a_complete_last_message_without_its_newline_is_kept_and_the_newline_restored(
+    store: ConversationStore,
+) -> None:
+    """An editor that drops the final newline must not cost a saved message."""
+    conversation = store.create("Chat")
+    store.append(conversation.id, Message("user", "first"))
+    store.append(conversation.id, Message("assistant", "second"))
+    path = file_of(store, conversation.id)
+    path.write_bytes(path.read_bytes()[:-1])  # the newline after "second" is gone
+    fresh = ConversationStore(store.directory.parent.parent, "alice")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is dropped, so nothing to warn about
+        assert [m.content for m in fresh.get(conversation.id).messages] == ["first", "second"]
+    assert path.read_bytes().endswith(b"}\n"), "the newline is added back under the lock"
+    fresh.append(conversation.id, Message("user", "third"))
+    again = ConversationStore(store.directory.parent.parent, "alice").get(conversation.id)
+    assert [m.content for m in again.messages] == ["first", "second", "third"]
+
+
+def test_a_store_holding_the_file_keeps_a_last_message_that_lost_its_newline(
+    store: ConversationStore,
+) -> None:
+    conversation = store.create("Chat")
+    store.append(conversation.id, Message("user", "first"))
+    store.get(conversation.id)  # cached up to here
+    path = file_of(store, conversation.id)
+    other = ConversationStore(store.directory.parent.parent, "alice")
+    other.append(conversation.id, Message("assistant", "from another kernel"))
+    path.write_bytes(path.read_bytes()[:-1])
+    store.append(conversation.id, Message("user", "next"))
+    assert [m.content for m in other.get(conversation.id).messages] == [
+        "first",
+        "from another kernel",
+        "next",
+    ]
+
+
+def test_a_header_alone_without_its_newline_is_a_conversation_not_damage(store: ConversationStore) -> None:
+    conversation = store.create("Only a header")
+    path = file_of(store, conversation.id)
+    path.write_bytes(path.read_bytes().rstrip(b"\n"))
+    fresh = ConversationStore(store.directory.parent.parent, "alice")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert [s.title for s in fresh.list()] == ["Only a header"]
+        assert fresh.get(conversation.id).title == "Only a header"
+    fresh.append(conversation.id, Message("user", "hello"))
+    again = ConversationStore(store.directory.parent.parent, "alice").get(conversation.id)
+    assert [m.content for m in again.messages] == ["hello"]
+
+
+def test_an_unterminated_last_line_that_is_json_but_not_a_message_is_moved_aside_not_dropped(
+    store: ConversationStore,
+) -> None:
+    """Only bytes that are not even JSON are a torn append; a whole JSON value is kept (aside)."""
+    conversation = store.create("Chat")
+    store.append(conversation.id, Message("user", "saved"))
+    path = file_of(store, conversation.id)
+    with path.open("ab") as handle:
+        handle.write(b'{"note": "typed by hand"}')
+    content = path.read_bytes()
+    with pytest.raises(CorruptFile, match="line 3") as error:
+        ConversationStore(store.directory.parent.parent, "alice").get(conversation.id)
+    assert error.value.moved_to is not None and error.value.moved_to.read_bytes() == content
+
+
+# -- lines that cannot be decoded at all ------------------------------------------------------
+
+DEEP = b"[" * 100_000
+
+
+def _damage(store: ConversationStore, conversation_id: str, damage) -> tuple[Path, bytes]:
+    path = file_of(store, conversation_id)
+    content = b"\n".join(damage(path.read_bytes().split(b"\n")[:-1])) + b"\n"
+    path.write_bytes(content)
+    return path, content
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda lines: [DEEP] + lines[1:], id="the header is nested 100k deep"),
+        pytest.param(lambda lines: [b'{"version":1,"id":' + DEEP] + lines[1:], id="a header field is"),
+    ],
+)
+def test_listing_survives_a_header_nested_too_deeply_to_decode(store: ConversationStore, damage) -> None:
+    healthy, damaged = store.create("Healthy"), store.create("Damaged")
+    path, content = _damage(store, damaged.id, damage)
+    fresh = ConversationStore(store.directory.parent.parent, "alice")
+    with pytest.warns(NbchatWarning, match="could not be read"):
+        assert [s.title for s in fresh.list()] == ["Healthy"]
+    (moved,) = store.directory.glob(f"{damaged.id}.jsonl.corrupt-*")
+    assert moved.read_bytes() == content and not path.exists()
+    fresh.append(healthy.id, Message("user", "still fine"))
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda lines: lines + [DEEP], id="a message line is nested 100k deep"),
+        pytest.param(lambda lines: lines + [b'{"id":"' + b"0" * 32 + b'","stats":' + DEEP], id="its stats"),
+    ],
+)
+def test_a_message_nested_too_deeply_to_decode_is_one_damaged_file(store: ConversationStore, damage) -> None:
+    healthy, damaged = store.create("Healthy"), store.create("Damaged")
+    store.append(damaged.id, Message("user", "hello"))
+    path, content = _damage(store, damaged.id, damage)
+    fresh = ConversationStore(store.directory.parent.parent, "alice")
+    with pytest.raises(CorruptFile, match="moved to") as error:
+        fresh.get(damaged.id)
+    assert error.value.moved_to is not None and error.value.moved_to.read_bytes() == content
+    assert not path.exists()
+    assert [s.title for s in fresh.list()] == ["Healthy"]
+    fresh.append(healthy.id, Message("user", "still fine"))
+
+
+def test_a_header_nested_too_deeply_is_reported_by_get_and_moved_aside(store: ConversationStore) -> None:
+    conversation = store.create("Chat")
+    path = file_of(store, conversation.id)
+    path.write_bytes(DEEP + b"\n")
+    with pytest.raises(CorruptFile, match="nest") as error:
+        ConversationStore(store.directory.parent.parent, "alice").get(conversation.id)
+    assert error.value.moved_to is not None and error.value.moved_to.read_bytes() == DEEP + b"\n"
