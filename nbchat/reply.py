@@ -279,23 +279,9 @@ class Reply:
 
     def markdown(self) -> str:
         """The reply as Markdown: thinking folded away, then the text, then how it ended."""
-        parts = []
-        text, thinking = self.text, self.thinking
-        if thinking.strip():
-            parts.append(f"<details><summary>Thinking</summary>\n\n{thinking.strip()}\n\n</details>\n")
-        if not self.done and not text and not thinking and self.status:
-            return f"*{self.status}*"
-        parts.append(text)
-        if self.done:
-            if self.error is not None:
-                parts.append(f"\n\n**Error:** {self.error}")
-            if self.save_error is not None and self.save_error is not self.error:
-                parts.append(f"\n\n**Not saved:** {self.save_error}")
-            if self.error is None and self.stats is not None and self.stats.finish_reason == "cancelled":
-                parts.append("\n\n*(stopped)*")
-            elif self.error is None and self.stats is not None and self.stats.finish_reason == "length":
-                parts.append("\n\n*(cut off at max new tokens)*")
-        return "".join(parts)
+        from nbchat.render import reply_markdown
+
+        return reply_markdown(self)
 
     def __repr__(self) -> str:
         state = "done" if self.done else "streaming"
