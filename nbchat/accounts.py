@@ -9,7 +9,9 @@ the refusal never reveals whether a name exists.
 
 from __future__ import annotations
 
+import heapq
 import json
+import math
 import re
 import shutil
 import threading
@@ -18,6 +20,7 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -53,9 +56,20 @@ USERS_VERSION = 1
 THROTTLE_VERSION = 1
 MIN_PASSWORD_CHARS = 8
 MAX_PASSWORD_BYTES = 72  # bcrypt ignores everything after the 72nd byte
-FREE_FAILURES = 5  # failed logins allowed before delays start
+FREE_FAILURES = 5  # failed logins allowed per name before delays start
 MAX_DELAY_S = 300.0
 FORGET_FAILURES_AFTER_S = 24 * 3600.0
+#: Failed logins allowed per data dir, across all names, in any RATE_WINDOW_S: spraying many names
+#: (each under its own limit) gets no more than this, then every login waits for the window.
+MAX_FAILURES_PER_MINUTE = 30
+RATE_WINDOW_S = 60.0
+#: Names login-failures.json remembers at most (the most recent); forgetting one only forgives it.
+MAX_THROTTLED_NAMES = 2_000
+#: A failure time this far ahead of the clock is impossible (a tampered file): it is forgotten.
+CLOCK_SLACK_S = 300.0
+#: Nesting deeper than this in users.json is damage: nbchat writes flat records, and very deep
+#: values (about 950 levels) decode but cannot be written back without a RecursionError.
+MAX_JSON_DEPTH = 64
 WRONG_CREDENTIALS = "Wrong username or password."
 TRASH_PREFIX = ".deleted-"  # conversations/.deleted-<key>-<32 hex>: an account being deleted
 BCRYPT_HASH = re.compile(r"\$2[abxy]\$\d\d\$[./A-Za-z0-9]{53}")
@@ -65,7 +79,10 @@ def login_delay(failures: int) -> float:
     """Seconds a name must wait after ``failures`` consecutive failed logins: 0, then 2, 4, 8 … 300."""
     if failures < FREE_FAILURES:
         return 0.0
-    return min(2.0 ** (failures - FREE_FAILURES + 1), MAX_DELAY_S)
+    exponent = failures - FREE_FAILURES + 1
+    if exponent >= math.log2(MAX_DELAY_S):  # also keeps 2.0 ** exponent from overflowing
+        return MAX_DELAY_S
+    return 2.0**exponent
 
 
 def check_password(password: object, username: str | None = None) -> bytes:
@@ -129,8 +146,9 @@ class Accounts:
         self.config = config or load_config()
         self._rounds = bcrypt_rounds
         self._clock = clock
-        self._dummy_hash: bytes | None = None
         self._mutex = threading.RLock()
+        # Made now, at the configured cost: a lazy one made the first unknown name slower than a real one.
+        self._dummy_hash = self._hash(uuid.uuid4().hex.encode("ascii")).encode("ascii")
 
     @property
     def data_dir(self) -> Path:
@@ -346,32 +364,29 @@ class Accounts:
 
     def _authenticate(self, username: str, password: str) -> tuple[str, dict[str, Any]]:
         key = username_key(username)
-        now = self._clock()
-        # Count the attempt as a failure before checking the password, under the lock:
-        # simultaneous attempts from many kernels each see the others and get no extra guesses.
         with self._users_lock():
-            failures = self._read_throttle()
-            entry = failures.get(key, {"count": 0, "last": 0.0})
-            wait = entry["last"] + login_delay(entry["count"]) - now
-            if wait > 0:
-                raise LoginThrottled(
-                    f"Too many failed logins for {username!r}; try again in {wait:.0f} s.",
-                    retry_after=wait,
-                )
-            failures[key] = {"count": entry["count"] + 1, "last": now}
-            self._write_throttle(failures, now)
+            # users.json first: when it cannot be read, that is the store's failure, not the user's,
+            # and must cost no attempt.
             record = self._read_users().get(key)
+            now = self._clock()  # read under the lock, so the times in the throttle file only grow
+            throttle = self._read_throttle(now)
+            throttle.refuse_if_throttled(key, username, now)
+            # Count the attempt as a failure before checking the password: simultaneous attempts
+            # from many kernels each see the others and get no extra guesses.
+            throttle.count_failure(key, now)
+            self._write_throttle(throttle, now)
         if record is None:
-            self._password_matches(password, self._dummy())  # same work as a real check: no timing hint
+            self._password_matches(password, self._dummy_hash)  # same work as a real check: no timing hint
             raise AuthenticationFailed(WRONG_CREDENTIALS)
         if not self._password_matches(password, record["password_hash"].encode("ascii")):
             raise AuthenticationFailed(WRONG_CREDENTIALS)
         if "hub_name" in record:  # only JupyterHub logs a hub account in, whatever its hash
             raise AuthenticationFailed(WRONG_CREDENTIALS)
         with self._users_lock():
-            failures = self._read_throttle()
-            if failures.pop(key, None) is not None:
-                self._write_throttle(failures, now)
+            now = self._clock()
+            throttle = self._read_throttle(now)
+            if throttle.failures.pop(key, None) is not None:
+                self._write_throttle(throttle, now)
         return key, record
 
     @staticmethod
@@ -389,16 +404,18 @@ class Accounts:
     def _hash(self, encoded: bytes) -> str:
         return bcrypt.hashpw(encoded, bcrypt.gensalt(self._rounds)).decode("ascii")
 
-    def _dummy(self) -> bytes:
-        if self._dummy_hash is None:
-            self._dummy_hash = self._hash(uuid.uuid4().bytes).encode("ascii")
-        return self._dummy_hash
-
-    def _write_throttle(self, failures: dict[str, dict[str, Any]], now: float) -> None:
-        """Save the failure counts, forgetting names idle for a day (caller holds the lock)."""
+    def _write_throttle(self, throttle: _Throttle, now: float) -> None:
+        """Save the failure counts, forgetting names idle for a day and all but the most recent
+        ``MAX_THROTTLED_NAMES`` (caller holds the lock)."""
         horizon = now - FORGET_FAILURES_AFTER_S
-        kept = {k: v for k, v in failures.items() if v["last"] >= horizon}
-        payload = {"version": THROTTLE_VERSION, "failures": kept}
+        kept = [(k, v) for k, v in throttle.failures.items() if v["last"] >= horizon]
+        if len(kept) > MAX_THROTTLED_NAMES:
+            kept = heapq.nlargest(MAX_THROTTLED_NAMES, kept, key=lambda item: item[1]["last"])
+        payload = {
+            "version": THROTTLE_VERSION,
+            "failures": dict(kept),
+            "recent": [t for t in throttle.recent if t > now - RATE_WINDOW_S][-MAX_FAILURES_PER_MINUTE:],
+        }
         atomic_write_bytes(self._throttle_file, _json_bytes(payload))
 
     # -- files -----------------------------------------------------------------------------
@@ -426,6 +443,8 @@ class Accounts:
             data = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise _corrupt_users(path, f"not valid JSON: {exc}") from None
+        except RecursionError:
+            raise _corrupt_users(path, "nested too deeply to decode") from None
         if not isinstance(data, dict):
             raise _corrupt_users(path, "expected a JSON object")
         version = data.get("version")
@@ -447,28 +466,25 @@ class Accounts:
         payload = {"version": USERS_VERSION, "users": users}
         atomic_write_bytes(self.config.users_file, _json_bytes(payload))
 
-    def _read_throttle(self) -> dict[str, dict[str, Any]]:
+    def _read_throttle(self, now: float) -> _Throttle:
+        """The throttle state; a file that cannot be decoded is moved aside with a warning."""
         path = self._throttle_file
         try:
-            data = json.loads(path.read_bytes())
-            failures = data["failures"]
-            if data.get("version") != THROTTLE_VERSION or not all(
-                isinstance(v.get("count"), int) and isinstance(v.get("last"), (int, float))
-                for v in failures.values()
-            ):
-                raise ValueError("unexpected layout")
-            return failures
+            raw = path.read_bytes()
         except FileNotFoundError:
-            return {}
-        except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError):
+            return _Throttle()
+        try:
+            return _Throttle.from_json(json.loads(raw), now)
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
             moved = path.with_name(f"{path.name}.corrupt-{uuid.uuid4().hex[:8]}")
             path.replace(moved)
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else "not the expected layout"
             warnings.warn(
-                f"{path} was unreadable and was moved to {moved}; login throttling starts afresh.",
+                f"{path} was unreadable ({reason}) and was moved to {moved}; login throttling starts afresh.",
                 NbchatWarning,
                 stacklevel=2,
             )
-            return {}
+            return _Throttle()
 
     def _set_aside_orphaned_conversations(self, key: str) -> None:
         """A new account must never inherit files left by an earlier one of the same name."""
@@ -500,6 +516,73 @@ def _read_marker(directory: Path) -> str | None:
         return None
 
 
+@dataclass
+class _Throttle:
+    """login-failures.json: each name's consecutive failures, and the data dir's recent failure times."""
+
+    failures: dict[str, dict[str, Any]] = field(default_factory=dict)
+    recent: list[float] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, data: Any, now: float) -> _Throttle:
+        """Checked and made sane: impossible times and counts are forgotten, never waited for."""
+        if not isinstance(data, dict) or data.get("version") != THROTTLE_VERSION:
+            raise ValueError("unexpected version")
+        failures: dict[str, dict[str, Any]] = {}
+        for key, entry in data["failures"].items():
+            count, last = entry["count"], entry["last"]
+            if not (_is_number(last) and isinstance(count, int) and not isinstance(count, bool)):
+                raise ValueError("unexpected entry")
+            if count > 0 and math.isfinite(last) and last <= now + CLOCK_SLACK_S:
+                failures[key] = {"count": count, "last": min(last, now)}
+        recent = data.get("recent", [])
+        if not isinstance(recent, list) or not all(_is_number(t) for t in recent):
+            raise ValueError("unexpected recent failures")
+        window = sorted(min(t, now) for t in recent if now - RATE_WINDOW_S < t <= now + CLOCK_SLACK_S)
+        return cls(failures, window[-MAX_FAILURES_PER_MINUTE:])
+
+    def refuse_if_throttled(self, key: str, username: str, now: float) -> None:
+        """Raise ``LoginThrottled`` if the data dir or this name must wait before the next attempt."""
+        if len(self.recent) >= MAX_FAILURES_PER_MINUTE:
+            wait = self.recent[-MAX_FAILURES_PER_MINUTE] + RATE_WINDOW_S - now
+            if wait > 0:
+                raise LoginThrottled(
+                    f"Too many failed logins on this installation ({MAX_FAILURES_PER_MINUTE} within "
+                    f"{RATE_WINDOW_S:.0f} s, across all names), so every login waits; try again in "
+                    f"{wait:.0f} s.",
+                    retry_after=wait,
+                )
+        entry = self.failures.get(key, {"count": 0, "last": 0.0})
+        wait = entry["last"] + login_delay(entry["count"]) - now
+        if wait > 0:
+            raise LoginThrottled(
+                f"Too many failed logins for {username!r}; try again in {wait:.0f} s.",
+                retry_after=wait,
+            )
+
+    def count_failure(self, key: str, now: float) -> None:
+        entry = self.failures.get(key, {"count": 0})
+        self.failures[key] = {"count": entry["count"] + 1, "last": now}
+        self.recent = [*self.recent, now][-MAX_FAILURES_PER_MINUTE:]
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _nesting_exceeds(value: object, limit: int) -> bool:
+    """True if ``value`` holds lists or objects nested deeper than ``limit`` (checked without recursion)."""
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth >= limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 def _json_bytes(payload: dict[str, Any]) -> bytes:
     return (json.dumps(payload, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
@@ -512,6 +595,8 @@ def _user_record_problem(key: object, record: object) -> str | None:
         return "has an invalid name"
     if not isinstance(record, dict):
         return "is not an object"
+    if _nesting_exceeds(record, MAX_JSON_DEPTH):
+        return f"holds values nested more than {MAX_JSON_DEPTH} levels deep"
     for name in ("name", "account_id", "password_hash", "created", "password_changed"):
         if not isinstance(record.get(name), str):
             return f"lacks {name!r}"
