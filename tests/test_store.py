@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -20,9 +21,12 @@ from nbchat import (
     InvalidValue,
     Message,
     NbchatWarning,
+    NotLoggedIn,
     UnsupportedVersion,
 )
-from nbchat.types import MAX_CONTENT_CHARS
+from nbchat.errors import StorageFailed
+from nbchat.store import claim_directory
+from nbchat.types import MAX_CONTENT_CHARS, new_id
 
 
 @pytest.fixture
@@ -573,3 +577,44 @@ def test_a_header_nested_too_deeply_is_reported_by_get_and_moved_aside(store: Co
     with pytest.raises(CorruptFile, match="nest") as error:
         ConversationStore(store.directory.parent.parent, "alice").get(conversation.id)
     assert error.value.moved_to is not None and error.value.moved_to.read_bytes() == DEEP + b"\n"
+
+
+# -- the disk refusing ----------------------------------------------------------------------
+# (A full or read-only disk, on a real small filesystem: tests/test_store_disk.py.)
+
+
+def test_a_data_dir_below_a_file_is_a_storage_error_that_names_the_path(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("not a folder")
+    store = ConversationStore(tmp_path / "afile" / "data", "alice")
+    with pytest.raises(StorageFailed, match="part of its path is a file") as error:
+        store.create("Chat")
+    assert str(tmp_path / "afile" / "data") in str(error.value)
+    with pytest.raises(StorageFailed, match=r"list the conversations in .*afile/data/conversations/alice"):
+        store.list()
+
+
+def test_a_conversation_that_cannot_be_opened_is_skipped_when_listing_with_a_warning_naming_it(
+    store: ConversationStore,
+) -> None:
+    store.create("Readable")
+    unreadable = store.create("Unreadable")
+    path = file_of(store, unreadable.id)
+    path.unlink()
+    path.symlink_to(path)  # opening it fails (ELOOP), as an I/O error would
+    with pytest.warns(NbchatWarning, match=re.escape(str(path))):
+        assert [s.title for s in store.list()] == ["Readable"]
+    with pytest.raises(StorageFailed, match=re.escape(str(path))):
+        store.get(unreadable.id)
+
+
+def test_a_login_ends_when_its_account_is_marked_anew_and_says_a_password_change_may_be_why(
+    data_dir: Path,
+) -> None:
+    claim_directory(data_dir, "alice", "first-login")
+    store = ConversationStore(data_dir, "alice", "first-login")
+    store.create("Mine")
+    claim_directory(data_dir, "alice", "after-password-change")  # what another kernel's change does
+    with pytest.raises(NotLoggedIn, match="deleted or its password was changed since this login"):
+        store.list()
+    with pytest.raises(NotLoggedIn, match="log in again"):
+        store.get(new_id())

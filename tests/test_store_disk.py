@@ -1,0 +1,205 @@
+"""The conversation store on a real disk that is full or read-only (a small tmpfs, mounted as root).
+
+A refused write is a ``StorageFailed`` (``StorageFull`` when out of space) that
+names the file and says what to do; it leaves the file and the store as they
+were, so the same message saves once there is space again. A read-only data
+dir can still be read.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import subprocess
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nbchat import ConversationStore, CorruptFile, Message, NbchatWarning
+from nbchat.errors import StorageFailed, StorageFull
+from nbchat.store import claim_directory
+
+
+def _mount(disk: Path, options: str) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    disk.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(disk)], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+
+
+def _unmount(disk: Path) -> None:
+    if subprocess.run(["umount", str(disk)], capture_output=True).returncode != 0:
+        subprocess.run(["umount", "-l", str(disk)], check=True)  # still busy: detach it anyway
+
+
+@pytest.fixture
+def disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB filesystem of its own, so filling it up harms nothing else."""
+    path = tmp_path / "disk"
+    _mount(path, "size=2m,mode=0700")
+    try:
+        yield path
+    finally:
+        _unmount(path)
+
+
+def fill(disk: Path) -> Path:
+    """Write one file until the disk has not a byte left; delete it to free the space."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for chunk in (b"\0" * 65536, b"\0"):
+            while True:
+                try:
+                    os.write(fd, chunk)
+                except OSError as exc:
+                    assert exc.errno == errno.ENOSPC
+                    break
+    finally:
+        os.close(fd)
+    return filler
+
+
+def remount_read_only(disk: Path) -> None:
+    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+
+
+def contents(directory: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(directory.iterdir()) if path.is_file()}
+
+
+BIG = "x" * 100_000  # far more than the unused end of the file's last page
+
+
+# -- a full disk ----------------------------------------------------------------------------
+
+
+def test_an_append_on_a_full_disk_names_the_file_and_leaves_it_as_it_was(disk: Path) -> None:
+    store = ConversationStore(disk / "data", "alice")
+    conversation = store.create("Chat")
+    first = store.append(conversation.id, Message("user", "saved before the disk filled"))
+    path = store.directory / f"{conversation.id}.jsonl"
+    before = path.read_bytes()
+    filler = fill(disk)
+    reply = Message("assistant", BIG)
+    with pytest.raises(StorageFull) as error:
+        store.append(conversation.id, reply)
+    message = str(error.value)
+    assert str(path) in message and "full" in message
+    assert "Free some space" in message and "nothing saved before was lost" in message
+    assert error.value.path == path
+    assert isinstance(error.value, OSError) and error.value.errno == errno.ENOSPC
+    assert path.read_bytes() == before, "the half that fitted was cut off again"
+    assert store.get(conversation.id).messages == (first,), "the store does not think it was saved"
+
+    filler.unlink()  # space is back: the very same message saves, and nothing is lost
+    store.append(conversation.id, reply)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no torn line to repair
+        reloaded = ConversationStore(disk / "data", "alice").get(conversation.id)
+    assert reloaded.messages == (first, reply)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(lambda store, cid: store.rename(cid, "T" * 200), id="rename"),
+        pytest.param(lambda store, cid: store.update_settings(cid, system=BIG), id="settings"),
+        pytest.param(lambda store, cid: store.create("Another"), id="create"),
+    ],
+)
+def test_a_rewrite_or_create_on_a_full_disk_changes_nothing_and_leaves_no_temp_file(
+    disk: Path, change
+) -> None:
+    store = ConversationStore(disk / "data", "alice")
+    conversation = store.create("Chat")
+    store.append(conversation.id, Message("user", "hello"))
+    before = contents(store.directory)
+    filler = fill(disk)
+    with pytest.raises(StorageFull, match=re.escape(str(store.directory)) + r"/[0-9a-f]{32}\.jsonl"):
+        change(store, conversation.id)
+    assert contents(store.directory) == before, "no temp file is left behind, no file is changed"
+    assert [s.title for s in store.list()] == ["Chat"]
+    filler.unlink()
+    change(store, conversation.id)
+    assert ConversationStore(disk / "data", "alice").get(conversation.id).messages[0].content == "hello"
+
+
+def test_a_disk_out_of_inodes_refuses_the_lock_file_but_reading_still_works(tmp_path: Path) -> None:
+    disk = tmp_path / "disk"
+    _mount(disk, "size=2m,nr_inodes=16,mode=0700")
+    try:
+        store = ConversationStore(disk / "data", "alice")
+        conversation = store.create("Chat")
+        saved = store.append(conversation.id, Message("user", "hello"))
+        lock = store.directory / ".lock"
+        lock.unlink()  # as on a data dir copied without its lock files
+        number = 0
+        with pytest.raises(OSError) as full:
+            while True:
+                (disk / f"empty-{number}").touch()
+                number += 1
+        assert full.value.errno == errno.ENOSPC
+        fresh = ConversationStore(disk / "data", "alice")
+        assert [s.title for s in fresh.list()] == ["Chat"]
+        assert fresh.get(conversation.id).messages == (saved,)
+        with pytest.raises(StorageFull, match=re.escape(str(lock))) as error:
+            fresh.append(conversation.id, Message("user", "more"))
+        assert "lock the conversations of 'alice'" in str(error.value)
+        (disk / "empty-0").unlink()
+        fresh.append(conversation.id, Message("user", "more"))
+        assert len(store.get(conversation.id).messages) == 2
+    finally:
+        _unmount(disk)
+
+
+# -- a read-only data dir -------------------------------------------------------------------
+
+
+def test_a_read_only_data_dir_can_still_be_listed_and_read_and_nothing_is_changed(disk: Path) -> None:
+    data = disk / "data"
+    claim_directory(data, "alice", "account-1")
+    writer = ConversationStore(data, "alice", "account-1")
+    healthy = writer.create("Healthy")
+    question = writer.append(healthy.id, Message("user", "question"))
+    torn = writer.create("Torn")
+    kept = writer.append(torn.id, Message("user", "kept"))
+    with (writer.directory / f"{torn.id}.jsonl").open("ab") as handle:
+        handle.write(b'{"id":"0123')  # a crash mid-append, never acknowledged
+    unterminated = writer.create("No final newline")
+    last = writer.append(unterminated.id, Message("user", "the last line lost its newline"))
+    path = writer.directory / f"{unterminated.id}.jsonl"
+    path.write_bytes(path.read_bytes()[:-1])
+    damaged = writer.create("Damaged inside")
+    writer.append(damaged.id, Message("user", "x"))
+    with (writer.directory / f"{damaged.id}.jsonl").open("ab") as handle:
+        handle.write(b"not json\n")
+    broken_header = writer.create("Broken header")
+    (writer.directory / f"{broken_header.id}.jsonl").write_bytes(b"garbage\n")
+    writer.get(healthy.id)  # this store has read it before the remount
+    before = contents(writer.directory)
+
+    remount_read_only(disk)
+    for store in (writer, ConversationStore(data, "alice", "account-1"), ConversationStore(data, "alice")):
+        with pytest.warns(NbchatWarning, match="left in place"):
+            titles = [s.title for s in store.list()]
+        assert sorted(titles) == ["Damaged inside", "Healthy", "No final newline", "Torn"]
+        assert store.get(healthy.id).messages == (question,)
+        assert store.get(torn.id).messages == (kept,)
+        assert store.get(unterminated.id).messages == (last,)
+        with pytest.raises(CorruptFile, match="left in place") as error:
+            store.get(damaged.id)
+        assert error.value.moved_to is None and "read-only" in str(error.value)
+        with pytest.raises(StorageFailed, match="read-only filesystem") as refused:
+            store.append(healthy.id, Message("user", "more"))
+        assert "NBCHAT_DATA_DIR" in str(refused.value)
+        with pytest.raises(StorageFailed, match="read-only filesystem"):
+            store.create("New")
+    assert contents(writer.directory) == before
