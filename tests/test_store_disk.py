@@ -20,6 +20,7 @@ import pytest
 
 from nbchat import ConversationStore, CorruptFile, Message, NbchatWarning
 from nbchat.errors import StorageFailed, StorageFull
+from nbchat.files import atomic_write_bytes, ensure_private_dir, locked, try_locked
 from nbchat.store import claim_directory
 
 
@@ -203,3 +204,38 @@ def test_a_read_only_data_dir_can_still_be_listed_and_read_and_nothing_is_change
         with pytest.raises(StorageFailed, match="read-only filesystem"):
             store.create("New")
     assert contents(writer.directory) == before
+
+
+# -- the file primitives the account store shares -------------------------------------------
+
+
+def test_a_whole_file_write_on_a_full_disk_keeps_the_old_file_and_leaves_no_temp_file(disk: Path) -> None:
+    target = disk / "users.json"
+    atomic_write_bytes(target, b'{"old": true}\n')
+    filler = fill(disk)
+    full = f"Could not save {re.escape(str(target))}: the disk holding it is full"
+    with pytest.raises(StorageFull, match=full):
+        atomic_write_bytes(target, b"x" * 50_000)
+    assert sorted(p.name for p in disk.iterdir()) == ["filler", "users.json"]
+    assert target.read_bytes() == b'{"old": true}\n'
+    filler.unlink()
+    atomic_write_bytes(target, b"x" * 50_000)
+    assert target.read_bytes() == b"x" * 50_000
+
+
+def test_on_a_read_only_disk_the_lock_is_refused_by_name_and_try_locked_says_why(disk: Path) -> None:
+    ensure_private_dir(disk / "data")
+    remount_read_only(disk)
+    lock = disk / "data" / ".users.lock"
+    refusal = f"Could not lock the accounts file with the lock file {lock}"
+    with pytest.raises(StorageFailed, match=refusal), locked(lock, "The accounts file"):
+        pytest.fail("the body must not run without the lock")
+    with try_locked(lock, "The accounts file") as refused:
+        assert refused is not None and refused.errno == errno.EROFS and "read-only" in str(refused)
+    with pytest.raises(KeyError) as raised, try_locked(lock, "The accounts file"):
+        raise KeyError("an error of the body")
+    assert raised.value.__context__ is None, "the refusal is not chained onto the body's own errors"
+    assert ensure_private_dir(disk / "data") == disk / "data", "an existing private folder needs no write"
+    with pytest.raises(StorageFailed, match=f"create the folder {disk / 'new'}: it is on a read-only"):
+        ensure_private_dir(disk / "new")
+    assert not lock.exists()
