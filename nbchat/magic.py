@@ -23,8 +23,10 @@ import re
 import shlex
 import string
 import sys
+import threading
 import time
 import traceback
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -71,7 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     who = parser.add_argument_group("account")
     who.add_argument("--login", metavar="USER", help="log in (the password is asked for, never echoed)")
     who.add_argument("--register", metavar="USER", help="create an account, then log in")
-    who.add_argument("--logout", action="store_true", help="log out; nothing of the user stays in memory")
+    who.add_argument(
+        "--logout",
+        action="store_true",
+        help="log out; of the user's data only the answers' text stays in memory (in Out[n])",
+    )
     chats = parser.add_argument_group("conversations")
     chats.add_argument("-c", "--conversation", metavar="ID-OR-TITLE", help="switch to a conversation")
     chats.add_argument(
@@ -113,10 +119,12 @@ class ChatAnswer(str):
     """What ``answer = %chat ...`` holds: the reply's text; ``.reply`` has thinking and stats.
 
     It shows nothing when it is a cell's last value: the reply has already
-    streamed into the cell above.
+    streamed into the cell above. Once its user logs out (or another user logs
+    in) it keeps only its text and ``.reply`` is None: an answer in ``Out[n]``
+    must not keep the user's question and saved messages alive in the kernel.
     """
 
-    reply: Reply
+    reply: Reply | None
 
     def __new__(cls, reply: Reply) -> ChatAnswer:
         answer = super().__new__(cls, reply.text)
@@ -125,6 +133,33 @@ class ChatAnswer(str):
 
     def _ipython_display_(self) -> None:
         pass
+
+
+#: The answers handed out, per session, held weakly: they let go of their replies when their user leaves.
+_ANSWERS: weakref.WeakKeyDictionary[ChatSession, dict[str | None, weakref.WeakSet[ChatAnswer]]] = (
+    weakref.WeakKeyDictionary()
+)
+_ANSWERS_LOCK = threading.Lock()
+
+
+def _hand_out(session: ChatSession, answer: ChatAnswer) -> ChatAnswer:
+    """Remember ``answer`` (weakly) as the current user's, to forget its reply when they leave."""
+    with _ANSWERS_LOCK:
+        if session not in _ANSWERS:
+            _ANSWERS[session] = {}
+            session.on_change(_forget_replies_of_users_gone)
+        _ANSWERS[session].setdefault(session.user, weakref.WeakSet()).add(answer)
+    return answer
+
+
+def _forget_replies_of_users_gone(session: ChatSession) -> None:
+    """A session listener: after a logout or another user's login, old answers keep only their text."""
+    with _ANSWERS_LOCK:
+        by_user = _ANSWERS.get(session, {})
+        gone = [by_user.pop(user) for user in list(by_user) if user != session.user]
+    for answers in gone:
+        for answer in list(answers):
+            answer.reply = None
 
 
 @magics_class
@@ -248,7 +283,7 @@ def run(line: str, cell: str | None, namespace: Mapping[str, Any]) -> ChatAnswer
             "No conversation is selected: start one with %chat --new -m MODEL your question, "
             "or pick one with %chat -c TITLE (--list shows them)."
         )
-    return stream_into_cell(session.send(prompt))
+    return _hand_out(session, stream_into_cell(session.send(prompt)))
 
 
 # -- parsing ------------------------------------------------------------------------------------
