@@ -1,0 +1,87 @@
+"""Markdown for messages, replies and their statistics, made in one place.
+
+The panel, the ``%chat`` magic and a ``Reply``'s own ``_repr_markdown_`` all
+show the same things: thinking folded under *Thinking*, the text, how the
+reply ended (error, not saved, stopped, cut off) and a line of statistics. A
+reply looks the same while it streams, when it is done and once saved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nbchat.reply import Reply
+    from nbchat.types import GenerationStats, Message
+
+
+def thinking_markdown(thinking: str | None) -> str:
+    """Thinking folded away, or nothing; the blank line after it lets the text render as Markdown."""
+    if not thinking or not thinking.strip():
+        return ""
+    return f"<details><summary>Thinking</summary>\n\n{thinking.strip()}\n\n</details>\n\n"
+
+
+def ending_markdown(
+    finish_reason: str | None, error: object | None = None, not_saved: object | None = None
+) -> str:
+    """How a reply ended, appended to its text: the error, why it is not saved, or stopped/cut off."""
+    parts = []
+    if error:
+        parts.append(f"\n\n**Error:** {error}")
+    if not_saved:
+        parts.append(f"\n\n**Not saved:** {not_saved}")
+    if not error and finish_reason == "cancelled":
+        parts.append("\n\n*(stopped)*")
+    elif not error and finish_reason == "length":
+        parts.append("\n\n*(cut off at max new tokens)*")
+    return "".join(parts)
+
+
+def message_markdown(message: Message) -> str:
+    """A saved assistant message: thinking folded, then the text, then how it ended."""
+    stats: Mapping[str, Any] = message.stats or {}
+    ending = ending_markdown(stats.get("finish_reason"), stats.get("error"))
+    return thinking_markdown(message.thinking) + message.content + ending
+
+
+def reply_markdown(reply: Reply) -> str:
+    """A reply streaming or done; before its first token, what is happening (loading a model)."""
+    text, thinking = reply.text, reply.thinking
+    if not reply.done and not text and not thinking and reply.status:
+        return f"*{reply.status}*"
+    if not reply.done:
+        return thinking_markdown(thinking) + text
+    reason = reply.stats.finish_reason if reply.stats is not None else None
+    save_error = reply.save_error if reply.save_error is not reply.error else None
+    return thinking_markdown(thinking) + text + ending_markdown(reason, reply.error, save_error)
+
+
+def reply_facts(reply: Reply) -> list[str]:
+    """Plain facts about a finished reply: tokens, speed, older messages left out."""
+    facts = []
+    stats = reply.stats
+    if stats is not None:
+        facts.extend(token_facts(stats))
+    if reply.dropped_messages:
+        facts.append(f"{reply.dropped_messages} older messages left out to fit the context")
+    return facts
+
+
+def token_facts(stats: GenerationStats) -> list[str]:
+    """``N tokens`` and ``X tokens/s``, marked when counted from the stream rather than reported."""
+    estimated = " (estimated)" if stats.tokens_estimated else ""
+    facts = []
+    if stats.completion_tokens:
+        facts.append(f"{stats.completion_tokens} tokens{estimated}")
+    if stats.tokens_per_s:
+        facts.append(f"{stats.tokens_per_s:.1f} tokens/s{estimated}")
+    return facts
+
+
+def stats_footer(reply: Reply) -> str:
+    """The magic's line under a finished reply: model, tokens, speed; nothing without stats."""
+    if reply.stats is None:
+        return ""
+    return "\n\n<sub>" + " · ".join([f"`{reply.model}`", *reply_facts(reply)]) + "</sub>"
