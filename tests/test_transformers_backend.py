@@ -400,9 +400,12 @@ def test_two_threads_asking_at_once_load_once_and_unload_gives_everything_back(
     weights = int(results[0]["memory_bytes"])  # type: ignore[call-overload]
     rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     assert rss > weights  # the weights live in the model process, not in this one
-    from nbchat.backends import transformers as module
+    from nbchat.backends.local import registry
 
-    tokenizer = weakref.ref(module._REGISTRY[own].tokenizer)
+    handle = registry.get(own)
+    assert handle is not None
+    tokenizer = weakref.ref(handle.tokenizer)
+    del handle
     streaming = TransformersBackend().stream(own, HELLO, GenerationParams(max_new_tokens=1900, seed=5))
     first = threading.Event()
     reader = threading.Thread(target=consume, args=(streaming, first))

@@ -1,0 +1,172 @@
+"""The kernel's handle on one model process: starting it, and the pipe protocol spoken with it.
+
+JSON arrays, one per line. To the process (its stdin): ``["load", source, dtype,
+local_only]``, ``["generate", request_id, prompt_ids, generate_kwargs, seed]``,
+``["cancel", request_id]``, ``["shutdown"]``. From it (its stdout): ``["ready", info]`` or
+``["load_error", kind, detail]``, then per request ``["tokens", request_id, [ids]]`` and an
+end marker, ``["done", request_id, report]`` or ``["error", request_id, kind, detail]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nbchat.errors import GenerationFailed
+
+CHILD_MODULE = "nbchat.backends.local.child"
+POLL_S = 0.05  # how often a waiting reply looks at its cancel flag
+SHUTDOWN_S = 10.0  # grace period for a model process to stop or exit before it is killed
+
+
+def spawn() -> subprocess.Popen[bytes]:
+    """Start a model process: a fresh interpreter (never a fork of a kernel that has torch threads).
+
+    ``python -m`` rather than ``multiprocessing``'s spawn, which would re-run the
+    caller's ``__main__`` script in the child. It starts in the directory this
+    kernel imported nbchat from, which ``-m`` puts first on the child's
+    ``sys.path``: the child runs the kernel's own nbchat (an editable install,
+    a checkout on ``sys.path``) with nothing added to ``PYTHONPATH``, and a
+    notebook directory's ``torch.py`` cannot shadow anything. The child then
+    changes to the kernel's working directory.
+    """
+    import nbchat
+
+    package_root = Path(nbchat.__file__).resolve().parent.parent
+    try:
+        kernel_cwd = os.getcwd()
+    except OSError:  # the kernel's directory was deleted: stay where nbchat is
+        kernel_cwd = ""
+    env = dict(os.environ)
+    env.pop("PYTHONSAFEPATH", None)  # it would keep the starting directory off the child's sys.path
+    return subprocess.Popen(
+        [sys.executable, "-m", CHILD_MODULE, str(os.getpid()), kernel_cwd],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=package_root,
+        env=env,
+    )
+
+
+@dataclass(eq=False)
+class LocalModel:
+    """A loaded model: its process, the kernel's copy of the tokenizer, what the process reported.
+
+    A reader thread turns the process's stdout lines into ``inbox`` entries
+    (``None`` marks the end of its output: it exited). ``turn`` lets one
+    reply generate at a time; ``current`` is that reply.
+    """
+
+    model_id: str
+    tokenizer: Any
+    process: subprocess.Popen[bytes]
+    info: dict[str, Any] = field(default_factory=dict)
+    inbox: queue.Queue[list[Any] | None] = field(default_factory=queue.Queue)
+    send_lock: threading.Lock = field(default_factory=threading.Lock)
+    turn: threading.Lock = field(default_factory=threading.Lock)  # one generation at a time
+    current: Any = None  # the reply generating now
+    dead: str | None = None  # why the process is gone, once it is
+
+    def __post_init__(self) -> None:
+        threading.Thread(target=self._read, name="nbchat-model-reader", daemon=True).start()
+
+    @property
+    def alive(self) -> bool:
+        return self.dead is None and self.process.poll() is None
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        with contextlib.suppress(OSError, ValueError):  # ValueError: the pipe was closed under us
+            for line in self.process.stdout:
+                try:
+                    self.inbox.put(json.loads(line))
+                except ValueError:
+                    continue  # not one of ours; the model process sends everything else to stderr
+        self.inbox.put(None)
+
+    def send(self, *message: Any) -> None:
+        data = (json.dumps(message) + "\n").encode()
+        with self.send_lock:
+            try:
+                assert self.process.stdin is not None
+                self.process.stdin.write(data)
+                self.process.stdin.flush()
+            except (OSError, ValueError) as exc:  # a closed pipe: the process is gone
+                raise GenerationFailed(self.death_message()) from exc
+
+    def receive(self, timeout: float) -> list[Any] | None:
+        """The process's next message, or None after ``timeout``; its death raises ``GenerationFailed``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                message = self.inbox.get(timeout=max(0.0, min(POLL_S, deadline - time.monotonic())))
+            except queue.Empty:
+                if time.monotonic() >= deadline:
+                    return None
+                continue
+            if message is None:
+                self.inbox.put(None)  # every later reader must see the end too
+                raise GenerationFailed(self.death_message())
+            return message
+
+    def death_message(self) -> str:
+        try:
+            code = self.process.wait(SHUTDOWN_S)
+        except subprocess.TimeoutExpired:
+            code = None
+        self.dead = self.dead or (f"exit code {code}" if code is not None else "its output closed")
+        hint = " (killed: the system may have run out of memory)" if code in (-9, 137) else ""
+        return (
+            f"The model process for {self.model_id!r} stopped unexpectedly ({self.dead}{hint}). "
+            "It will be reloaded on the next message; try a smaller model or fewer new tokens if it repeats."
+        )
+
+    def shutdown(self) -> None:
+        """Ask the process to exit and make sure it does (it is killed after a grace period)."""
+        self.dead = self.dead or "unloaded"
+        with contextlib.suppress(OSError, ValueError), self.send_lock:
+            assert self.process.stdin is not None
+            self.process.stdin.write(b'["shutdown"]\n')
+            self.process.stdin.close()
+        try:
+            self.process.wait(SHUTDOWN_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(SHUTDOWN_S)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+    def kill(self, why: str) -> None:
+        """End the process now, without asking (it froze, or its half-done load is unwanted)."""
+        self.dead = self.dead or why
+        with contextlib.suppress(OSError):
+            self.process.kill()  # SIGKILL ends a stopped (SIGSTOP) process too
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(SHUTDOWN_S)
+        with contextlib.suppress(OSError, ValueError):
+            assert self.process.stdin is not None
+            self.process.stdin.close()
+
+    def close_at_exit(self) -> None:
+        """The interpreter is exiting: EOF on its stdin makes the process exit at once."""
+        with contextlib.suppress(OSError, ValueError):
+            assert self.process.stdin is not None
+            self.process.stdin.close()
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Resident memory of ``pid`` (Linux ``/proc``), None where unknown."""
+    try:
+        pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE")

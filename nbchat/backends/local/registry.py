@@ -1,0 +1,164 @@
+"""The kernel's loaded local models: each loaded once, shared by every reply, given back on unload.
+
+A model id maps to one ``LocalModel`` (its process). Loading runs in a thread
+of its own, one per model id however many callers ask at once; callers wait
+for it and may stop waiting (Stop) at any moment. A load nobody waits for any
+more is ended, so the registry only ever holds fully loaded models.
+"""
+
+from __future__ import annotations
+
+import atexit
+import gc
+import subprocess
+import threading
+from dataclasses import dataclass, field
+
+from nbchat.backends.base import ProgressCallback
+from nbchat.backends.local import PREFIX
+from nbchat.backends.local.devices import empty_device_caches
+from nbchat.backends.local.loader import LoadCancelled, resolve, start
+from nbchat.backends.local.process import POLL_S, SHUTDOWN_S, LocalModel
+
+_REGISTRY: dict[str, LocalModel] = {}
+_LOADING: dict[str, _Load] = {}
+_LOCK = threading.Lock()
+
+
+@dataclass(eq=False)
+class _Load:
+    """One model being loaded, and how many callers still wait for it."""
+
+    key: str
+    done: threading.Event = field(default_factory=threading.Event)
+    abort: threading.Event = field(default_factory=threading.Event)
+    waiters: int = 0
+    handle: LocalModel | None = None
+    error: BaseException | None = None
+
+
+def load(
+    model: str,
+    on_progress: ProgressCallback | None = None,
+    dtype: str | None = None,
+    cancel: threading.Event | None = None,
+) -> LocalModel:
+    """The loaded model for ``model``, loading it (once, whoever asks at the same time) if needed.
+
+    ``on_progress`` hears the phases of a load this call starts. When ``cancel``
+    is set, this caller stops waiting within ``POLL_S`` (``LoadCancelled``); the
+    load goes on only if someone else still waits for it.
+    """
+    key = resolve(model)
+    with _LOCK:
+        handle = _REGISTRY.get(key)
+        if handle is not None and handle.alive:
+            return handle
+        job = _LOADING.get(key)
+        if job is None or job.abort.is_set():  # an abandoned load is ending: start afresh
+            job = _LOADING[key] = _Load(key)
+            threading.Thread(
+                target=_run, args=(job, on_progress, dtype), name="nbchat-model-load", daemon=True
+            ).start()
+        job.waiters += 1
+    try:
+        while not job.done.wait(POLL_S):
+            if cancel is not None and cancel.is_set():
+                raise LoadCancelled(key)
+    finally:
+        with _LOCK:
+            job.waiters -= 1
+            if job.waiters == 0 and not job.done.is_set():
+                job.abort.set()  # nobody wants it any more
+    if job.error is not None:
+        raise job.error
+    assert job.handle is not None
+    return job.handle
+
+
+def _run(job: _Load, on_progress: ProgressCallback | None, dtype: str | None) -> None:
+    try:
+        handle = start(job.key, on_progress, dtype, job.abort)
+        with _LOCK:
+            if not job.abort.is_set():
+                _REGISTRY[job.key] = job.handle = handle
+        if job.handle is None:  # everyone stopped waiting just as it got ready
+            handle.shutdown()
+            raise LoadCancelled(job.key)
+    except BaseException as exc:  # handed to every waiter
+        job.error = exc
+    finally:
+        with _LOCK:
+            if _LOADING.get(job.key) is job:
+                del _LOADING[job.key]
+            job.done.set()
+
+
+def get(model: str) -> LocalModel | None:
+    """The model if it is loaded now; never loads it."""
+    with _LOCK:
+        handle = _REGISTRY.get(resolve(model))
+    return handle if handle is not None and handle.alive else None
+
+
+def handles() -> list[LocalModel]:
+    """Every loaded model whose process is alive."""
+    with _LOCK:
+        return [h for h in _REGISTRY.values() if h.alive]
+
+
+def loaded() -> list[str]:
+    """Model ids (``transformers:<name>``) loaded in this kernel now."""
+    return [f"{PREFIX}:{h.model_id}" for h in handles()]
+
+
+def forget(handle: LocalModel) -> None:
+    """Drop ``handle`` from the registry (its process is gone or untrusted): the next use reloads."""
+    with _LOCK:
+        if _REGISTRY.get(handle.model_id) is handle:
+            del _REGISTRY[handle.model_id]
+
+
+def unload(model: str | None = None) -> list[str]:
+    """Unload ``model`` (default: every local model) and give its memory back; returns the ids unloaded.
+
+    A reply in flight on that model is cancelled first (its partial text is
+    kept). The model process exits, so every byte of weights, caches and
+    device memory it held is returned to the system; the kernel drops its
+    tokenizer, runs ``gc.collect()`` and empties the cuda/mps cache if torch
+    is in use here.
+    """
+    with _LOCK:
+        keys = [key for key in (list(_REGISTRY) if model is None else [resolve(model)]) if key in _REGISTRY]
+        unloading = [_REGISTRY.pop(key) for key in keys]
+    for handle in unloading:
+        reply = handle.current
+        if reply is not None:
+            reply.cancel()
+        got_turn = handle.turn.acquire(timeout=SHUTDOWN_S)
+        try:
+            handle.shutdown()
+        finally:
+            if got_turn:
+                handle.turn.release()
+        handle.tokenizer = None
+        handle.current = None
+    del unloading
+    gc.collect()
+    empty_device_caches()
+    return [f"{PREFIX}:{key}" for key in keys]
+
+
+@atexit.register
+def _close_all() -> None:
+    """At interpreter exit, end every model process without waiting on replies in flight."""
+    with _LOCK:
+        closing = list(_REGISTRY.values())
+        _REGISTRY.clear()
+    for handle in closing:
+        handle.close_at_exit()
+    for handle in closing:
+        try:
+            handle.process.wait(2.0)
+        except subprocess.TimeoutExpired:
+            handle.process.kill()
