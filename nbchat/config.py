@@ -42,6 +42,7 @@ DEFAULT_OLLAMA_PORT = 11434
 DEFAULT_QWEN_MODEL = "Qwen/Qwen3-1.7B"
 DEFAULT_MAX_USERS = 10
 DEFAULT_READ_TIMEOUT_S = 120.0  # a cold model load on a server can keep the first token waiting
+MAX_READ_TIMEOUT_S = 86_400
 DEFAULT_SITE_CONFIG = Path("/etc/nbchat/config.toml")
 
 #: ``[nbchat]`` keys of the site file and the environment variables they stand in for.
@@ -222,7 +223,7 @@ def _read_site_file(env: Mapping[str, str]) -> tuple[Path | None, dict[str, str]
     the environment overrides it: a broken file is reported when it is read, never later.
     """
     named = (env.get("NBCHAT_CONFIG") or "").strip()
-    path = Path(named).expanduser() if named else DEFAULT_SITE_CONFIG
+    path = _path("NBCHAT_CONFIG", named, "the site config file") if named else DEFAULT_SITE_CONFIG
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -364,9 +365,20 @@ def _flag(name: str, raw: str | None, *, default: bool) -> bool:
 def _data_dir(name: str, raw: str | None) -> Path:
     if raw is None or not raw.strip():
         return Path(platformdirs.user_data_dir("nbchat", appauthor=False))
+    return _path(name, raw.strip(), "a directory").absolute()
+
+
+def _path(name: str, raw: str, what: str) -> Path:
+    """``raw`` as a path with ``~`` expanded; what the OS would refuse later is a ConfigError now."""
     if "\x00" in raw:
-        raise ConfigError(f"{name} contains a NUL character; set it to a directory path.")
-    return Path(raw.strip()).expanduser().absolute()
+        raise ConfigError(f"{name} contains a NUL character; set it to the path of {what}.")
+    try:
+        return Path(raw).expanduser()
+    except RuntimeError:  # ~someone for a user this machine does not know
+        raise ConfigError(
+            f"{name} names the home of {raw.split('/', 1)[0]!r}, a user this machine does not know; "
+            f"set it to the full path of {what}."
+        ) from None
 
 
 def _positive_int(name: str, raw: str | None, default: int) -> int:
@@ -390,6 +402,10 @@ def _positive_float(name: str, raw: str | None, default: float) -> float:
         raise ConfigError(f"{name} must be a number of seconds such as {default:g}, not {raw!r}.") from None
     if not value > 0 or value == float("inf"):
         raise ConfigError(f"{name} must be a positive number of seconds, not {raw.strip()!r}.")
+    if value > MAX_READ_TIMEOUT_S:  # the OS's timers overflow long before 1e12 s
+        raise ConfigError(
+            f"{name} must be at most {MAX_READ_TIMEOUT_S:,} seconds (a day), not {raw.strip()}."
+        )
     return value
 
 

@@ -211,3 +211,28 @@ def test_an_api_key_with_a_newline_inside_is_refused_without_showing_it() -> Non
         load_config({"OPENAI_API_KEY": "sk-abc123\nX-Injected: 1"})
     assert "abc123" not in str(caught.value)
     assert load_config({"OPENAI_API_KEY": "sk-abc123\n"}).openai_api_key == "sk-abc123"  # trimmed
+
+
+# -- paths and numbers the operating system would trip over later -------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"NBCHAT_CONFIG": "/etc/nbchat/a\x00b.toml"}, "NBCHAT_CONFIG contains a NUL character"),
+        ({"NBCHAT_CONFIG": "~no-such-user-here/config.toml"}, "NBCHAT_CONFIG names the home of"),
+        ({"NBCHAT_DATA_DIR": "~no-such-user-here/chats"}, "NBCHAT_DATA_DIR names the home of"),
+    ],
+)
+def test_a_path_that_cannot_be_resolved_is_a_config_error_naming_the_variable(
+    env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(env)
+
+
+@pytest.mark.parametrize("raw", ["1e12", "1e300", "86401"])
+def test_a_read_timeout_too_long_for_the_operating_system_is_refused(raw: str) -> None:
+    with pytest.raises(ConfigError, match="NBCHAT_READ_TIMEOUT must be at most 86,400 seconds"):
+        load_config({"NBCHAT_READ_TIMEOUT": raw})
+    assert load_config({"NBCHAT_READ_TIMEOUT": "86400"}).read_timeout_s == 86400.0
