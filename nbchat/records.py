@@ -12,9 +12,20 @@ from datetime import datetime, timezone
 from typing import Any
 
 from nbchat.errors import InvalidValue, UnsupportedVersion
-from nbchat.types import Conversation, ConversationSettings, Message
+from nbchat.types import (
+    MAX_MODEL_ID_CHARS,
+    MAX_SYSTEM_CHARS,
+    MAX_TITLE_CHARS,
+    Conversation,
+    ConversationSettings,
+    Message,
+)
 
 FORMAT_VERSION = 1
+# No header nbchat writes is longer: each character takes at most 6 bytes (a \u escape), plus
+# room for the field names, times and numbers. Readers stop there instead of reading a huge line.
+MAX_HEADER_BYTES = 6 * (MAX_SYSTEM_CHARS + MAX_TITLE_CHARS + MAX_MODEL_ID_CHARS) + 4096
+HEADER_TOO_LONG = f"the first line is longer than any header nbchat writes ({MAX_HEADER_BYTES:,} bytes)"
 
 
 MAX_REASON_CHARS = 200  # a reason quotes the bad value; a megabyte of it helps nobody

@@ -349,7 +349,7 @@ class ConversationStore:
             with os_errors(path, "read", writing=False):
                 try:
                     with path.open("rb") as handle:
-                        first = handle.readline()
+                        first = handle.readline(records.MAX_HEADER_BYTES + 1)
                         mtime = os.fstat(handle.fileno()).st_mtime
                 except FileNotFoundError:
                     return None  # deleted by another kernel while listing
@@ -357,6 +357,8 @@ class ConversationStore:
             warnings.warn(f"Skipped a conversation: {exc}", NbchatWarning, stacklevel=3)
             return None
         try:
+            if len(first) > records.MAX_HEADER_BYTES:
+                raise records.RecordError(records.HEADER_TOO_LONG)
             # With or without its newline: a header that parses is whole (atomic writes never tear one).
             header = records.parse_header(first)
             if header.id != path.name[: -len(SUFFIX)]:
@@ -404,9 +406,11 @@ class ConversationStore:
                 raise self._not_found(conversation_id) from None
             with handle:
                 stat = os.fstat(handle.fileno())
-                first = handle.readline()
+                first = handle.readline(records.MAX_HEADER_BYTES + 1)
                 cached = self._cache.get(conversation_id)
-                if (
+                if len(first) > records.MAX_HEADER_BYTES:
+                    cached, tail = None, b""  # not a conversation: do not read it all
+                elif (
                     cached
                     and (cached.inode, cached.header) == (stat.st_ino, first)
                     and stat.st_size >= cached.offset
@@ -416,6 +420,8 @@ class ConversationStore:
                 else:
                     cached, tail = None, first + handle.read()
         try:
+            if len(first) > records.MAX_HEADER_BYTES:
+                raise records.RecordError(records.HEADER_TOO_LONG)
             read = self._parse(conversation_id, stat.st_ino, cached, tail)
         except records.RecordError as exc:
             self._cache.pop(conversation_id, None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tracemalloc
 import warnings
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -26,7 +27,7 @@ from nbchat import (
 )
 from nbchat.errors import StorageFailed
 from nbchat.store import claim_directory
-from nbchat.types import MAX_CONTENT_CHARS, new_id
+from nbchat.types import MAX_CONTENT_CHARS, MAX_MODEL_ID_CHARS, MAX_SYSTEM_CHARS, MAX_TITLE_CHARS, new_id
 
 
 @pytest.fixture
@@ -618,3 +619,31 @@ def test_a_login_ends_when_its_account_is_marked_anew_and_says_a_password_change
         store.list()
     with pytest.raises(NotLoggedIn, match="log in again"):
         store.get(new_id())
+
+
+def test_a_huge_file_without_a_header_line_is_moved_aside_without_being_read_into_memory(
+    store: ConversationStore,
+) -> None:
+    """No header nbchat writes comes near a megabyte; a 64 MB first line is not one (a binary file?)."""
+    store.create("Healthy")
+    damaged = store.create("Damaged")
+    path = file_of(store, damaged.id)
+    path.write_bytes(b"\xff" * 64 * 2**20)
+    tracemalloc.start()
+    try:
+        with pytest.warns(NbchatWarning, match="longer than any header"):
+            assert [s.title for s in store.list()] == ["Healthy"]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 2**20, f"listing held {peak / 2**20:.0f} MiB"
+    assert not path.exists() and len(list(store.directory.glob(f"{damaged.id}.jsonl.corrupt-*"))) == 1
+
+
+def test_the_longest_header_nbchat_can_write_still_lists_and_loads(store: ConversationStore) -> None:
+    """The header size bound leaves room for every allowed value at its worst (\\u escapes)."""
+    settings = ConversationSettings(model="m" * MAX_MODEL_ID_CHARS, system="\x01" * MAX_SYSTEM_CHARS)
+    conversation = store.create("𝕏" * MAX_TITLE_CHARS, settings)
+    fresh = ConversationStore(store.directory.parent.parent, "alice")
+    assert [s.title for s in fresh.list()] == [conversation.title]
+    assert fresh.get(conversation.id).settings == settings
