@@ -33,6 +33,7 @@ from typing import Any
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
 
 from nbchat.errors import InvalidValue, NbchatError, NoConversation, NotLoggedIn
+from nbchat.render import stats_footer
 from nbchat.reply import Reply
 from nbchat.session import ChatSession, get_session
 
@@ -460,7 +461,7 @@ def stream_into_cell(reply: Reply) -> ChatAnswer:
         reply.join()
     except NbchatError:
         pass  # shown below, under the partial text
-    handle.update(Markdown(reply.markdown() + footer(reply)))
+    handle.update(Markdown(reply.markdown() + stats_footer(reply)))
     return ChatAnswer(reply)
 
 
@@ -480,20 +481,6 @@ def pull_into_cell(session: ChatSession, name: str) -> None:
 
     model_id = session.pull(name, progress)
     handle.update(Markdown(f"Pulled `{name}`: choose it with `-m {model_id}`."))
-
-
-def footer(reply: Reply) -> str:
-    stats = reply.stats
-    if stats is None:
-        return ""
-    parts = [f"`{reply.model}`"]
-    if stats.completion_tokens:
-        parts.append(f"{stats.completion_tokens} tokens")
-    if stats.tokens_per_s:
-        parts.append(f"{stats.tokens_per_s:.1f} tokens/s")
-    if reply.dropped_messages:
-        parts.append(f"{reply.dropped_messages} older messages left out to fit the context")
-    return "\n\n<sub>" + " · ".join(parts) + "</sub>"
 
 
 def conversation_table(session: ChatSession) -> str:
