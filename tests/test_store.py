@@ -24,6 +24,7 @@ from nbchat import (
     NbchatWarning,
     NotLoggedIn,
     UnsupportedVersion,
+    records,
 )
 from nbchat.errors import StorageFailed
 from nbchat.store import claim_directory
@@ -647,3 +648,43 @@ def test_the_longest_header_nbchat_can_write_still_lists_and_loads(store: Conver
     fresh = ConversationStore(store.directory.parent.parent, "alice")
     assert [s.title for s in fresh.list()] == [conversation.title]
     assert fresh.get(conversation.id).settings == settings
+
+
+# -- reading without the lock ---------------------------------------------------------------
+
+
+def test_a_reader_that_cannot_lock_leaves_an_unfinished_append_alone_and_sees_it_once_done(
+    store: ConversationStore,
+) -> None:
+    """What makes unlocked reading safe: it repairs nothing and remembers complete lines only,
+    so another kernel's append that is still being written is neither cut off nor misread."""
+    conversation = store.create("Chat")
+    saved = store.append(conversation.id, Message("user", "saved"))
+    lock = store.directory / ".lock"
+    lock.unlink()
+    lock.mkdir()  # the lock file cannot be opened, as on a read-only disk
+    reader = ConversationStore(store.directory.parent.parent, "alice")
+    path = file_of(store, conversation.id)
+    line = records.message_line(Message("assistant", "being written by another kernel"))
+    with path.open("ab") as handle:
+        handle.write(line[:20])
+    during = path.read_bytes()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert reader.get(conversation.id).messages == (saved,)
+    assert path.read_bytes() == during, "an unlocked reader never truncates"
+    with path.open("ab") as handle:
+        handle.write(line[20:-1])  # complete but for its newline: already a whole message
+    assert [m.content for m in reader.get(conversation.id).messages] == [
+        "saved",
+        "being written by another kernel",
+    ]
+    with path.open("ab") as handle:
+        handle.write(b"\n" + records.message_line(Message("user", "and one more")))
+    assert [m.content for m in reader.get(conversation.id).messages] == [
+        "saved",
+        "being written by another kernel",
+        "and one more",
+    ]
+    with pytest.raises(StorageFailed, match=re.escape(str(lock))):
+        reader.append(conversation.id, Message("user", "a writer needs the lock"))
