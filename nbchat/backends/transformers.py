@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import queue
+import threading
 import time
 from collections.abc import Generator, Mapping, Sequence
 from typing import Any, Literal
@@ -19,6 +20,7 @@ from typing import Any, Literal
 from nbchat.backends.base import LoadProgress, ProgressCallback, ReplyStream
 from nbchat.backends.chat import ThinkParser, chat_messages
 from nbchat.backends.local import ENV_MODEL, PREFIX, registry
+from nbchat.backends.local.loader import LoadCancelled
 from nbchat.backends.local.process import POLL_S, SHUTDOWN_S, LocalModel, rss_bytes
 from nbchat.backends.local.registry import loaded, unload
 from nbchat.config import DEFAULT_QWEN_MODEL
@@ -142,8 +144,25 @@ class TransformersBackend:
         handle = self._loaded_model(model, on_progress)
         return {"model": f"{PREFIX}:{handle.model_id}", **handle.info}
 
-    def _loaded_model(self, model: str, on_progress: ProgressCallback | None = None) -> LocalModel:
-        return registry.load(model, on_progress or self._on_progress, self._dtype)
+    def prepare(
+        self,
+        model: str,
+        on_progress: ProgressCallback | None = None,
+        *,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        """Load ``model`` unless it is loaded, reporting each phase to ``on_progress``; free once loaded.
+
+        When ``cancel`` is set (Stop), this returns within a poll (50 ms) without the model, and a
+        load nobody else waits for is ended: nothing half-loaded stays behind.
+        """
+        with contextlib.suppress(LoadCancelled):
+            self._loaded_model(model, on_progress, cancel)
+
+    def _loaded_model(
+        self, model: str, on_progress: ProgressCallback | None = None, cancel: threading.Event | None = None
+    ) -> LocalModel:
+        return registry.load(model, on_progress or self._on_progress, self._dtype, cancel)
 
     def loaded(self) -> list[str]:
         return loaded()
@@ -155,6 +174,11 @@ class TransformersBackend:
         """Exact prompt tokens (the real tokenizer and chat template); loads the model if needed."""
         handle = self._loaded_model(model)
         return len(_prompt_ids(handle, _render_prompt(handle, messages, think)))
+
+    def known_context_window(self, model: str) -> int | None:
+        """The model's context length if it is loaded now, else None: asking never loads a model."""
+        handle = registry.get(model)
+        return int(handle.info["max_position_embeddings"]) if handle is not None else None
 
     def context_window(self, model: str) -> int:
         """The model's context length (``max_position_embeddings``); loads the model if needed."""
