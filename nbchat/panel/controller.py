@@ -1,0 +1,342 @@
+"""``ChatPanel``: wires the panel's parts to the kernel's session; the parts know nothing of each other.
+
+Every action a part reports goes to the session; every change of the session
+(from this panel, another one, the magic or user code) redraws the parts from
+the session. Errors and warnings of an action go to the status line, never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+import warnings
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import ipywidgets as widgets
+
+from nbchat.errors import NbchatError, NbchatWarning
+from nbchat.panel.composer import Composer
+from nbchat.panel.conversation_bar import ConversationBar
+from nbchat.panel.kit import STYLE, classed, close_widgets
+from nbchat.panel.live_reply import LiveReply, ended_status, generating_status, unsaved
+from nbchat.panel.login_form import LoginForm
+from nbchat.panel.message_list import MessageList
+from nbchat.panel.pull_row import PullRow
+from nbchat.panel.settings_row import SettingsRow
+from nbchat.render import reply_markdown
+from nbchat.reply import Reply
+from nbchat.session import ChatSession, get_session
+from nbchat.types import ConversationSettings
+
+
+class ChatPanel(widgets.VBox):
+    """The chat app for one cell; all panels of a kernel share its one session.
+
+    The controls are attributes (``panel.send_button``, ``panel.model``, ...)
+    for scripts and tests; ``close()`` lets the panel go for good.
+    """
+
+    def __init__(self, session: ChatSession | None = None) -> None:
+        super().__init__()
+        self.session = session or get_session()
+        self._lock = threading.RLock()
+        self._closed = False
+        self._following: LiveReply | None = None
+        self._retired: list[widgets.Widget] = []  # widgets of replies followed before, to close
+        self._unsaved: dict[str, dict[str, str]] = {}  # conversation id -> question id -> Markdown
+        self._style = widgets.HTML(STYLE)  # one per panel: a new widget per redraw would pile up
+        self.login_form = LoginForm(self._log_in)
+        self.conversation_bar = ConversationBar(
+            on_logout=lambda: self._act(self.session.logout),
+            on_pick=self._pick,
+            on_new=lambda: self._act(self.session.new_conversation),
+            on_rename=lambda conversation_id, title: bool(
+                self._act(lambda: self.session.rename(conversation_id, title))
+            ),
+            on_delete=lambda conversation_id: self._act(lambda: self.session.delete(conversation_id)),
+        )
+        self.settings_row = SettingsRow(
+            on_model=self._choose_model, on_setting=self._change_setting, on_refresh_models=self._load_models
+        )
+        self.pull_row = PullRow(self._pull)
+        self.message_list = MessageList()
+        self.composer = Composer(on_send=self._send_prompt, on_stop=lambda: self.session.stop())
+        self.login_view = self.login_form.view
+        self.chat_view = classed(
+            widgets.VBox(
+                [
+                    *self.conversation_bar.rows,
+                    *self.settings_row.rows,
+                    *self.pull_row.rows,
+                    self.message_list.view,
+                    *self.composer.rows,
+                ]
+            ),
+            "nbchat-chat-view",
+        )
+        self._expose_controls()
+        classed(self, "nbchat-panel")
+        self._listener = _weak_listener(self)
+        self.session.on_change(self._listener)
+        self.refresh()
+
+    def _expose_controls(self) -> None:
+        """Each part's controls as the panel's own attributes, the names scripts and tests use."""
+        login, bar, settings = self.login_form, self.conversation_bar, self.settings_row
+        self.username = login.username
+        self.password = login.password
+        self.login_button = login.login_button
+        self.register_button = login.register_button
+        self.login_message = login.message
+        self.user_label = bar.user_label
+        self.logout_button = bar.logout_button
+        self.conversations = bar.conversations
+        self.new_button = bar.new_button
+        self.rename_button = bar.rename_button
+        self.delete_button = bar.delete_button
+        self.rename_row = bar.rename_row
+        self.rename_text = bar.rename_text
+        self.rename_ok = bar.rename_ok
+        self.rename_cancel = bar.rename_cancel
+        self.delete_row = bar.delete_row
+        self.delete_question = bar.delete_question
+        self.delete_ok = bar.delete_ok
+        self.delete_cancel = bar.delete_cancel
+        self.model = settings.model
+        self.refresh_models_button = settings.refresh_models_button
+        self.models_note = settings.models_note
+        self.temperature = settings.temperature
+        self.max_tokens = settings.max_tokens
+        self.think = settings.think
+        self.system = settings.system
+        self.system_box = settings.system_box
+        self.pull_name = self.pull_row.name
+        self.pull_button = self.pull_row.button
+        self.pull_progress = self.pull_row.progress
+        self.messages = self.message_list.view
+        self.prompt = self.composer.prompt
+        self.send_button = self.composer.send_button
+        self.stop_button = self.composer.stop_button
+        self.status = self.composer.status
+
+    @property
+    def _live(self) -> widgets.Output | None:
+        """The streaming reply's widget, while this panel follows one."""
+        following = self._following
+        return following.output if following is not None else None
+
+    # -- lifetime ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Let the panel go: it stops listening to the session and following a reply, and every
+        widget of it is closed (ipywidgets keeps a widget until then). Closing twice is harmless."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            following, self._following = self._following, None
+            if following is not None:
+                following.stop()
+                self._retired.append(following.output)
+            self._unsaved.clear()
+        self.session.off_change(self._listener)  # outside our lock: the session calls in under its own
+        close_widgets(self, self.login_view, self.chat_view, *self._retired)
+        self._retired.clear()
+
+    # -- redrawing from the session ------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Show exactly what the session holds now (any thread)."""
+        with self._lock:
+            if self._closed:
+                return
+            if self.session.user is None:
+                self._show_logged_out()
+            else:
+                self._show_logged_in()
+            self._close_retired()
+
+    def _show_logged_out(self) -> None:
+        self.children = [self._style, self.login_view]
+        hub_error = self.session.hub_error
+        self.login_form.show(
+            allow_registration=self.session.config.policy.allow_registration,
+            hub_error=str(hub_error) if hub_error is not None else None,
+        )
+        self._unfollow()
+        self._unsaved.clear()
+        self.message_list.clear()
+        self.conversation_bar.clear()
+        self.settings_row.clear()
+        self.pull_row.clear()
+        self.composer.clear()
+
+    def _show_logged_in(self) -> None:
+        session = self.session
+        if self.children[-1:] != (self.chat_view,):
+            self.children = [self._style, self.chat_view]
+            self.login_form.clear_message()
+            self.conversation_bar.ask_rename(False)
+            self.conversation_bar.ask_delete(False)
+            self._load_models()
+        current = session.current
+        self.conversation_bar.show(
+            session.user or "", hub=session.hub_login, summaries=session.conversations(), current=current
+        )
+        settings = current.settings if current is not None else ConversationSettings()
+        self.settings_row.show(settings)
+        reply = session.reply
+        streaming = (
+            reply is not None
+            and not reply.done
+            and current is not None
+            and reply.conversation_id == current.id
+        )
+        if streaming and (self._following is None or self._following.reply is not reply):
+            self._follow(reply)  # type: ignore[arg-type]
+        if reply is not None:
+            self._keep_if_unsaved(reply)
+        self.message_list.show(
+            current.messages if current is not None else (),
+            unsaved=self._unsaved.get(current.id) if current is not None else None,
+            live=self._live if streaming else None,
+        )
+        self.composer.set_busy(streaming, settings.model)
+        self.conversation_bar.set_busy(streaming)
+        self.settings_row.set_busy(streaming)
+
+    def _keep_if_unsaved(self, reply: Reply) -> None:
+        """A reply that could not be saved stays shown (it is in no history) and the status says why."""
+        if not unsaved(reply):
+            return
+        kept = self._unsaved.setdefault(reply.conversation_id, {})
+        if reply.prompt.id not in kept:
+            kept[reply.prompt.id] = reply_markdown(reply)
+            self.composer.say(ended_status(reply))
+
+    def _load_models(self) -> None:
+        """Ask the engines what can be chosen now (the Ollama server's tags and the local Qwen3)."""
+        models, problem = self.session.model_choices()
+        current = self.session.current
+        self.settings_row.offer(models, problem, current.settings.model if current is not None else None)
+
+    # -- following a reply ---------------------------------------------------------------------
+
+    def _follow(self, reply: Reply) -> None:
+        """Show ``reply`` as it streams, redrawn at a bounded rate by a thread of its own."""
+        self._unfollow()
+        self._following = LiveReply(reply, on_status=self.composer.say, on_end=self._reply_ended)
+        self.composer.say(generating_status(reply))
+
+    def _unfollow(self) -> None:
+        following, self._following = self._following, None
+        if following is not None:
+            following.stop()
+            self._retired.append(following.output)  # closed once no longer shown
+
+    def _reply_ended(self, reply: Reply) -> None:
+        with self._lock:
+            if self._closed or self._following is None or self._following.reply is not reply:
+                return
+            self.composer.say(ended_status(reply))
+            self._unfollow()
+        self.refresh()  # the saved message (or the unsaved reply) takes the live widget's place
+
+    def _close_retired(self) -> None:
+        retired, self._retired = self._retired, []
+        close_widgets(*retired)
+
+    # -- actions -------------------------------------------------------------------------------
+
+    def _act(self, action: Callable[[], Any]) -> Any:
+        """Run a session action; its errors and warnings go to the status line, never a traceback."""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", NbchatWarning)
+            try:
+                result = action()
+            except NbchatError as exc:
+                self.composer.error(str(exc))
+                return None
+        notes = [str(w.message) for w in caught if issubclass(w.category, NbchatWarning)]
+        if notes:
+            self.composer.say(html.escape(" ".join(notes)))
+        return result
+
+    def _log_in(self, name: str, password: str, register: bool) -> None:
+        try:
+            if register:
+                self.session.register(name, password)
+            self.session.login(name, password)
+        except NbchatError as exc:
+            self.login_form.refused(str(exc))
+            return
+        self.login_form.accepted()
+
+    def _pick(self, conversation_id: str) -> None:
+        current = self.session.current
+        if current is None or current.id != conversation_id:
+            self._act(lambda: self.session.select(conversation_id))
+
+    def _choose_model(self, model: str | None) -> None:
+        def choose() -> None:
+            if self.session.current is None:
+                if model is None:
+                    return
+                self.session.new_conversation()
+            self.session.configure(model=model)
+
+        self._act(choose)
+        if self.session.user is not None:
+            self.refresh()  # after a refusal, the stored choice shows again
+
+    def _change_setting(self, name: str, value: Any) -> None:
+        if self.session.current is None:
+            return
+        if self._act(lambda: self.session.configure(**{name: value})) is None:
+            self.refresh()  # refused: the stored value shows again
+
+    def _send_prompt(self, text: str) -> None:
+        if self._act(lambda: self.session.send(text)) is not None:
+            self.composer.sent()
+
+    def _pull(self, name: str) -> None:
+        """Ask Ollama to download a model, in a thread (it can take minutes), with a progress bar."""
+        if not name:
+            self.composer.error("Type the name of an Ollama model to pull, e.g. qwen3:1.7b.")
+            return
+        self.pull_row.started()
+        self.composer.say(f"Pulling <code>{html.escape(name)}</code>…")
+
+        def progress(step: Any) -> None:
+            self.pull_row.advanced(step.fraction)
+            self.composer.say(f"Pulling <code>{html.escape(name)}</code>: {html.escape(step.status)}")
+
+        def work() -> None:
+            try:
+                model_id = self.session.pull(name, progress)
+            except NbchatError as exc:
+                self.composer.error(str(exc))
+            else:
+                self.pull_row.succeeded()
+                if not self._closed:
+                    self._load_models()
+                self.composer.say(f"Pulled <code>{html.escape(model_id)}</code>: choose it above.")
+            finally:
+                self.pull_row.ended()
+
+        threading.Thread(target=work, name="nbchat-pull", daemon=True).start()
+
+
+def _weak_listener(panel: ChatPanel) -> Callable[[ChatSession], None]:
+    """A session listener that does not keep a forgotten panel alive (``close()`` removes it)."""
+    ref = weakref.ref(panel)
+
+    def listener(_session: ChatSession) -> None:
+        alive = ref()
+        if alive is not None:
+            alive.refresh()
+
+    return listener
