@@ -133,8 +133,10 @@ class Login:
 class Accounts:
     """The accounts of one data dir. Safe to use from several threads and kernels at once."""
 
-    #: The steps of ``delete_account`` that ``_reached`` announces (tests/workers.py kills a worker at each).
+    #: The steps of ``delete_account`` that ``_reached`` announces (tests/workers.py kills a worker there).
     DELETION_STEPS = ("authenticated", "renamed", "users-written")
+    #: The step of ``change_password`` between saving users.json and rewriting the directory's marker.
+    PASSWORD_STEPS = ("password-saved",)
 
     def __init__(
         self,
@@ -180,24 +182,28 @@ class Accounts:
                 raise UsernameTaken(f"The username {username!r} is taken (names ignore case).")
             self._refuse_when_full(users)
             self._set_aside_orphaned_conversations(key)
-            account_id = new_id()
-            claim_directory(self.data_dir, key, account_id)
             now = utcnow().isoformat(timespec="seconds")
-            users[key] = {
+            record = {
                 "name": username,
-                "account_id": account_id,
+                "account_id": new_id(),
                 "password_hash": password_hash,
                 "created": now,
                 "password_changed": now,
             }
+            claim_directory(self.data_dir, key, _token_of(record))
+            users[key] = record
             self._write_users(users)
         return key
 
     def login(self, username: str, password: str) -> Login:
         """Check the password; returns a ``Login`` that opens the user's conversations."""
         key, record = self._authenticate(username, password)
-        store = ConversationStore(self.data_dir, key, account_id=record["account_id"])
-        return Login(key, record["name"], store)
+        return self._login_to(key, record, record["name"])
+
+    def _login_to(self, key: str, record: dict[str, Any], display_name: str) -> Login:
+        """A login whose store serves only while the account's directory holds this login token."""
+        store = ConversationStore(self.data_dir, key, account_id=_token_of(record))
+        return Login(key, display_name, store)
 
     def hub_login(self, hub_name: str) -> Login:
         """Log a JupyterHub user in without a password: the hub already proved who they are.
@@ -229,13 +235,13 @@ class Accounts:
                     "password_changed": now,
                     "hub_name": hub_name,
                 }
-                claim_directory(self.data_dir, key, record["account_id"])
+                claim_directory(self.data_dir, key, _token_of(record))
                 users[key] = record
                 self._write_users(users)
             else:
                 key, record = found
-        store = ConversationStore(self.data_dir, key, account_id=record["account_id"])
-        return Login(key, hub_name, store)
+                self._repair_marker(key, record)
+        return self._login_to(key, record, hub_name)
 
     def _hub_account(
         self, users: dict[str, dict[str, Any]], key: str, hub_name: str
@@ -281,17 +287,30 @@ class Accounts:
         """End a login: its conversation store drops everything it held in memory."""
         login.close()
 
-    def change_password(self, username: str, old_password: str, new_password: str) -> None:
+    def change_password(self, username: str, old_password: str, new_password: str) -> Login:
+        """Set a new password; this ends every login of the account, in every kernel.
+
+        The account gets a new login token, written to ``users.json`` first (the
+        truth) and then to its directory's marker: every store opened with the
+        old token then raises ``NotLoggedIn``. Returns a fresh ``Login`` for the
+        caller, which should replace its own (that one has ended too). A crash
+        between the two writes is repaired by the next login.
+        """
+        check_password(new_password, username)
         key, authenticated = self._authenticate(username, old_password)
-        encoded = check_password(new_password, username)
-        password_hash = self._hash(encoded)
+        password_hash = self._hash(check_password(new_password, username))
         with self._users_lock():
             users = self._read_users()
-            if not _same_account(users.get(key), authenticated):
-                raise AuthenticationFailed(WRONG_CREDENTIALS)  # deleted (and perhaps re-made) meanwhile
-            users[key]["password_hash"] = password_hash
-            users[key]["password_changed"] = utcnow().isoformat(timespec="seconds")
+            record = users.get(key)
+            if record is None or not _unchanged(record, authenticated):
+                raise AuthenticationFailed(WRONG_CREDENTIALS)  # deleted, re-made or changed meanwhile
+            record["password_hash"] = password_hash
+            record["password_changed"] = utcnow().isoformat(timespec="seconds")
+            record["login_token"] = new_id()
             self._write_users(users)
+            self._reached("password-saved")
+            claim_directory(self.data_dir, key, record["login_token"])
+        return self._login_to(key, record, record["name"])
 
     def delete_account(self, username: str, password: str) -> None:
         """Delete the account and every conversation of it, after checking the password.
@@ -306,8 +325,8 @@ class Accounts:
         key, authenticated = self._authenticate(username, password)
         with self._users_lock():
             users = self._read_users()
-            if not _same_account(users.get(key), authenticated):
-                raise AuthenticationFailed(WRONG_CREDENTIALS)  # deleted (and perhaps re-made) meanwhile
+            if not _unchanged(users.get(key), authenticated):
+                raise AuthenticationFailed(WRONG_CREDENTIALS)  # deleted, re-made or changed meanwhile
             self._reached("authenticated")
             user_dir = self.config.conversations_dir / key
             trash: Path | None = None
@@ -383,11 +402,24 @@ class Accounts:
         if "hub_name" in record:  # only JupyterHub logs a hub account in, whatever its hash
             raise AuthenticationFailed(WRONG_CREDENTIALS)
         with self._users_lock():
+            if not _unchanged(self._read_users().get(key), record):
+                raise AuthenticationFailed(WRONG_CREDENTIALS)  # deleted, re-made or changed meanwhile
             now = self._clock()
             throttle = self._read_throttle(now)
             if throttle.failures.pop(key, None) is not None:
                 self._write_throttle(throttle, now)
+            self._repair_marker(key, record)
         return key, record
+
+    def _repair_marker(self, key: str, record: dict[str, Any]) -> None:
+        """Give the account's directory its marker if a crash or a hand left it stale or missing.
+
+        ``users.json`` is the truth: a password change killed between its two
+        writes leaves the old token in the marker. Caller holds the lock and has
+        just read ``record`` from ``users.json``, so the directory is this account's.
+        """
+        if _read_marker(self.config.conversations_dir / key) != _token_of(record):
+            claim_directory(self.data_dir, key, _token_of(record))
 
     @staticmethod
     def _password_matches(password: object, stored: bytes) -> bool:
@@ -499,14 +531,24 @@ class Accounts:
             )
 
 
-def _same_account(record: dict[str, Any] | None, authenticated: dict[str, Any]) -> bool:
-    """True if ``record`` is still the account that was authenticated (not deleted and made again)."""
-    return record is not None and record["account_id"] == authenticated["account_id"]
+def _unchanged(record: dict[str, Any] | None, authenticated: dict[str, Any]) -> bool:
+    """True if ``record`` is still the account whose password was checked: not deleted, made
+    again or given another password since."""
+    return record is not None and all(
+        record.get(name) == authenticated.get(name) for name in ("account_id", "password_hash", "login_token")
+    )
+
+
+def _token_of(record: dict[str, Any]) -> str:
+    """The token a login of this account opens its store with and its directory's marker holds:
+    ``login_token``, new at every password change; until the first one, the account id."""
+    token = record.get("login_token")
+    return token if isinstance(token, str) else record["account_id"]
 
 
 def _markers_of(record: dict[str, Any]) -> set[str]:
-    """The values the account's directory marker can hold."""
-    return {record["account_id"]}
+    """The values the account's directory marker can hold (an old one: its account id)."""
+    return {record["account_id"], _token_of(record)}
 
 
 def _read_marker(directory: Path) -> str | None:
@@ -602,6 +644,10 @@ def _user_record_problem(key: object, record: object) -> str | None:
             return f"lacks {name!r}"
     if not is_valid_id(record["account_id"]):
         return "has an invalid account_id"
+    if "login_token" in record and not is_valid_id(record["login_token"]):
+        return "has an invalid login_token"
+    if "hub_name" in record and not isinstance(record["hub_name"], str):
+        return "has a hub_name that is not text"
     if record["name"].lower() != key:
         return "has a display name that does not match its key"
     if not BCRYPT_HASH.fullmatch(record["password_hash"]):

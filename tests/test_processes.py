@@ -37,6 +37,7 @@ from nbchat import (
     Message,
     NbchatError,
     NbchatWarning,
+    NotLoggedIn,
     records,
 )
 from nbchat.accounts import FREE_FAILURES
@@ -645,6 +646,29 @@ def test_a_deletion_killed_at_any_step_is_finished_by_the_next_kernel_or_never_b
     assert list((data / "conversations").glob(".deleted-*")) == []
     bobs = next_kernel.login("bob", workers.PASSWORD).conversations.list()
     assert [c.title for c in bobs] == ["bob's chat"]
+
+
+def test_a_password_change_killed_between_its_two_writes_is_repaired_by_the_next_login(
+    tmp_path: Path, spawn
+) -> None:
+    """Killed after users.json has the new password (and login token) but before the directory's marker
+    does: the new password logs in and reaches the conversations, and the login from before the change
+    has ended."""
+    data = tmp_path / "data"
+    accounts = Accounts(Config(data_dir=data), bcrypt_rounds=4)
+    accounts.register("eve", workers.PASSWORD)
+    before = accounts.login("eve", workers.PASSWORD)
+    before.conversations.create("eve's chat")
+
+    new_password = "a new password"
+    worker = spawn("change-password-pausing", data, "eve", workers.PASSWORD, new_password, "password-saved")
+    worker.wait_for_line("reached password-saved")
+    worker.kill()
+
+    next_kernel = Accounts(Config(data_dir=data), bcrypt_rounds=4)
+    assert [c.title for c in next_kernel.login("eve", new_password).conversations.list()] == ["eve's chat"]
+    with pytest.raises(NotLoggedIn):
+        before.conversations.list()
 
 
 # -- races found while writing these tests, fixed since -----------------------------------------

@@ -106,9 +106,9 @@ def cmd_replace_account(data_dir: str, username: str, old_password: str, new_pas
     emit(json.dumps({"id": conversation.id}))
 
 
-def cmd_delete_pausing(data_dir: str, username: str, password: str, step: str) -> None:
-    """Delete the account but stop at ``step`` (one of ``Accounts.DELETION_STEPS``): print
-    ``reached <step>`` there and wait to be SIGKILLed, so the test crashes it exactly at that step."""
+def pausing_accounts(data_dir: str, step: str) -> Accounts:
+    """Accounts that stop at ``step`` (one of ``Accounts.DELETION_STEPS``/``PASSWORD_STEPS``): they print
+    ``reached <step>`` there and wait to be SIGKILLed, so the test crashes the worker exactly there."""
 
     class Pausing(Accounts):
         def _reached(self, name: str) -> None:
@@ -118,7 +118,18 @@ def cmd_delete_pausing(data_dir: str, username: str, password: str, step: str) -
                     time.sleep(0.01)
                 raise SystemExit(f"nobody killed the worker at {name!r}")
 
-    Pausing(Config(data_dir=Path(data_dir)), bcrypt_rounds=4).delete_account(username, password)
+    return Pausing(Config(data_dir=Path(data_dir)), bcrypt_rounds=4)
+
+
+def cmd_delete_pausing(data_dir: str, username: str, password: str, step: str) -> None:
+    """Delete the account, pausing at ``step`` to be killed."""
+    pausing_accounts(data_dir, step).delete_account(username, password)
+    emit("finished")
+
+
+def cmd_change_password_pausing(data_dir: str, username: str, old: str, new: str, step: str) -> None:
+    """Change the password, pausing at ``step`` to be killed."""
+    pausing_accounts(data_dir, step).change_password(username, old, new)
     emit("finished")
 
 
@@ -200,6 +211,7 @@ COMMANDS = {
     "login": cmd_login,
     "replace-account": cmd_replace_account,
     "delete-pausing": cmd_delete_pausing,
+    "change-password-pausing": cmd_change_password_pausing,
     "append": cmd_append,
     "append-loop": cmd_append_loop,
     "rewrite-loop": cmd_rewrite_loop,
