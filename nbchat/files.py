@@ -38,6 +38,7 @@ _CAUSES = {
     errno.EIO: "the disk reported an input/output error",
     errno.ENOENT: "it (or its folder) does not exist",
     errno.ENOTDIR: "part of its path is a file, not a folder",
+    errno.EEXIST: "a file of that name is in the way",
     errno.EMFILE: "this process has too many files open",
     errno.ENFILE: "the system has too many files open",
 }
@@ -80,11 +81,23 @@ def os_errors(path: Path, action: str, *, writing: bool = True) -> Iterator[None
 
 
 def ensure_private_dir(path: Path) -> Path:
-    """Create ``path`` (and parents) as 0700 if missing; tighten it if it exists."""
+    """Create ``path`` (and parents) as 0700 if missing; take group and other bits off if it exists.
+
+    An existing folder is only ever tightened: one its owner made read-only
+    (0500) stays read-only, and is still readable.
+    """
     with os_errors(path, "create the folder"):
-        path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-        if path.stat().st_mode & 0o777 != DIR_MODE:
-            path.chmod(DIR_MODE)
+        try:
+            path.mkdir(mode=DIR_MODE, parents=True)
+            created = True
+        except FileExistsError:
+            if not path.is_dir():
+                raise
+            created = False
+        mode = path.stat().st_mode & 0o777
+        wanted = DIR_MODE if created else mode & DIR_MODE  # created: whatever the umask took away
+        if mode != wanted:
+            path.chmod(wanted)
     return path
 
 

@@ -27,6 +27,7 @@ from nbchat import (
     records,
 )
 from nbchat.errors import StorageFailed
+from nbchat.files import ensure_private_dir
 from nbchat.store import claim_directory
 from nbchat.types import MAX_CONTENT_CHARS, MAX_MODEL_ID_CHARS, MAX_SYSTEM_CHARS, MAX_TITLE_CHARS, new_id
 
@@ -688,3 +689,16 @@ def test_a_reader_that_cannot_lock_leaves_an_unfinished_append_alone_and_sees_it
     ]
     with pytest.raises(StorageFailed, match=re.escape(str(lock))):
         reader.append(conversation.id, Message("user", "a writer needs the lock"))
+
+
+def test_private_folders_are_tightened_but_never_made_writable_again(tmp_path: Path) -> None:
+    loose, read_only = tmp_path / "loose", tmp_path / "read-only"
+    loose.mkdir(mode=0o755)
+    loose.chmod(0o755)
+    read_only.mkdir()
+    read_only.chmod(0o550)  # its owner made it read-only on purpose
+    ensure_private_dir(loose)
+    ensure_private_dir(read_only)
+    assert loose.stat().st_mode & 0o777 == 0o700
+    assert read_only.stat().st_mode & 0o777 == 0o500
+    assert ensure_private_dir(tmp_path / "new" / "folder").stat().st_mode & 0o777 == 0o700

@@ -9,9 +9,12 @@ dir can still be read.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import subprocess
+import sys
+import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -239,3 +242,68 @@ def test_on_a_read_only_disk_the_lock_is_refused_by_name_and_try_locked_says_why
     with pytest.raises(StorageFailed, match=f"create the folder {disk / 'new'}: it is on a read-only"):
         ensure_private_dir(disk / "new")
     assert not lock.exists()
+
+
+READ_AS_OWNER = """
+import json, sys, warnings
+from nbchat import ConversationStore, CorruptFile, Message
+from nbchat.errors import StorageFailed
+data, healthy, damaged = sys.argv[1:]
+store = ConversationStore(data, "alice")
+out = {}
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    out["titles"] = sorted(s.title for s in store.list())
+out["warnings"] = [str(w.message) for w in caught]
+out["messages"] = [m.content for m in store.get(healthy).messages]
+try:
+    store.get(damaged)
+except CorruptFile as exc:
+    out["damaged"] = [str(exc), exc.moved_to and str(exc.moved_to)]
+attempts = {
+    "create": lambda: store.create("New"),
+    "append": lambda: store.append(healthy, Message("user", "x")),
+}
+for name, attempt in attempts.items():
+    try:
+        attempt()
+        out[name] = "saved"
+    except StorageFailed as exc:
+        out[name] = str(exc)
+print(json.dumps(out))
+"""
+
+
+def test_a_data_dir_its_owner_cannot_write_to_can_still_be_read(tmp_path: Path) -> None:
+    """chmod 0500, for an ordinary user (root would ignore the permission bits)."""
+    if os.geteuid() != 0 or not Path("/usr/bin/setpriv").exists():
+        pytest.skip("needs root and setpriv to act as an ordinary user")
+    data = Path(tempfile.mkdtemp(prefix="nbchat-0500-", dir="/tmp")) / "data"
+    try:
+        store = ConversationStore(data, "alice")
+        healthy = store.create("Healthy")
+        store.append(healthy.id, Message("user", "readable"))
+        damaged = store.create("Damaged inside")
+        with (store.directory / f"{damaged.id}.jsonl").open("ab") as handle:
+            handle.write(b"not json\n")
+        (store.directory / ".lock").unlink()  # so it cannot be created in a 0500 folder
+        subprocess.run(["chown", "-R", "65534:65534", str(data.parent)], check=True)
+        store.directory.chmod(0o500)
+        before = contents(store.directory)
+        done = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable]
+            + ["-c", READ_AS_OWNER, str(data), healthy.id, damaged.id],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "HOME": str(data.parent)},
+        )
+        assert done.returncode == 0, done.stderr
+        out = json.loads(done.stdout)
+        assert out["titles"] == ["Damaged inside", "Healthy"] and out["warnings"] == []
+        assert out["messages"] == ["readable"]
+        assert "left in place" in out["damaged"][0] and out["damaged"][1] is None
+        assert "permission was denied" in out["create"] and "NBCHAT_DATA_DIR" in out["create"]
+        assert str(store.directory / ".lock") in out["append"]
+        assert contents(store.directory) == before
+    finally:
+        subprocess.run(["rm", "-rf", str(data.parent)], check=True)
