@@ -159,8 +159,17 @@ class Accounts:
     # -- queries ---------------------------------------------------------------------------
 
     def usernames(self) -> list[str]:
-        """Display names of every account, sorted case-insensitively."""
-        return sorted((u["name"] for u in self._read_users().values()), key=str.lower)
+        """Display names of every account, sorted case-insensitively.
+
+        Reads without the lock (so it works on a read-only data dir), unless an
+        interrupted deletion must be finished first.
+        """
+        if self._trash_dirs():
+            with self._users_lock():
+                users = self._read_users()
+        else:
+            users = self._read_users()
+        return sorted((u["name"] for u in users.values()), key=str.lower)
 
     # -- changes ---------------------------------------------------------------------------
 
@@ -350,10 +359,7 @@ class Accounts:
         itself is removed in every case.
         """
         conversations_dir = self.config.conversations_dir
-        try:
-            trashes = [path for path in conversations_dir.iterdir() if path.name.startswith(TRASH_PREFIX)]
-        except FileNotFoundError:
-            return
+        trashes = self._trash_dirs()
         if not trashes:
             return
         users = self._read_users()
@@ -375,6 +381,14 @@ class Accounts:
             )
         for trash in trashes:
             shutil.rmtree(trash, ignore_errors=True)
+
+    def _trash_dirs(self) -> list[Path]:
+        """The ``.deleted-*`` directories: deletions past their point of no return, not yet finished."""
+        try:
+            entries = list(self.config.conversations_dir.iterdir())
+        except FileNotFoundError:
+            return []
+        return [path for path in entries if path.name.startswith(TRASH_PREFIX)]
 
     def _reached(self, step: str) -> None:
         """A seam for the crash tests: tests/workers.py overrides it to be SIGKILLed at ``step``."""

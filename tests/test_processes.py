@@ -637,6 +637,7 @@ def test_a_deletion_killed_at_any_step_is_finished_by_the_next_kernel_or_never_b
     else:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
+            assert next_kernel.usernames() == ["bob"]
             next_kernel.register("eve", "a new password")
         finished = [str(w.message) for w in caught if "interrupted" in str(w.message)]
         assert len(finished) == (1 if step == "renamed" else 0), finished
