@@ -35,6 +35,12 @@ from nbchat.testing.ollama_server import OllamaTestServer
 
 PASSWORD = "correct horse"
 MODEL = "ollama:llama3.2:1b"
+#: A cell added later: how many panels the kernel's ipywidgets still hold open (re-runs add none).
+OPEN_PANELS = (
+    "import ipywidgets\n"
+    "print('open panels:', sum(type(w).__name__ == 'ChatPanel'"
+    " for w in list(ipywidgets.widgets.widget._instances.values())))"
+)
 
 
 @pytest.fixture(scope="module")
@@ -253,6 +259,21 @@ def test_two_users_chat_through_the_panel_in_jupyterlab(
     assert selected_label(page, ".nbchat-model") == MODEL
     expect(page.locator(".nbchat-temperature .widget-readout")).to_have_text("0.80")
     shot(page, "panel")
+
+    # Re-running the panel's cell replaces its panel: the kernel keeps one open, not three.
+    cells = page.locator(".jp-Notebook .jp-Cell")
+    for _ in range(2):
+        cells.nth(0).locator(".jp-InputArea-editor").click()
+        page.keyboard.press("Control+Enter")
+        page.wait_for_selector(KERNEL_IDLE)
+    expect(page.locator(".nbchat-panel")).to_have_count(1)
+    expect(page.locator(".nbchat-message-assistant")).to_have_count(2)
+    page.keyboard.press("Escape")
+    page.keyboard.press("b")  # a new cell below, typed without the editor's auto-closing brackets
+    page.keyboard.press("Enter")
+    page.keyboard.insert_text(OPEN_PANELS)
+    page.keyboard.press("Control+Enter")
+    expect(cells.nth(1).locator(".jp-OutputArea-output")).to_have_text("open panels: 1")
 
     # Logging out empties everything, in the same tab.
     log_out(page)
