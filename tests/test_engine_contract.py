@@ -7,18 +7,21 @@ whichever server answers.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from polling import wait_until
 
 from nbchat import Message
 from nbchat.backends.base import Backend
 from nbchat.backends.http import HttpBackend
 from nbchat.backends.ollama import OllamaBackend
 from nbchat.backends.openai import OpenAIBackend
-from nbchat.testing.loopback import LoopbackServer
+from nbchat.testing.loopback import LoopbackServer, hanging_port
 from nbchat.testing.ollama_server import OllamaTestServer
 from nbchat.testing.openai_server import OpenAITestServer
 from nbchat.types import GenerationParams
@@ -32,12 +35,16 @@ class Engine:
 
     name: str
     server: LoopbackServer
-    connect: Callable[..., HttpBackend]  # connect(**timeouts) -> a backend for ``server``
+    connect_to: Callable[..., HttpBackend]  # connect_to(server_url, **timeouts) -> a backend
+    url: str  # what connect_to takes for ``server``
     model: str  # a model that does not think: its reply is only the echoed words
     window: int  # what known_context_window says for ``model``
 
     def __post_init__(self) -> None:
         self.backend = self.connect()  # the default timeouts; tests needing others connect their own
+
+    def connect(self, **timeouts: float) -> HttpBackend:
+        return self.connect_to(self.url, **timeouts)
 
 
 def _ollama() -> Engine:
@@ -45,7 +52,8 @@ def _ollama() -> Engine:
     return Engine(
         "ollama",
         server,
-        lambda **kw: OllamaBackend(server.url, **kw),
+        OllamaBackend,
+        server.url,
         "llama3.2:1b",
         8192,  # nbchat asks Ollama for at most 8192 (the model allows 131072)
     )
@@ -56,7 +64,8 @@ def _openai() -> Engine:
     return Engine(
         "openai",
         server,
-        lambda **kw: OpenAIBackend(server.base_url, **kw),
+        OpenAIBackend,
+        server.base_url,
         "meta-llama/Llama-3.2-1B-Instruct",
         131072,  # vLLM's max_model_len
     )
@@ -97,5 +106,77 @@ def test_prepare_has_nothing_to_do_for_a_server(engine: Engine) -> None:
     before = len(engine.server.requests)
     engine.backend.prepare(engine.model, on_progress=progress.append)
     assert progress == [] and len(engine.server.requests) == before
+    reply = engine.backend.stream(engine.model, HELLO, GenerationParams()).wait()
+    assert reply.text == "You said: Hello there"
+
+
+# -- stopping, in every state ------------------------------------------------------------------
+
+STALL_S = 30.0  # the read/connect timeout of these tests: a stop must never wait for it
+PROMPT_S = 3.0  # a stop takes effect well within a second; this is generous for a loaded machine
+
+
+def stopped_after(stream: Any, delay_s: float = 0.3) -> float:
+    """Cancel ``stream`` from another thread after ``delay_s``; seconds until it ended, from the cancel."""
+    timer = threading.Timer(delay_s, stream.cancel)
+    started = time.monotonic()
+    timer.start()
+    stream.wait()
+    timer.join()
+    return time.monotonic() - started - delay_s
+
+
+def assert_cancelled(stream: Any, text: str = "") -> None:
+    assert stream.error is None, f"a stop is not an error: {stream.error}"
+    assert stream.stats is not None and stream.stats.finish_reason == "cancelled"
+    assert stream.stats.error is None and stream.text == text
+
+
+def test_a_reply_stopped_before_it_is_read_sends_nothing(engine: Engine) -> None:
+    stream = engine.backend.stream(engine.model, HELLO, GenerationParams())
+    stream.cancel()
+    stream.wait()
+    assert_cancelled(stream)
+    assert chat_requests(engine.server) == []
+
+
+def test_stop_ends_a_reply_at_once_while_the_connect_hangs(engine: Engine) -> None:
+    with hanging_port() as url:
+        api_root = url + engine.url.removeprefix(engine.server.url)  # "/v1" for OpenAI's
+        backend = engine.connect_to(api_root, connect_timeout=STALL_S, read_timeout=STALL_S)
+        stream = backend.stream(engine.model, HELLO, GenerationParams())
+        took = stopped_after(stream)
+        assert took < PROMPT_S, f"the stop took {took:.1f} s: it must not wait for the connect timeout"
+        assert_cancelled(stream)
+
+
+@pytest.mark.parametrize(
+    "fault",
+    ["stall_headers", "stall_body"],
+    ids=["waiting for the headers", "waiting for the first byte"],
+)
+def test_stop_ends_a_reply_at_once_while_the_server_has_not_answered(engine: Engine, fault: str) -> None:
+    engine.server.fault = fault
+    stream = engine.connect(read_timeout=STALL_S).stream(engine.model, HELLO, GenerationParams())
+    took = stopped_after(stream)
+    assert took < PROMPT_S, f"the stop took {took:.1f} s: it must not wait for the 30 s read timeout"
+    assert_cancelled(stream)
+    assert wait_until(lambda: engine.server.cancelled_streams == 1 and engine.server.active_streams == 0)
+
+
+def test_stop_ends_a_reply_at_once_mid_stream_and_keeps_the_text(engine: Engine) -> None:
+    engine.server.fault, engine.server.fault_after_chunks = "stall", 2
+    stream = engine.connect(read_timeout=STALL_S).stream(engine.model, HELLO, GenerationParams())
+    took = stopped_after(stream)
+    assert took < PROMPT_S, f"the stop took {took:.1f} s: it must not wait for the 30 s read timeout"
+    assert_cancelled(stream, text="You said: ")
+    assert wait_until(lambda: engine.server.cancelled_streams == 1 and engine.server.active_streams == 0)
+
+
+def test_after_a_stop_while_waiting_the_next_reply_streams(engine: Engine) -> None:
+    engine.server.fault = "stall_headers"
+    stream = engine.backend.stream(engine.model, HELLO, GenerationParams())
+    assert stopped_after(stream, 0.2) < PROMPT_S
+    engine.server.fault = None
     reply = engine.backend.stream(engine.model, HELLO, GenerationParams()).wait()
     assert reply.text == "You said: Hello there"

@@ -422,7 +422,7 @@ def test_a_midstream_error_before_any_chunk_is_a_plain_500(
 
 
 def test_unknown_faults_are_refused_and_refusing_connections_is_stop(server: OllamaTestServer) -> None:
-    assert {"404", "500", "503", "midstream_error", "drop", "stall"} == FAULTS
+    assert {"404", "500", "503", "midstream_error", "drop", "stall", "stall_headers", "stall_body"} == FAULTS
     with pytest.raises(ValueError, match="stop"):
         server.fault = "refuse"
     with pytest.raises(ValueError, match="unknown fault"):

@@ -427,7 +427,7 @@ def test_stop_ends_stalled_streams_and_idle_connections(server: OpenAITestServer
 
 
 def test_unknown_faults_are_refused_and_refusing_connections_is_stop(server: OpenAITestServer) -> None:
-    assert {"404", "500", "midstream_error", "drop", "stall"} == FAULTS
+    assert {"404", "500", "midstream_error", "drop", "stall", "stall_headers", "stall_body"} == FAULTS
     with pytest.raises(ValueError, match="stop"):
         server.fault = "refuse"
     with pytest.raises(ValueError, match="unknown fault"):

@@ -4,7 +4,9 @@ The Ollama engine (NDJSON) and the OpenAI-compatible one (Server-Sent Events) ta
 protocols over the same plumbing: one pooled ``httpx.Client`` per server that never waits forever
 and keeps a proxy from the environment off this machine's own servers, httpx's exceptions turned
 into nbchat errors that say what to do (each engine words them), and a reply stream that a cancel
-from another thread interrupts at once. Each engine keeps its own parsing in its own module.
+from another thread ends at once in every state: before the request is sent, while connecting,
+while waiting for the headers or the first byte, mid-stream. Each engine keeps its own parsing in
+its own module.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import socket
+import threading
 import urllib.parse
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -45,16 +48,31 @@ class HttpBackend(ABC):
         it ("Ollama at http://…")."""
         self.read_timeout = read_timeout
         self._server = server
-        self._client = httpx.Client(
-            base_url=url,
-            timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
+        settings: dict[str, Any] = {
+            "base_url": url,
+            "timeout": httpx.Timeout(read_timeout, connect=connect_timeout),
             # A proxy from the environment must not capture traffic to this machine.
-            trust_env=not is_loopback(url),
-            headers={"User-Agent": "nbchat", "Accept": "application/json"},
-        )
+            "trust_env": not is_loopback(url),
+        }
+        self._client = httpx.Client(**settings)
+        # Replies get a connection each (none is kept idle for reuse): httpcore's trace then reports
+        # its socket before the request is sent, which is what lets a cancel shut it down while the
+        # server has not answered yet. A reply takes seconds; one connect more is nothing beside it.
+        self._stream_client = httpx.Client(**settings, limits=httpx.Limits(max_keepalive_connections=0))
+        self._set_header("User-Agent", "nbchat")
+        self._set_header("Accept", "application/json")
 
     def close(self) -> None:
         self._client.close()
+        self._stream_client.close()
+
+    def _set_header(self, name: str, value: str | None) -> None:
+        """Send ``name: value`` with every request from now on (None: not at all)."""
+        for client in (self._client, self._stream_client):
+            if value is None:
+                client.headers.pop(name, None)
+            else:
+                client.headers[name] = value
 
     def count_tokens(self, model: str, messages: Sequence[Message], *, think: bool = False) -> int:
         """An estimate (``nbchat.history.estimate_tokens``): the tokenizer lives in the server."""
@@ -150,7 +168,7 @@ class HttpBackend(ABC):
 
 
 class HttpReplyStream(ReplyStream):
-    """A reply read from a streamed response; a cancel shuts its socket down.
+    """A reply read from a streamed response; a cancel ends it at once, whatever it is waiting for.
 
     Subclasses read their protocol in ``_generate``: open the request with ``_open``, hand a
     ``BackendError`` to ``_read_failed`` and end with ``_ended``.
@@ -161,17 +179,59 @@ class HttpReplyStream(ReplyStream):
     ) -> None:
         super().__init__(backend.prefix, model, messages, params)
         self._backend = backend
-        self._response: httpx.Response | None = None
+        self._connection = _Connection()
+        self._woken = threading.Event()  # the request is open (or failed), or the reply was cancelled
 
     @contextmanager
-    def _open(self, path: str, body: dict[str, Any]) -> Iterator[httpx.Response]:
-        """POST ``body`` to ``path``: the streaming response, kept for ``_on_cancel``.
+    def _open(self, path: str, make_body: Callable[[], dict[str, Any]]) -> Iterator[httpx.Response]:
+        """POST the body ``make_body()`` builds (it may ask the server things) to ``path``.
 
-        Leaving the block closes the response, so the server stops generating too.
+        Yields the streaming response. Until the server has answered, the request runs in a helper
+        thread and this one waits for it or for a cancel: a cancel then returns at once, even from
+        a connect that hangs, and shuts the connection down so the server sees the hang-up. Leaving
+        the block closes the response, so the server stops generating too.
         """
-        with self._backend._request_stream("POST", path, body, self._model) as response:
-            self._response = response
-            yield response
+        if self.cancelled:
+            raise self._stopped()  # before anything is sent: nothing reaches the server
+        handoff = _Handoff()
+        threading.Thread(
+            target=handoff.run,
+            args=(lambda: self._send(path, make_body), self._woken),
+            name=f"nbchat-{self._backend.prefix}-request",
+            daemon=True,
+        ).start()
+        self._woken.wait()  # set when the helper is done, and by a cancel (bounded by the timeouts)
+        response = handoff.take(abandon=self.cancelled)
+        if response is None:
+            raise self._stopped()
+        self._connection.attach(response.extensions.get("network_stream"))
+        try:
+            with self._backend._errors(self._model):
+                yield response
+        finally:
+            response.close()
+
+    def _send(self, path: str, make_body: Callable[[], dict[str, Any]]) -> httpx.Response:
+        """In the helper thread: the response to the request, refused (raised) unless it is a 200."""
+        backend, model = self._backend, self._model
+        body = make_body()
+        if self.cancelled:
+            raise self._stopped()
+        client = backend._stream_client
+        request = client.build_request("POST", path, json=body, extensions={"trace": self._connection.trace})
+        with backend._errors(model):
+            response = client.send(request, stream=True)
+            if response.status_code != 200:
+                try:
+                    response.read()
+                finally:
+                    response.close()
+                raise backend._status_error(response, model)
+        return response
+
+    def _stopped(self) -> BackendError:
+        """What ends a reply cancelled before the server answered (``_read_failed`` says cancelled)."""
+        return GenerationFailed(f"The reply was stopped before {self._backend._server} answered.")
 
     def _read_failed(self, error: BackendError) -> GenerationStats:
         """A failed read ends as cancelled when our own cancel broke it; else ``error`` is raised."""
@@ -191,19 +251,91 @@ class HttpReplyStream(ReplyStream):
         )
 
     def _on_cancel(self) -> None:
-        """Wake a read blocked on a silent server: shut the socket down under it.
+        """Wake the reader whatever it waits for: the helper thread's answer, or a silent socket."""
+        self._woken.set()
+        self._connection.shut_down()
 
-        Closing the response from this thread would not interrupt ``recv`` in the
-        reading thread; ``shutdown`` does, and the server sees the hang-up at once.
-        """
-        response = self._response
-        if response is None:
-            return  # not connected yet: the reader checks ``cancelled`` first thing
-        network = response.extensions.get("network_stream")
-        sock = network.get_extra_info("socket") if network is not None else None
-        if sock is not None:
-            with contextlib.suppress(OSError):  # already closed: nothing to wake
-                sock.shutdown(socket.SHUT_RDWR)
+
+class _Connection:
+    """The socket under one streamed request, as httpcore's ``trace`` extension reports it.
+
+    ``shut_down`` (any thread, any time) wakes a ``recv`` blocked on it, which closing would not:
+    the reader then fails at once and the server sees the hang-up. A socket reported after the
+    shutdown was asked for is shut down as soon as it is reported.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stream: Any = None  # httpcore's NetworkStream
+        self._shut = False
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpcore's trace callback: keep the stream each (TLS) connect returns."""
+        if event.endswith((".connect_tcp.complete", ".start_tls.complete")):
+            self.attach(info.get("return_value"))
+
+    def attach(self, stream: Any) -> None:
+        if stream is None:
+            return
+        with self._lock:
+            self._stream, shut = stream, self._shut
+        if shut:
+            _shutdown(stream)
+
+    def shut_down(self) -> None:
+        with self._lock:
+            self._shut, stream = True, self._stream
+        if stream is not None:
+            _shutdown(stream)
+
+
+def _shutdown(stream: Any) -> None:
+    sock = stream.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):  # already closed: nothing to wake
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Handoff:
+    """The helper thread's response or error, handed to the reader, or closed if nobody takes it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._response: httpx.Response | None = None
+        self._error: BaseException | None = None
+        self._abandoned = False
+
+    def run(self, send: Callable[[], httpx.Response], done: threading.Event) -> None:
+        try:
+            response = send()
+        except BaseException as exc:  # handed over to the reader, which raises it
+            with self._lock:
+                self._error = exc
+        else:
+            with self._lock:
+                abandoned = self._abandoned
+                if not abandoned:
+                    self._response = response
+            if abandoned:
+                response.close()
+        finally:
+            done.set()
+
+    def take(self, *, abandon: bool) -> httpx.Response | None:
+        """The response (the helper's error is raised); None if ``abandon``: it is closed instead."""
+        with self._lock:
+            response, error = self._response, self._error
+            self._abandoned = abandon
+            if abandon:
+                self._response = None
+        if abandon:
+            if response is not None:
+                response.close()
+            return None
+        if error is not None:
+            raise error
+        assert response is not None, "taken before the helper thread was done"
+        return response
 
 
 def server_message(response: httpx.Response, said: Callable[[dict[str, Any]], str | None]) -> str:

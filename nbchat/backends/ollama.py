@@ -220,7 +220,11 @@ class OllamaReplyStream(HttpReplyStream):
     _backend: OllamaBackend
 
     def _generate(self) -> Generator[Chunk, None, GenerationStats]:
-        body = self._backend.chat_request(self._model, self._messages, self._params)
+        backend = self._backend
+
+        def body() -> dict[str, Any]:
+            return backend.chat_request(self._model, self._messages, self._params)
+
         try:
             with self._open("/api/chat", body) as response:
                 for data in _ndjson(response, what="the reply"):

@@ -129,10 +129,7 @@ class OpenAIBackend(HttpBackend):
         if api_key == self._api_key:
             return
         self._api_key = api_key
-        if api_key is None:
-            self._client.headers.pop("Authorization", None)
-        else:
-            self._client.headers["Authorization"] = f"Bearer {api_key}"
+        self._set_header("Authorization", None if api_key is None else f"Bearer {api_key}")
 
     # -- listing and health ----------------------------------------------------------------
 
@@ -281,11 +278,11 @@ class OpenAIReplyStream(HttpReplyStream):
 
     def _generate(self) -> Generator[Chunk, None, GenerationStats]:
         backend = self._backend
-        body = backend.chat_request(self._model, self._messages, self._params)
+        body = backend.chat_request(self._model, self._messages, self._params)  # asks nothing
         parser = ThinkParser()  # for a server that leaves <think>…</think> in the content
         reply = _Reply()
         try:
-            with self._open("/chat/completions", body) as response:
+            with self._open("/chat/completions", lambda: body) as response:
                 for data in _events(response, backend):
                     if self.cancelled:
                         break  # leaving the block closes the response: the server stops too

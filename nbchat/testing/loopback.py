@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import re
 import select
 import signal
@@ -34,12 +35,14 @@ from urllib.parse import urlsplit
 __all__ = [
     "COALESCE_BYTES",
     "POLL_S",
+    "STALL_FAULTS",
     "ClientGone",
     "HTTPError",
     "LoopbackHTTPServer",
     "LoopbackHandler",
     "LoopbackServer",
     "dumps",
+    "hanging_port",
     "message_text",
     "script_parser",
     "serve_until_signalled",
@@ -48,6 +51,10 @@ __all__ = [
 
 COALESCE_BYTES = 16_384  # a zero-delay stream sends its chunks in batches of about this size
 POLL_S = 0.05  # how often a wait looks at the client's socket and the stop flag
+
+# Faults both servers know: a reply that hangs before its status line (a cold model load behind a
+# server that answers only once generating) / after its headers, before the first chunk.
+STALL_FAULTS = frozenset({"stall_headers", "stall_body"})
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
@@ -229,20 +236,33 @@ class LoopbackHandler(BaseHTTPRequestHandler, Generic[RigT]):
         flush=False lets chunks wait (up to COALESCE_BYTES) to go out in one send: a zero-delay
         stream is then limited by the client, not by a system call per chunk.
         """
-        if not self._stream_started:
-            self._stream_started = True
-            self._pending, self._pending_bytes = [], 0
-            try:
-                self.send_response(200)
-                self.send_header("Content-Type", self.stream_content_type)
-                self.send_header("Transfer-Encoding", "chunked")
-                self.end_headers()
-            except OSError:
-                raise self._gone() from None
+        self._start_stream()
         self._pending.append(b"%x\r\n%b\r\n" % (len(data), data))
         self._pending_bytes += len(data)
         if flush or self._pending_bytes >= COALESCE_BYTES:
             self._flush()
+
+    def _start_stream(self) -> None:
+        """Send the 200 and a stream's headers, once (the first chunk does it if this was not called)."""
+        if self._stream_started:
+            return
+        self._stream_started = True
+        self._pending, self._pending_bytes = [], 0
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", self.stream_content_type)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+        except OSError:
+            raise self._gone() from None
+
+    def _stall(self, fault: str | None) -> None:
+        """One of ``STALL_FAULTS``: hang before the status line, or after the headers, until the client
+        hangs up (ClientGone, counted as a cancelled generation) or stop(); any other fault: return."""
+        if fault == "stall_body":
+            self._start_stream()
+        if fault in STALL_FAULTS:
+            self._wait(math.inf)
 
     def _flush(self) -> None:
         if self._stream_started and self._pending:
@@ -297,6 +317,27 @@ class LoopbackHandler(BaseHTTPRequestHandler, Generic[RigT]):
                 raise ServerStopping
             if closed:
                 raise ClientGone
+
+
+@contextlib.contextmanager
+def hanging_port() -> Iterator[str]:
+    """``http://127.0.0.1:<port>`` where a TCP connect hangs, as to an overloaded or firewalled host.
+
+    A listener with a backlog of one that never accepts, its queue filled by one connection: the
+    kernel drops every further SYN, so a connect waits for its own timeout. Closed on exit.
+    """
+    listener = socket.socket()
+    filler: socket.socket | None = None
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        filler = socket.create_connection(("127.0.0.1", port), timeout=5)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        if filler is not None:
+            filler.close()
+        listener.close()
 
 
 class LoopbackHTTPServer(HTTPServer):

@@ -37,6 +37,7 @@ from itertools import chain, islice
 from typing import Any
 
 from nbchat.testing.loopback import (
+    STALL_FAULTS,
     HTTPError,
     LoopbackHandler,
     LoopbackServer,
@@ -59,7 +60,7 @@ __all__ = [
 
 THINKING_TEXT = "Let me think about that."
 MIDSTREAM_ERROR = "an error was encountered while running the model"
-FAULTS = frozenset({"404", "500", "503", "midstream_error", "drop", "stall"})
+FAULTS = frozenset({"404", "500", "503", "midstream_error", "drop", "stall"}) | STALL_FAULTS
 _STATUS_FAULT_ERRORS = {
     # The texts Ollama 0.12 sends with these statuses (server/sched.go, llm/server.go).
     "500": "llama runner process has terminated: exit status 2",
@@ -512,6 +513,7 @@ class _Handler(LoopbackHandler["OllamaTestServer"]):
             (("content", word) for word in answer),
         )
         fault, fault_after = rig.fault, rig.fault_after_chunks
+        self._stall(fault)
         first_delay, delay = rig.first_chunk_delay_s, rig.chunk_delay_s
         collected: dict[str, list[str]] = {"thinking": [], "content": []}
         sent = 0
@@ -573,7 +575,10 @@ class OllamaTestServer(LoopbackServer):
     - ``fault``: None, or one of ``FAULTS``: ``"404"``, ``"500"``, ``"503"`` refuse the chat with that
       status; ``"midstream_error"``, ``"drop"``, ``"stall"`` let ``fault_after_chunks`` chunks (thinking
       ones included) through, then end with an error line / cut the connection without the final chunk /
-      hang until the client hangs up or the server stops. A refused connection is what stop() gives.
+      hang until the client hangs up or the server stops; ``"stall_headers"`` / ``"stall_body"`` hang
+      before the status line / after the headers, before the first line (a cold model load), until
+      the client hangs up or the server stops. A refused connection is what stop() gives, a hanging
+      connect what ``loopback.hanging_port()`` gives.
 
     ``options.num_predict`` caps the answer chunks (thinking not counted) with done_reason "length".
     """

@@ -44,6 +44,7 @@ from itertools import chain, islice
 from typing import Any
 
 from nbchat.testing.loopback import (
+    STALL_FAULTS,
     HTTPError,
     LoopbackHandler,
     LoopbackServer,
@@ -69,7 +70,7 @@ REASONING_TEXT = "Let me think about that."
 # The texts vLLM sends: EngineDeadError's before a reply starts, GenerationError's during one.
 STATUS_FAULT_ERROR = "EngineCore encountered an issue. See stack trace (above) for the root cause."
 MIDSTREAM_ERROR = "Internal server error"
-FAULTS = frozenset({"404", "500", "midstream_error", "drop", "stall"})
+FAULTS = frozenset({"404", "500", "midstream_error", "drop", "stall"}) | STALL_FAULTS
 REASONING_STYLES = (None, "reasoning_content", "reasoning", "inline")
 _ROLES = ("system", "developer", "user", "assistant", "tool")
 
@@ -271,6 +272,7 @@ class _Handler(LoopbackHandler["OpenAITestServer"]):
             "model": model.id,
         }
         fault, fault_after = rig.fault, rig.fault_after_chunks
+        self._stall(fault)
         first_delay, delay = rig.first_chunk_delay_s, rig.chunk_delay_s
         collected: dict[str, list[str]] = {}
         sent = 0
@@ -356,7 +358,10 @@ class OpenAITestServer(LoopbackServer):
     - ``fault``: None, or one of ``FAULTS``: ``"404"`` and ``"500"`` refuse the chat with that status;
       ``"midstream_error"``, ``"drop"``, ``"stall"`` let ``fault_after_chunks`` tokens (reasoning ones
       included) through, then end with an error event / cut the connection without ``[DONE]`` / hang
-      until the client hangs up or the server stops. A refused connection is what stop() gives.
+      until the client hangs up or the server stops; ``"stall_headers"`` / ``"stall_body"`` hang before
+      the status line / after the headers, before the first event (a cold model load), until the
+      client hangs up or the server stops. A refused connection is what stop() gives, a hanging
+      connect what ``loopback.hanging_port()`` gives.
     - ``fault_message``: the error text a fault sends instead of vLLM's usual one.
 
     ``max_tokens`` (or ``max_completion_tokens``) caps the tokens, reasoning included, with
