@@ -4,7 +4,16 @@
 hash). Every read-modify-write of it happens under a cross-process lock, so
 the user cap holds even when several kernels register at the same moment.
 Failed logins are throttled per name, for known and unknown names alike, and
-the refusal never reveals whether a name exists.
+the refusal never reveals whether a name exists; ``MAX_FAILURES_PER_MINUTE``
+failures per data dir across all names pause every login for the rest of the
+minute, so spraying many names gains nothing (at the price that an attacker
+can hold logins up; hub logins are not throttled). ``login-failures.json``
+remembers at most ``MAX_THROTTLED_NAMES`` names.
+
+A hub login (``hub_login``) reaches only the account created for that exact
+JupyterHub name, and a password never opens such an account. A password
+change gives the account a new login token, which ends every earlier login.
+Deleting an account can be interrupted anywhere: the next use finishes it.
 """
 
 from __future__ import annotations
@@ -256,16 +265,15 @@ class Accounts:
         self, users: dict[str, dict[str, Any]], key: str, hub_name: str
     ) -> tuple[str, dict[str, Any]] | None:
         """The existing account of exactly ``hub_name``, or None; refuses an account of anybody else."""
+        legacy_key = legacy_hub_username(hub_name).lower()
+        for candidate in (key, legacy_key):
+            found = users.get(candidate)
+            if found is not None and found.get("hub_name") == hub_name:
+                return candidate, found
         record = users.get(key)
         if record is None:
-            legacy_key = legacy_hub_username(hub_name).lower()
-            legacy = users.get(legacy_key)
-            if legacy is not None and legacy.get("hub_name") == hub_name:
-                return legacy_key, legacy
             return None
         owner = record.get("hub_name")
-        if owner == hub_name:
-            return key, record
         remedy = (
             f"An administrator can give {hub_name!r} a data dir of its own (NBCHAT_DATA_DIR), or, if "
             f"the account is really theirs, set \"hub_name\": {json.dumps(hub_name, ensure_ascii=False)} "
