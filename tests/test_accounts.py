@@ -432,7 +432,7 @@ def test_a_login_ends_when_its_account_is_deleted(accounts: Accounts) -> None:
     accounts.delete_account("eve", PASSWORD)
     accounts.register("eve", "someone else's password")
     accounts.login("eve", "someone else's password").conversations.create("New owner's chat")
-    with pytest.raises(NotLoggedIn, match="deleted.* since this login"):
+    with pytest.raises(NotLoggedIn, match=r"deleted.* since this login"):
         old.conversations.list()
     with pytest.raises(NotLoggedIn):
         old.conversations.create("Planted")
