@@ -702,3 +702,21 @@ def test_private_folders_are_tightened_but_never_made_writable_again(tmp_path: P
     assert loose.stat().st_mode & 0o777 == 0o700
     assert read_only.stat().st_mode & 0o777 == 0o500
     assert ensure_private_dir(tmp_path / "new" / "folder").stat().st_mode & 0o777 == 0o700
+
+
+def test_reading_a_conversation_creates_no_folder(store: ConversationStore) -> None:
+    with pytest.raises(ConversationNotFound):
+        store.get(new_id())
+    assert not store.directory.parent.parent.exists(), "get() needs nothing written, so it writes nothing"
+
+
+def test_a_damaged_file_is_reported_in_a_sentence_not_a_megabyte(store: ConversationStore) -> None:
+    conversation = store.create("Chat")
+    path = file_of(store, conversation.id)
+    header = json.loads(path.read_bytes())
+    header["settings"]["temperature"] = list(range(200_000))
+    header["created"] = "x" * 1_000_000
+    path.write_bytes(json.dumps(header).encode() + b"\n")
+    with pytest.raises(CorruptFile, match="moved to") as error:
+        ConversationStore(store.directory.parent.parent, "alice").get(conversation.id)
+    assert len(str(error.value)) < 1000
