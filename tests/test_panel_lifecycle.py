@@ -200,3 +200,16 @@ def test_without_a_cell_id_the_panel_replaces_the_last_one_shown_that_way(kernel
     kernel.run(SHOW)
     kernel.run(SHOW)
     assert kernel.open_panels() == before + 1
+
+
+def test_logging_out_while_a_reply_streams_leaves_nothing_of_it_in_the_panel(
+    session: ChatSession, server: OllamaTestServer
+) -> None:
+    panel = ChatPanel(session)
+    server.chunk_count, server.chunk_delay_s = 300, 0.02
+    session.send("count")
+    wait_until(lambda: panel._live is not None and "w3" in panel._live.outputs[0]["data"]["text/markdown"])
+    panel.logout_button.click()
+    wait_until(lambda: redraw_threads() == [], seconds=2.0)
+    assert panel.login_view in panel.children
+    assert panel.status.value == "" and panel.messages.children == ()  # not the last reply's model or tokens
