@@ -49,7 +49,7 @@ from nbchat.errors import (
     UserLimitReached,
     UsernameTaken,
 )
-from nbchat.files import atomic_write_bytes, ensure_private_dir, fsync_dir, locked
+from nbchat.files import atomic_write_bytes, ensure_private_dir, fsync_dir, locked, os_errors, storage_error
 from nbchat.store import ACCOUNT_MARKER, ConversationStore, claim_directory
 from nbchat.types import is_valid_id, new_id, utcnow
 from nbchat.usernames import (
@@ -349,7 +349,8 @@ class Accounts:
             trash: Path | None = None
             if user_dir.exists():
                 trash = user_dir.with_name(f"{TRASH_PREFIX}{key}-{uuid.uuid4().hex}")
-                user_dir.rename(trash)
+                with os_errors(user_dir, "move aside for deletion the folder"):
+                    user_dir.rename(trash)
                 fsync_dir(user_dir.parent)
                 self._reached("renamed")
             del users[key]
@@ -392,10 +393,13 @@ class Accounts:
 
     def _trash_dirs(self) -> list[Path]:
         """The ``.deleted-*`` directories: deletions past their point of no return, not yet finished."""
+        folder = self.config.conversations_dir
         try:
-            entries = list(self.config.conversations_dir.iterdir())
+            entries = list(folder.iterdir())
         except FileNotFoundError:
             return []
+        except OSError as exc:
+            raise storage_error(exc, folder, "list the folder", writing=False) from exc
         return [path for path in entries if path.name.startswith(TRASH_PREFIX)]
 
     def _reached(self, step: str) -> None:
@@ -489,9 +493,8 @@ class Accounts:
     def _read_users(self) -> dict[str, dict[str, Any]]:
         """The accounts by key; a damaged file is reported, never repaired or replaced."""
         path = self.config.users_file
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
+        raw = _read_if_exists(path, "the accounts file")
+        if raw is None:
             return {}
         try:
             data = json.loads(raw)
@@ -523,15 +526,15 @@ class Accounts:
     def _read_throttle(self, now: float) -> _Throttle:
         """The throttle state; a file that cannot be decoded is moved aside with a warning."""
         path = self._throttle_file
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
+        raw = _read_if_exists(path, "the login-failures file")
+        if raw is None:
             return _Throttle()
         try:
             return _Throttle.from_json(json.loads(raw), now)
         except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
             moved = path.with_name(f"{path.name}.corrupt-{uuid.uuid4().hex[:8]}")
-            path.replace(moved)
+            with os_errors(path, "move aside the damaged login-failures file"):
+                path.replace(moved)
             reason = "nested too deeply" if isinstance(exc, RecursionError) else "not the expected layout"
             warnings.warn(
                 f"{path} was unreadable ({reason}) and was moved to {moved}; login throttling starts afresh.",
@@ -544,7 +547,8 @@ class Accounts:
         """A new account must never inherit files left by an earlier one of the same name."""
         user_dir = self.config.conversations_dir / key
         if user_dir.exists():
-            user_dir.rename(user_dir.with_name(f".orphaned-{key}-{uuid.uuid4().hex}"))
+            with os_errors(user_dir, "move aside the leftover folder"):
+                user_dir.rename(user_dir.with_name(f".orphaned-{key}-{uuid.uuid4().hex}"))
             warnings.warn(
                 f"Conversations left in {user_dir} by an earlier account named {key!r} were moved "
                 "aside; the new account starts empty.",
@@ -571,6 +575,16 @@ def _token_of(record: dict[str, Any]) -> str:
 def _markers_of(record: dict[str, Any]) -> set[str]:
     """The values the account's directory marker can hold (an old one: its account id)."""
     return {record["account_id"], _token_of(record)}
+
+
+def _read_if_exists(path: Path, what: str) -> bytes | None:
+    """The file's bytes, or None if there is none; any other refusal is a ``StorageFailed`` naming it."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise storage_error(exc, path, f"read {what}", writing=False) from exc
 
 
 def _read_marker(directory: Path) -> str | None:
