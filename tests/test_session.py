@@ -484,11 +484,14 @@ def test_a_local_qwen3_reply_is_fitted_with_its_real_tokenizer_and_saved(
 
     logged_in(session, model=small_context_qwen3)
     session.configure(max_new_tokens=16, temperature=0.0)
+    streams: list[object] = []
     for number in range(6):
-        reply = session.send(f"question {number}: " + "tell me more " * 6).wait()
+        reply = session.send(f"question {number}: " + "tell me more " * 6)
+        reply.subscribe(lambda r: streams.append(r._stream) if r._stream is not None else None)
+        reply.wait()
     backend, name = resolve(small_context_qwen3)
     assert reply.dropped_messages > 0
-    prompt = reply._stream.prompt  # type: ignore[union-attr] - the exact text the model was given
+    prompt = streams[-1].prompt  # type: ignore[attr-defined] - the exact text the model was given
     assert "question 5" in prompt and "question 0" not in prompt
     assert len(backend._loaded_model(name).tokenizer(prompt)["input_ids"]) <= 256 - 16  # type: ignore[attr-defined]
     saved = session.history()[-1]
