@@ -64,3 +64,28 @@ def test_a_deletion_checked_against_a_replaced_account_deletes_nothing(
         slow.delete_account("eve", PASSWORD)
     titles = [c.title for c in other.login("eve", NEW_OWNER).conversations.list()]
     assert titles == ["the new owner's chat"]
+
+
+class InterleavedCheck(Accounts):
+    """Accounts whose next password check is followed at once (before the login ends) by ``meanwhile``."""
+
+    meanwhile: Callable[[], Any] | None = None
+
+    def _password_matches(self, password: object, stored: bytes) -> bool:
+        matches = super()._password_matches(password, stored)
+        meanwhile, self.meanwhile = self.meanwhile, None
+        if meanwhile is not None:
+            meanwhile()
+        return matches
+
+
+def test_a_login_whose_password_is_changed_during_its_check_is_refused(
+    config: Config, clock: FakeClock, other: Accounts
+) -> None:
+    """Not a login that looks fine and then says NotLoggedIn at its first use."""
+    other.register("eve", PASSWORD)
+    slow = InterleavedCheck(config, bcrypt_rounds=4, clock=clock)
+    slow.meanwhile = lambda: other.change_password("eve", PASSWORD, NEW_OWNER)
+    with pytest.raises(AuthenticationFailed):
+        slow.login("eve", PASSWORD)
+    assert slow.login("eve", NEW_OWNER).conversations.list() == []
