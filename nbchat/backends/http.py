@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
+import math
 import socket
 import threading
 import urllib.parse
@@ -33,6 +35,11 @@ from nbchat.errors import (
 )
 from nbchat.history import estimate_tokens
 from nbchat.types import GenerationParams, GenerationStats, Message
+
+# Beyond these a statistic from a server is nonsense (no context holds 100M tokens; nothing
+# generates a million tokens a second), and it is dropped rather than shown or saved.
+MAX_TOKEN_COUNT = 100_000_000
+MAX_TOKENS_PER_S = 1_000_000.0
 
 # The connection broke off under a request or a reply: the server died or hung up.
 _BROKEN_OFF = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.StreamError)
@@ -102,7 +109,7 @@ class HttpBackend(ABC):
         if response.status_code != 200:
             raise self._status_error(response, model)
         try:
-            data = response.json()
+            data = parse_json(response.content)
         except ValueError:
             raise BackendResponseError(self._not_json(path), response.status_code) from None
         if not isinstance(data, dict):
@@ -338,17 +345,81 @@ class _Handoff:
         return response
 
 
+# -- statistics a server reports: validated where they are read, never trusted --------------
+
+
+def token_count(value: object) -> int | None:
+    """A token count from a server: a whole number from 0 to MAX_TOKEN_COUNT, else None (dropped).
+
+    ``12.0`` counts as 12; a bool, a string, a list, a negative, fractional or non-finite number
+    does not count at all.
+    """
+    if isinstance(value, float) and value.is_integer():  # False for inf and nan
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKEN_COUNT:
+        return value
+    return None
+
+
+def duration_s(value: object, unit_s: float = 1.0) -> float | None:
+    """A duration from a server, in seconds (``unit_s``: 1e-9 for nanoseconds): finite and > 0, else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        seconds = float(value) * unit_s
+    except OverflowError:  # an int too large for a float
+        return None
+    return seconds if math.isfinite(seconds) and seconds > 0 else None
+
+
+def tokens_per_s(value: object) -> float | None:
+    """A speed a server states: a number above 0 and at most MAX_TOKENS_PER_S, else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        speed = float(value)
+    except OverflowError:
+        return None
+    return speed if math.isfinite(speed) and 0 < speed <= MAX_TOKENS_PER_S else None
+
+
+def speed(tokens: int | None, seconds: float | None) -> float | None:
+    """Tokens per second from a count and a duration (a tiny duration gives no speed, not infinity)."""
+    if not tokens or seconds is None:
+        return None
+    return tokens_per_s(tokens / seconds)
+
+
+# -- what a server says, made fit for an error message ------------------------------------
+
+MAX_SERVER_TEXT = 500  # of a server's words in an error: enough to act on, short enough to save
+
+
+def parse_json(data: bytes | str) -> Any:
+    """Decoded JSON; ValueError for anything else, JSON nested too deeply to decode included."""
+    try:
+        return json.loads(data)
+    except RecursionError:  # not a ValueError: it would escape every "is it JSON?" check
+        raise ValueError("JSON nested too deeply to decode") from None
+
+
+def server_text(text: str, limit: int = MAX_SERVER_TEXT) -> str:
+    """A server's words as an error message may quote them: at most ``limit`` characters."""
+    text = text.strip()
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def server_message(response: httpx.Response, said: Callable[[dict[str, Any]], str | None]) -> str:
     """What a refusing server said: ``said`` of its JSON object, else its body's first 500 characters.
 
     ``said`` reads the engine's error format; ``None`` means the object holds no error message.
     """
     try:
-        data = response.json()
+        data = parse_json(response.content)
     except ValueError:
-        return response.text.strip()[:500] or response.reason_phrase
+        return server_text(response.text) or server_text(response.reason_phrase)
     message = said(data) if isinstance(data, dict) else None
-    return response.text.strip()[:500] if message is None else message
+    return server_text(response.text if message is None else message)
 
 
 def is_loopback(url: str) -> bool:

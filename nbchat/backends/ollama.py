@@ -18,7 +18,15 @@ from typing import Any
 import httpx
 
 from nbchat.backends.base import ReplyStream
-from nbchat.backends.http import HttpBackend, HttpReplyStream, server_message
+from nbchat.backends.http import (
+    HttpBackend,
+    HttpReplyStream,
+    duration_s,
+    server_message,
+    server_text,
+    speed,
+    token_count,
+)
 from nbchat.errors import BackendError, BackendResponseError, GenerationFailed, ModelNotFound
 from nbchat.types import Chunk, GenerationParams, GenerationStats, Message
 
@@ -103,12 +111,15 @@ class OllamaBackend(HttpBackend):
         if cached is not None:
             return cached
         data = self._get_json("POST", "/api/show", json={"model": model}, model=model)
-        context = next(
-            (v for k, v in (data.get("model_info") or {}).items() if k.endswith(".context_length")), None
-        )
-        info = ModelInfo(
-            capabilities=frozenset(data.get("capabilities") or ()),
-            context_length=context if isinstance(context, int) else None,
+        details = data.get("model_info")
+        stated = details.items() if isinstance(details, dict) else ()
+        context = next((v for k, v in stated if k.endswith(".context_length")), None)
+        capabilities = data.get("capabilities")
+        info = ModelInfo(  # what makes no sense is ignored: no window stated, no capability
+            capabilities=frozenset(
+                c for c in (capabilities if isinstance(capabilities, list) else ()) if isinstance(c, str)
+            ),
+            context_length=token_count(context) or None,
         )
         with self._info_lock:
             self._info[model] = info
@@ -266,27 +277,27 @@ def _parse_line(line: bytes, what: str) -> dict[str, Any] | None:
     """One NDJSON line as a dict; ``None`` for a blank line (whitespace between objects)."""
     try:
         data = _decode_json(line.decode())
-    except ValueError:  # also UnicodeDecodeError; a blank line is not JSON either
+    except (ValueError, RecursionError):  # UnicodeDecodeError too; nor is a blank line JSON
         if not line.strip():
             return None
         raise GenerationFailed(f"Ollama sent a line that is not JSON during {what}: {line[:200]!r}") from None
     if not isinstance(data, dict):
         raise GenerationFailed(f"Ollama sent an unexpected line during {what}: {line[:200]!r}")
     if "error" in data:
-        raise GenerationFailed(f"Ollama reported an error during {what}: {data['error']}")
+        raise GenerationFailed(f"Ollama reported an error during {what}: {server_text(str(data['error']))}")
     return data
 
 
 def _stats(done: dict[str, Any]) -> GenerationStats:
-    """Stats from the final line (durations in nanoseconds)."""
+    """Stats from the final line (durations in nanoseconds); a figure that makes no sense is dropped."""
     # Durations are left to the stream's own clock (what the user waited); the server's
     # eval figures give the pure generation speed.
-    eval_count, eval_ns = done.get("eval_count"), done.get("eval_duration")
+    eval_count = token_count(done.get("eval_count"))
     return GenerationStats(
         finish_reason="length" if done.get("done_reason") == "length" else "stop",
-        prompt_tokens=done.get("prompt_eval_count"),
+        prompt_tokens=token_count(done.get("prompt_eval_count")),
         completion_tokens=eval_count,
-        tokens_per_s=eval_count / eval_ns * 1e9 if eval_count and eval_ns else None,
+        tokens_per_s=speed(eval_count, duration_s(done.get("eval_duration"), 1e-9)),
     )
 
 

@@ -27,7 +27,15 @@ import httpx
 
 from nbchat.backends.base import ReplyStream
 from nbchat.backends.chat import ThinkParser, chat_messages
-from nbchat.backends.http import HttpBackend, HttpReplyStream, server_message
+from nbchat.backends.http import (
+    HttpBackend,
+    HttpReplyStream,
+    parse_json,
+    server_message,
+    server_text,
+    token_count,
+    tokens_per_s,
+)
 from nbchat.errors import (
     BackendError,
     BackendResponseError,
@@ -314,13 +322,13 @@ def _chunks(data: dict[str, Any], parser: ThinkParser, reply: _Reply) -> Iterato
                 yield from parser.feed(content)
         if choice.get("finish_reason"):
             reply.finish_reason = str(choice["finish_reason"])
-    usage = data.get("usage")
+    usage = data.get("usage")  # every figure is checked: nonsense is dropped, never the reply
     if isinstance(usage, dict):
-        reply.prompt_tokens = _count(usage.get("prompt_tokens"))
-        reply.completion_tokens = _count(usage.get("completion_tokens"))
+        reply.prompt_tokens = token_count(usage.get("prompt_tokens"))
+        reply.completion_tokens = token_count(usage.get("completion_tokens"))
     timings = data.get("timings")  # llama-server's own measurement of the generation speed
-    if isinstance(timings, dict) and isinstance(timings.get("predicted_per_second"), (int, float)):
-        reply.tokens_per_s = float(timings["predicted_per_second"]) or None
+    if isinstance(timings, dict):
+        reply.tokens_per_s = tokens_per_s(timings.get("predicted_per_second"))
 
 
 def _events(response: httpx.Response, backend: OpenAIBackend) -> Iterator[Any]:
@@ -378,7 +386,7 @@ def _sse(response: httpx.Response) -> Iterator[tuple[str, bytes]]:
 
 def _parse_event(payload: bytes, event: str, backend: OpenAIBackend) -> dict[str, Any]:
     try:
-        data = json.loads(payload)
+        data = parse_json(payload)
     except ValueError:
         if event == "error":
             data = {"error": payload.decode("utf-8", "replace")}
@@ -391,7 +399,7 @@ def _parse_event(payload: bytes, event: str, backend: OpenAIBackend) -> dict[str
             f"The server at {backend.base_url} sent an unexpected event: {payload[:200]!r}"
         )
     if event == "error" or data.get("error"):
-        message = backend._scrub(_error_text(data))
+        message = backend._scrub(server_text(_error_text(data)))
         raise GenerationFailed(
             f"The server at {backend.base_url} reported an error during the reply: {message}"
         )
@@ -413,14 +421,10 @@ def _error_text(data: dict[str, Any]) -> str:
 def _is_missing_route(response: httpx.Response) -> bool:
     """A 404 for the path itself (FastAPI's ``{"detail": "Not Found"}``, a plain page), not the model."""
     try:
-        data = response.json()
+        data = parse_json(response.content)
     except ValueError:
         return True
     return not (isinstance(data, dict) and "error" in data)
-
-
-def _count(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _positive_int(value: Any) -> int | None:

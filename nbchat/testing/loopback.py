@@ -41,7 +41,9 @@ __all__ = [
     "LoopbackHTTPServer",
     "LoopbackHandler",
     "LoopbackServer",
+    "RawJSON",
     "dumps",
+    "dumps_with",
     "hanging_port",
     "message_text",
     "script_parser",
@@ -62,6 +64,23 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 def dumps(value: Any) -> bytes:
     """Compact JSON with raw UTF-8, as Go's encoding/json and Python's ASGI servers write it."""
     return _ENCODER.encode(value).encode()
+
+
+class RawJSON(str):
+    """JSON text sent as it is: a value Python's encoder cannot write (``1e400``, ``1e-320`` as typed)
+    or a server's nonsense (``NaN`` deep inside an object)."""
+
+
+def dumps_with(value: dict[str, Any], fields: dict[str, Any] | None) -> bytes:
+    """``value`` as compact JSON with ``fields`` set on it (replacing its own); RawJSON goes verbatim."""
+    if not fields:
+        return dumps(value)
+    merged = {**value, **fields}
+    items = [
+        dumps(k) + b":" + (v.encode() if isinstance(v, RawJSON) else dumps(v))
+        for k, v in merged.items()
+    ]
+    return b"{" + b",".join(items) + b"}"
 
 
 def words(text: str) -> list[str]:
@@ -402,8 +421,9 @@ class LoopbackServer:
     """A fake server's lifecycle, script and observations; a protocol module subclasses it.
 
     The script attributes are read at the start of each request: ``reply_words``, ``chunk_count``,
-    ``first_chunk_delay_s``, ``chunk_delay_s``, ``fault`` (None or one of the class's ``_faults``) and
-    ``fault_after_chunks``. ``requests`` logs every request; ``active_streams`` and
+    ``first_chunk_delay_s``, ``chunk_delay_s``, ``fault`` (None or one of the class's ``_faults``),
+    ``fault_after_chunks`` and ``final_fields`` (set on a stream's last JSON item, before its end marker:
+    odd statistics, say; see ``RawJSON``). ``requests`` logs every request; ``active_streams`` and
     ``cancelled_streams`` count generations. A subclass sets ``_handler_class``, ``_faults`` and
     ``_thread_name``.
     """
@@ -420,6 +440,7 @@ class LoopbackServer:
         self.chunk_delay_s = 0.0
         self.first_chunk_delay_s = 0.0
         self.fault_after_chunks = 3
+        self.final_fields: dict[str, Any] | None = None
         self.requests: list[dict[str, Any]] = []  # {"method", "path", "body"} per request; append-only
         self._fault: str | None = None
         self._port = port

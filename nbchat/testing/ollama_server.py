@@ -42,6 +42,7 @@ from nbchat.testing.loopback import (
     LoopbackHandler,
     LoopbackServer,
     dumps,
+    dumps_with,
     script_parser,
     serve_until_signalled,
     words,
@@ -82,6 +83,7 @@ class FakeModel:
     family: str = "qwen3"
     parameter_size: str = "1.7B"
     size: int = 1_400_000_000
+    show_fields: dict[str, Any] | None = None  # set on its /api/show answer (odd values: see RawJSON)
 
 
 def default_models() -> list[FakeModel]:
@@ -406,7 +408,7 @@ class _Handler(LoopbackHandler["OllamaTestServer"]):
         installed = self.rig._lookup(name)
         if installed is None:
             raise _HTTPError(404, f"model '{name}' not found")
-        self._send_json(200, _show(installed))
+        self._send(200, dumps_with(_show(installed), installed.model.show_fields), self.json_content_type)
 
     def _pull(self, raw: bytes) -> None:
         body = _parse_object(raw, "api.PullRequest")
@@ -471,10 +473,10 @@ class _Handler(LoopbackHandler["OllamaTestServer"]):
         # The generation is over before the done line leaves: a client holding that line sees
         # active_streams already down.
         if final is not None and stream:
-            self._stream_line(final)
+            self._chunk(dumps_with(final, rig.final_fields) + b"\n")
             self._end_stream()
         elif final is not None:
-            self._send_json(200, final)
+            self._send(200, dumps_with(final, rig.final_fields), self.json_content_type)
         if unload_after:
             rig._unload(model)
 
@@ -580,6 +582,7 @@ class OllamaTestServer(LoopbackServer):
       the client hangs up or the server stops. A refused connection is what stop() gives, a hanging
       connect what ``loopback.hanging_port()`` gives.
 
+    ``final_fields`` are set on the done line (e.g. ``{"eval_count": RawJSON("1e400")}``).
     ``options.num_predict`` caps the answer chunks (thinking not counted) with done_reason "length".
     """
 

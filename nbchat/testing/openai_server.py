@@ -49,6 +49,7 @@ from nbchat.testing.loopback import (
     LoopbackHandler,
     LoopbackServer,
     dumps,
+    dumps_with,
     message_text,
     script_parser,
     serve_until_signalled,
@@ -320,10 +321,13 @@ class _Handler(LoopbackHandler["OpenAITestServer"]):
             return
         if sent == 0:
             self._event({**header, "choices": [_choice({"role": "assistant", "content": ""})]})
-        self._event({**header, "choices": [_choice({}, finish_reason)]}, flush=False)
+        last = [{**header, "choices": [_choice({}, finish_reason)]}]
         options = body.get("stream_options")
-        if isinstance(options, dict) and options.get("include_usage", True) is not False:
-            self._event({**header, "choices": [], "usage": usage}, flush=False)
+        if rig.sends_usage and isinstance(options, dict) and options.get("include_usage", True) is not False:
+            last.append({**header, "choices": [], "usage": usage})
+        for number, event in enumerate(last, 1):
+            fields = rig.final_fields if number == len(last) else None
+            self._chunk(b"data: " + dumps_with(event, fields) + b"\n\n", flush=False)
         self._chunk(b"data: [DONE]\n\n", flush=False)
         self._end_stream()
 
@@ -363,6 +367,8 @@ class OpenAITestServer(LoopbackServer):
       client hangs up or the server stops. A refused connection is what stop() gives, a hanging
       connect what ``loopback.hanging_port()`` gives.
     - ``fault_message``: the error text a fault sends instead of vLLM's usual one.
+    - ``sends_usage``: False leaves out the usage chunk even when asked for, as llama-server does.
+    - ``final_fields``: set on the last chunk before ``[DONE]`` (e.g. llama-server's ``timings``).
 
     ``max_tokens`` (or ``max_completion_tokens``) caps the tokens, reasoning included, with
     finish_reason "length".
@@ -379,6 +385,7 @@ class OpenAITestServer(LoopbackServer):
         self.base_url = ""
         self.fault_message: str | None = None
         self.api_key: str | None = None
+        self.sends_usage = True
         # Each entry of self.requests also has "headers" (names in lower case), between "path" and "body".
         self._models: dict[str, ServedModel] = {}
         self._created = int(time.time())
