@@ -195,9 +195,9 @@ class ChatPanel(widgets.VBox):
             and current is not None
             and reply.conversation_id == current.id
         )
-        if streaming and (self._following is None or self._following.reply is not reply):
-            self._follow(reply)  # type: ignore[arg-type]
         if reply is not None:
+            if streaming and (self._following is None or self._following.reply is not reply):
+                self._follow(reply)
             self._keep_if_unsaved(reply)
         self.message_list.show(
             current.messages if current is not None else (),
