@@ -44,6 +44,7 @@ from nbchat.errors import (
     InvalidPassword,
     InvalidUsername,
     LoginThrottled,
+    NbchatError,
     NbchatWarning,
     UnsupportedVersion,
     UserLimitReached,
@@ -492,32 +493,7 @@ class Accounts:
 
     def _read_users(self) -> dict[str, dict[str, Any]]:
         """The accounts by key; a damaged file is reported, never repaired or replaced."""
-        path = self.config.users_file
-        raw = _read_if_exists(path, "the accounts file")
-        if raw is None:
-            return {}
-        try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise _corrupt_users(path, f"not valid JSON: {exc}") from None
-        except RecursionError:
-            raise _corrupt_users(path, "nested too deeply to decode") from None
-        if not isinstance(data, dict):
-            raise _corrupt_users(path, "expected a JSON object")
-        version = data.get("version")
-        if isinstance(version, int) and not isinstance(version, bool) and version > USERS_VERSION:
-            raise UnsupportedVersion(
-                f"{path} was written by a newer nbchat (version {version}); upgrade nbchat. "
-                "The file was left untouched."
-            )
-        users = data.get("users")
-        if isinstance(version, bool) or version != USERS_VERSION or not isinstance(users, dict):
-            raise _corrupt_users(path, "missing 'version': 1 or the 'users' object")
-        for key, record in users.items():
-            problem = _user_record_problem(key, record)
-            if problem:
-                raise _corrupt_users(path, f"the account {key!r} {problem}")
-        return users
+        return read_users_file(self.config.users_file)
 
     def _write_users(self, users: dict[str, dict[str, Any]]) -> None:
         payload = {"version": USERS_VERSION, "users": users}
@@ -575,6 +551,56 @@ def _token_of(record: dict[str, Any]) -> str:
 def _markers_of(record: dict[str, Any]) -> set[str]:
     """The values the account's directory marker can hold (an old one: its account id)."""
     return {record["account_id"], _token_of(record)}
+
+
+def read_users_file(path: Path) -> dict[str, dict[str, Any]]:
+    """The accounts in the ``users.json`` at ``path``, by key; damage is a ``CorruptFile``, never repaired."""
+    raw = _read_if_exists(path, "the accounts file")
+    if raw is None:
+        return {}
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _corrupt_users(path, f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise _corrupt_users(path, "nested too deeply to decode") from None
+    if not isinstance(data, dict):
+        raise _corrupt_users(path, "expected a JSON object")
+    version = data.get("version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > USERS_VERSION:
+        raise UnsupportedVersion(
+            f"{path} was written by a newer nbchat (version {version}); upgrade nbchat. "
+            "The file was left untouched."
+        )
+    users = data.get("users")
+    if isinstance(version, bool) or version != USERS_VERSION or not isinstance(users, dict):
+        raise _corrupt_users(path, "missing 'version': 1 or the 'users' object")
+    for key, record in users.items():
+        problem = _user_record_problem(key, record)
+        if problem:
+            raise _corrupt_users(path, f"the account {key!r} {problem}")
+    return users
+
+
+def hub_user_data_dir(shared: Path, hub_name: str) -> Path:
+    """The data dir of a JupyterHub user on a shared volume: ``<shared>/<hub username, lower case>``.
+
+    The folder made before issue 11 under the old 8-hex-digit tag is kept while
+    it holds this exact hub name's account (and no folder under the new name
+    exists), so an upgrade loses nobody's conversations; a hub name whose old
+    tag merely collides with it gets the new folder.
+    """
+    current = shared / hub_username(hub_name).lower()
+    legacy = shared / legacy_hub_username(hub_name).lower()
+    if legacy == current or current.exists() or not legacy.is_dir():
+        return current
+    try:
+        users = read_users_file(legacy / "users.json")
+    except NbchatError:
+        return legacy  # damaged: say so where the conversations are, rather than start afresh elsewhere
+    if any(record.get("hub_name") == hub_name for record in users.values()):
+        return legacy
+    return current
 
 
 def _read_if_exists(path: Path, what: str) -> bytes | None:

@@ -25,6 +25,7 @@ from nbchat import (
     UserLimitReached,
     load_config,
 )
+from nbchat.accounts import hub_user_data_dir
 from nbchat.errors import HubAccountConflict
 from nbchat.store import claim_directory
 from nbchat.usernames import check_username, hub_username, legacy_hub_username
@@ -364,3 +365,22 @@ def test_an_account_made_under_the_old_short_tag_still_serves_its_exact_hub_name
     assert other.conversations.list() == []
     titles = [c.title for c in accounts.hub_login(first).conversations.list()]
     assert titles == ["kept from before the upgrade"]
+
+
+# -- the data dir of a hub user on a shared volume (after the tag grew) -----------------------
+
+
+def test_a_hub_users_folder_from_before_the_longer_tag_is_still_found(tmp_path: Path) -> None:
+    first = COLLIDING[0]
+    old_folder = tmp_path / legacy_hub_username(first).lower()
+    Accounts(Config(data_dir=old_folder), bcrypt_rounds=4).hub_login(first).conversations.create("old chat")
+    assert hub_user_data_dir(tmp_path, first) == old_folder
+    kept = Accounts(Config(data_dir=hub_user_data_dir(tmp_path, first)), bcrypt_rounds=4).hub_login(first)
+    assert [c.title for c in kept.conversations.list()] == ["old chat"]
+
+
+def test_a_hub_name_whose_old_tag_collides_gets_a_folder_of_its_own(tmp_path: Path) -> None:
+    first, second = COLLIDING
+    Accounts(Config(data_dir=tmp_path / legacy_hub_username(first).lower()), bcrypt_rounds=4).hub_login(first)
+    assert hub_user_data_dir(tmp_path, second) == tmp_path / hub_username(second).lower()
+    assert hub_user_data_dir(tmp_path, "bob@uni.edu") == tmp_path / hub_username("bob@uni.edu").lower()
