@@ -634,15 +634,16 @@ class _Throttle:
             raise ValueError("unexpected version")
         failures: dict[str, dict[str, Any]] = {}
         for key, entry in data["failures"].items():
-            count, last = entry["count"], entry["last"]
-            if not (_is_number(last) and isinstance(count, int) and not isinstance(count, bool)):
+            count, last = entry["count"], _time(entry["last"], now)
+            if not isinstance(count, int) or isinstance(count, bool):
                 raise ValueError("unexpected entry")
-            if count > 0 and math.isfinite(last) and last <= now + CLOCK_SLACK_S:
-                failures[key] = {"count": count, "last": min(last, now)}
+            if count > 0 and last is not None:
+                failures[key] = {"count": count, "last": last}
         recent = data.get("recent", [])
-        if not isinstance(recent, list) or not all(_is_number(t) for t in recent):
+        if not isinstance(recent, list):
             raise ValueError("unexpected recent failures")
-        window = sorted(min(t, now) for t in recent if now - RATE_WINDOW_S < t <= now + CLOCK_SLACK_S)
+        times = (_time(t, now) for t in recent)
+        window = sorted(t for t in times if t is not None and t > now - RATE_WINDOW_S)
         return cls(failures, window[-MAX_FAILURES_PER_MINUTE:])
 
     def refuse_if_throttled(self, key: str, username: str, now: float) -> None:
@@ -670,8 +671,18 @@ class _Throttle:
         self.recent = [*self.recent, now][-MAX_FAILURES_PER_MINUTE:]
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def _time(value: object, now: float) -> float | None:
+    """A failure time from the file, at most ``now``; None for one that cannot have happened
+    (not finite, or more than ``CLOCK_SLACK_S`` ahead of the clock). Not a number: damage."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ValueError("a failure time is not a number")
+    try:
+        seconds = float(value)
+    except OverflowError:
+        return None
+    if not math.isfinite(seconds) or seconds > now + CLOCK_SLACK_S:
+        return None
+    return min(seconds, now)
 
 
 def _nesting_exceeds(value: object, limit: int) -> bool:
