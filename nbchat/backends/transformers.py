@@ -24,7 +24,7 @@ from nbchat.backends.local.loader import LoadCancelled
 from nbchat.backends.local.process import POLL_S, SHUTDOWN_S, LocalModel, rss_bytes
 from nbchat.backends.local.registry import loaded, unload
 from nbchat.config import DEFAULT_QWEN_MODEL
-from nbchat.errors import BackendError, ContextOverflow, GenerationFailed
+from nbchat.errors import ContextOverflow, GenerationFailed
 from nbchat.types import Chunk, GenerationParams, GenerationStats, Message
 
 __all__ = [
@@ -43,6 +43,7 @@ THINKING_SAMPLING = {"top_p": 0.95, "top_k": 20, "min_p": 0.0}
 ANSWER_SAMPLING = {"top_p": 0.8, "top_k": 20, "min_p": 0.0}
 
 _STALL_TIMEOUT_S = 3600.0  # no token for this long (the process alive): give up on the reply
+_STOP_GRACE_S = 0.75  # after Stop, how long a reply waits for the process to acknowledge it
 _REQUEST_IDS = itertools.count(1)
 
 
@@ -214,18 +215,22 @@ class TransformersReply(ReplyStream):
     def _on_cancel(self) -> None:
         handle = self._handle
         if handle is not None and handle.current is self:
-            with contextlib.suppress(BackendError):  # the process is gone: nothing left to stop
-                handle.send("cancel", self._request_id)
+            handle.send("cancel", self._request_id)  # queued: never blocks, even on a frozen process
 
     def _generate(self) -> Generator[Chunk, None, GenerationStats]:
-        handle = self._backend._loaded_model(self._model)
+        try:
+            handle = self._backend._loaded_model(self._model, cancel=self._cancel)
+        except LoadCancelled:  # stopped while the model loaded
+            return GenerationStats("cancelled", completion_tokens=0)
         self._handle = handle
         params = self._params
         self.prompt = _render_prompt(handle, self._messages, params.think)
         ids = _prompt_ids(handle, self.prompt)
         _check_context(handle, len(ids), params)
-        if not self._wait_for_turn(handle):
+        ready = self._wait_for_turn(handle)
+        if ready is None:
             return GenerationStats("cancelled", prompt_tokens=len(ids), completion_tokens=0)
+        handle = self._handle = ready
         self._ended = False  # the model process sent this request's end marker
         try:
             handle.current = self
@@ -236,28 +241,44 @@ class TransformersReply(ReplyStream):
                 handle.send("cancel", self._request_id)
             return (yield from self._relay(handle, ids))
         finally:
-            if not self._ended:  # abandoned mid-way (closed, or this side failed): stop the process
-                self._settle(handle)
             handle.current = None
-            handle.turn.release()
+            if self._ended:
+                handle.turn.release()
+            else:  # stopped before the process finished, closed mid-way, or failed here
+                registry.settle(handle, self._request_id)  # gives the turn back, or retires the process
 
-    def _wait_for_turn(self, handle: LocalModel) -> bool:
-        """Wait while another reply uses this model; False if cancelled meanwhile."""
-        while not handle.turn.acquire(timeout=POLL_S):
-            if self.cancelled:
-                return False
-            if handle.dead is not None:
-                raise GenerationFailed(f"The model {handle.model_id!r} was unloaded; send the message again.")
-        if handle.dead is not None:
+    def _wait_for_turn(self, handle: LocalModel) -> LocalModel | None:
+        """Wait while another reply uses the model; None if cancelled meanwhile.
+
+        A process that froze or died under the reply before is replaced by a fresh one; an
+        unloaded model is an error (unloading is deliberate).
+        """
+        while True:
+            while not handle.turn.acquire(timeout=POLL_S):
+                if self.cancelled:
+                    return None
+                if handle.dead == "unloaded":
+                    raise _unloaded(handle)
+            if handle.dead is None:
+                if self.cancelled:
+                    handle.turn.release()
+                    return None
+                return handle
             handle.turn.release()
-            raise GenerationFailed(f"The model {handle.model_id!r} was unloaded; send the message again.")
-        if self.cancelled:
-            handle.turn.release()
-            return False
-        return True
+            if handle.dead == "unloaded":
+                raise _unloaded(handle)
+            try:
+                handle = self._handle = self._backend._loaded_model(self._model, cancel=self._cancel)
+            except LoadCancelled:
+                return None
 
     def _relay(self, handle: LocalModel, prompt_ids: list[int]) -> Generator[Chunk, None, GenerationStats]:
-        """Turn the child's token ids into text and thinking chunks until it reports the end."""
+        """Turn the child's token ids into text and thinking chunks until it reports the end.
+
+        After Stop, the child normally ends within a token; one that has not within
+        ``_STOP_GRACE_S`` (frozen, or deep in a long prompt) is left to ``registry.settle``
+        and the reply ends now, cancelled, with what streamed.
+        """
         import torch
         from transformers import TextIteratorStreamer
 
@@ -266,51 +287,55 @@ class TransformersReply(ReplyStream):
         )
         streamer.put(torch.tensor([prompt_ids]))  # what generate() does first; skip_prompt drops it
         parser = ThinkParser()
+        heard = time.monotonic()
+        stop_seen: float | None = None
         while True:
-            message = handle.receive(timeout=_STALL_TIMEOUT_S)
+            message = handle.receive(timeout=POLL_S)
+            now = time.monotonic()
             if message is None:
-                raise GenerationFailed(
-                    f"The model process for {handle.model_id!r} sent nothing for {_STALL_TIMEOUT_S:.0f} s."
-                )
-            if message[1] != self._request_id:
-                continue  # a late message of an abandoned reply
-            kind = message[0]
-            if kind == "tokens":
+                if now - heard >= _STALL_TIMEOUT_S and not self.cancelled:
+                    raise GenerationFailed(
+                        f"The model process for {handle.model_id!r} sent nothing for "
+                        f"{_STALL_TIMEOUT_S:.0f} s; it is restarted on the next message."
+                    )
+            elif message[1] == self._request_id:  # (a late message of an abandoned reply is skipped)
+                heard = now
+                if message[0] != "tokens":
+                    self._ended = True
+                    streamer.end()
+                    yield from _pieces(streamer, parser)
+                    yield from parser.flush()
+                    return _final_stats(message, len(prompt_ids))
                 self.token_ids.extend(message[2])
                 streamer.put(torch.tensor(message[2]))
                 yield from _pieces(streamer, parser)
-                continue
-            self._ended = True
-            streamer.end()
-            yield from _pieces(streamer, parser)
-            yield from parser.flush()
-            if kind == "error":
-                raise GenerationFailed(_generation_error_message(message[2], message[3]))
-            report = message[2]
-            return GenerationStats(
-                report["finish_reason"],
-                prompt_tokens=len(prompt_ids),
-                completion_tokens=report["completion_tokens"],
-                ttft_s=report["ttft_s"],
-                tokens_per_s=report["tokens_per_s"],
-            )
+            if self.cancelled:
+                stop_seen = stop_seen or now
+                if now - stop_seen >= _STOP_GRACE_S:  # not acknowledged: end here, settle() takes over
+                    streamer.end()
+                    yield from _pieces(streamer, parser)
+                    yield from parser.flush()
+                    return GenerationStats(
+                        "cancelled", prompt_tokens=len(prompt_ids), completion_tokens=len(self.token_ids)
+                    )
 
-    def _settle(self, handle: LocalModel) -> None:
-        """The reply was abandoned or failed mid-way: stop the child and read up to its end marker."""
-        if handle.dead is not None:
-            return
-        try:
-            handle.send("cancel", self._request_id)
-            deadline = time.monotonic() + SHUTDOWN_S
-            while time.monotonic() < deadline:
-                message = handle.receive(timeout=POLL_S)
-                if message is not None and message[0] in ("done", "error") and message[1] == self._request_id:
-                    return
-        except BackendError:
-            return
-        # The child did not stop in time: it cannot be trusted with the next reply.
-        registry.forget(handle)
-        handle.shutdown()
+
+def _final_stats(end: list[Any], prompt_tokens: int) -> GenerationStats:
+    """The stats of the process's end marker (``done``), or its error (``error``) raised."""
+    if end[0] == "error":
+        raise GenerationFailed(_generation_error_message(end[2], end[3]))
+    report = end[2]
+    return GenerationStats(
+        report["finish_reason"],
+        prompt_tokens=prompt_tokens,
+        completion_tokens=report["completion_tokens"],
+        ttft_s=report["ttft_s"],
+        tokens_per_s=report["tokens_per_s"],
+    )
+
+
+def _unloaded(handle: LocalModel) -> GenerationFailed:
+    return GenerationFailed(f"The model {handle.model_id!r} was unloaded; send the message again.")
 
 
 def _pieces(streamer: Any, parser: ThinkParser) -> Generator[Chunk, None, None]:

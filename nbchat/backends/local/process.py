@@ -26,6 +26,7 @@ from nbchat.errors import GenerationFailed
 CHILD_MODULE = "nbchat.backends.local.child"
 POLL_S = 0.05  # how often a waiting reply looks at its cancel flag
 SHUTDOWN_S = 10.0  # grace period for a model process to stop or exit before it is killed
+FROZEN_AFTER_S = 2.0  # a process with a request to finish that uses no CPU for this long is frozen
 
 
 def spawn() -> subprocess.Popen[bytes]:
@@ -62,8 +63,10 @@ class LocalModel:
     """A loaded model: its process, the kernel's copy of the tokenizer, what the process reported.
 
     A reader thread turns the process's stdout lines into ``inbox`` entries
-    (``None`` marks the end of its output: it exited). ``turn`` lets one
-    reply generate at a time; ``current`` is that reply.
+    (``None`` marks the end of its output: it exited); a writer thread feeds
+    ``outbox`` to its stdin, so sending never blocks, even when the process is
+    frozen and its pipe full. ``turn`` lets one reply generate at a time;
+    ``current`` is that reply.
     """
 
     model_id: str
@@ -71,13 +74,14 @@ class LocalModel:
     process: subprocess.Popen[bytes]
     info: dict[str, Any] = field(default_factory=dict)
     inbox: queue.Queue[list[Any] | None] = field(default_factory=queue.Queue)
-    send_lock: threading.Lock = field(default_factory=threading.Lock)
+    outbox: queue.Queue[bytes | None] = field(default_factory=queue.Queue)
     turn: threading.Lock = field(default_factory=threading.Lock)  # one generation at a time
     current: Any = None  # the reply generating now
     dead: str | None = None  # why the process is gone, once it is
 
     def __post_init__(self) -> None:
         threading.Thread(target=self._read, name="nbchat-model-reader", daemon=True).start()
+        threading.Thread(target=self._write, name="nbchat-model-writer", daemon=True).start()
 
     @property
     def alive(self) -> bool:
@@ -93,15 +97,21 @@ class LocalModel:
                     continue  # not one of ours; the model process sends everything else to stderr
         self.inbox.put(None)
 
-    def send(self, *message: Any) -> None:
-        data = (json.dumps(message) + "\n").encode()
-        with self.send_lock:
+    def _write(self) -> None:
+        stdin = self.process.stdin
+        assert stdin is not None
+        while (data := self.outbox.get()) is not None:
             try:
-                assert self.process.stdin is not None
-                self.process.stdin.write(data)
-                self.process.stdin.flush()
-            except (OSError, ValueError) as exc:  # a closed pipe: the process is gone
-                raise GenerationFailed(self.death_message()) from exc
+                stdin.write(data)
+                stdin.flush()
+            except (OSError, ValueError):  # a closed pipe: the process is gone, and receive says so
+                break
+        with contextlib.suppress(OSError, ValueError):
+            stdin.close()  # EOF: the process exits at once
+
+    def send(self, *message: Any) -> None:
+        """Queue a message for the process; never blocks (a dead process shows in ``receive``)."""
+        self.outbox.put((json.dumps(message) + "\n").encode())
 
     def receive(self, timeout: float) -> list[Any] | None:
         """The process's next message, or None after ``timeout``; its death raises ``GenerationFailed``."""
@@ -133,10 +143,10 @@ class LocalModel:
     def shutdown(self) -> None:
         """Ask the process to exit and make sure it does (it is killed after a grace period)."""
         self.dead = self.dead or "unloaded"
-        with contextlib.suppress(OSError, ValueError), self.send_lock:
-            assert self.process.stdin is not None
-            self.process.stdin.write(b'["shutdown"]\n')
-            self.process.stdin.close()
+        self.outbox.put(b'["shutdown"]\n')
+        self.outbox.put(None)
+        if _stopped(self.process.pid):  # frozen by a signal: it would never read the request
+            self.process.kill()
         try:
             self.process.wait(SHUTDOWN_S)
         except subprocess.TimeoutExpired:
@@ -152,9 +162,7 @@ class LocalModel:
             self.process.kill()  # SIGKILL ends a stopped (SIGSTOP) process too
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(SHUTDOWN_S)
-        with contextlib.suppress(OSError, ValueError):
-            assert self.process.stdin is not None
-            self.process.stdin.close()
+        self.outbox.put(None)  # the writer's last write fails at once now; it closes stdin and ends
 
     def close_at_exit(self) -> None:
         """The interpreter is exiting: EOF on its stdin makes the process exit at once."""
@@ -170,3 +178,46 @@ def rss_bytes(pid: int) -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+class FreezeWatch:
+    """Tells a frozen model process from a busy one, while it owes the kernel an end marker.
+
+    Frozen: stopped by a signal (``SIGSTOP``, a debugger), or no CPU time used
+    for ``FROZEN_AFTER_S`` (deadlocked). A process still computing (a long
+    prompt, a slow token) is busy. Where ``/proc`` is missing it never says
+    frozen, and the caller's deadline decides.
+    """
+
+    def __init__(self, pid: int, still_s: float = FROZEN_AFTER_S) -> None:
+        self._pid = pid
+        self._still_s = still_s
+        self._ticks: int | None = None
+        self._since = time.monotonic()
+
+    def frozen(self) -> bool:
+        state = _cpu_state(self._pid)
+        if state is None:
+            return False
+        letter, ticks = state
+        if letter in "Tt":
+            return True
+        now = time.monotonic()
+        if ticks != self._ticks:
+            self._ticks, self._since = ticks, now
+            return False
+        return now - self._since >= self._still_s
+
+
+def _cpu_state(pid: int) -> tuple[str, int] | None:
+    """The state letter of ``pid`` and the CPU ticks it has used (Linux ``/proc``), None where unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return fields[0], int(fields[11]) + int(fields[12])  # state, utime + stime
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _stopped(pid: int) -> bool:
+    state = _cpu_state(pid)
+    return state is not None and state[0] in "Tt"

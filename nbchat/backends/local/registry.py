@@ -3,7 +3,11 @@
 A model id maps to one ``LocalModel`` (its process). Loading runs in a thread
 of its own, one per model id however many callers ask at once; callers wait
 for it and may stop waiting (Stop) at any moment. A load nobody waits for any
-more is ended, so the registry only ever holds fully loaded models.
+more is ended, so the registry only ever holds fully loaded models. A reply
+that ends before its process finished generating (Stop, a failure) hands the
+process's turn to ``settle``, which gives it back once the process is done,
+or retires a process that froze: killed and forgotten, so the next use
+starts a fresh one.
 """
 
 from __future__ import annotations
@@ -12,13 +16,15 @@ import atexit
 import gc
 import subprocess
 import threading
+import time
 from dataclasses import dataclass, field
 
 from nbchat.backends.base import ProgressCallback
 from nbchat.backends.local import PREFIX
 from nbchat.backends.local.devices import empty_device_caches
 from nbchat.backends.local.loader import LoadCancelled, resolve, start
-from nbchat.backends.local.process import POLL_S, SHUTDOWN_S, LocalModel
+from nbchat.backends.local.process import POLL_S, SHUTDOWN_S, FreezeWatch, LocalModel
+from nbchat.errors import BackendError
 
 _REGISTRY: dict[str, LocalModel] = {}
 _LOADING: dict[str, _Load] = {}
@@ -117,6 +123,45 @@ def forget(handle: LocalModel) -> None:
     with _LOCK:
         if _REGISTRY.get(handle.model_id) is handle:
             del _REGISTRY[handle.model_id]
+
+
+def retire(handle: LocalModel, why: str) -> None:
+    """End a process that can no longer be trusted (it froze): killed now, the next use reloads."""
+    forget(handle)
+    handle.kill(why)
+
+
+def settle(handle: LocalModel, request_id: int) -> None:
+    """Take ``handle``'s turn over from a reply that ended before its process finished ``request_id``.
+
+    In the background, the process is asked to stop that request and its
+    output read up to the end marker; then the turn is free for the next
+    reply. A process that does not get there — frozen (``FreezeWatch``), or
+    still busy after ``SHUTDOWN_S`` — is retired instead of letting the next
+    reply queue behind a generate that never ends.
+    """
+    if handle.dead is not None:
+        handle.turn.release()
+        return
+    handle.send("cancel", request_id)
+    settling = threading.Thread(target=_settle, args=(handle, request_id), name="nbchat-model-settle")
+    settling.daemon = True
+    settling.start()
+
+
+def _settle(handle: LocalModel, request_id: int) -> None:
+    try:
+        watch = FreezeWatch(handle.process.pid)
+        deadline = time.monotonic() + SHUTDOWN_S
+        while time.monotonic() < deadline and not watch.frozen():
+            message = handle.receive(timeout=POLL_S)
+            if message is not None and message[0] in ("done", "error") and message[1] == request_id:
+                return
+        retire(handle, "it stopped responding and was ended")
+    except BackendError:  # it died meanwhile: the next use reloads it
+        return
+    finally:
+        handle.turn.release()
 
 
 def unload(model: str | None = None) -> list[str]:
