@@ -16,6 +16,7 @@ from nbchat.backends import available_models, backend_for, parse_model_id, resol
 from nbchat.backends.chat import ThinkParser
 from nbchat.backends.openai import DEFAULT_CONTEXT_WINDOW, OpenAIBackend, _chunks, _events, _Reply, _sse
 from nbchat.errors import (
+    BackendError,
     BackendResponseError,
     BackendTimeout,
     BackendUnavailable,
@@ -514,3 +515,43 @@ def test_a_model_without_max_model_len_has_no_known_window_but_the_default_to_se
 
 def test_a_server_without_a_model_list_knows_no_window(server) -> None:
     assert OpenAIBackend(server.url).known_context_window("anything") is None
+
+
+# -- the key never leaves in an error ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("fault", ["echo_auth_event", "echo_auth_body", "echo_auth_reason"])
+def test_a_server_echoing_the_authorization_header_never_puts_the_key_in_an_error(server, fault) -> None:
+    server.api_key, server.fault, server.fault_after_chunks = KEY, fault, 2
+    backend = OpenAIBackend(server.base_url, api_key=KEY)
+    stream = backend.stream(LLAMA, HELLO, GenerationParams())
+    with pytest.raises(BackendError) as error:
+        stream.wait()
+    assert "unexpected Authorization" in str(error.value), "the server's words are still quoted"
+    for text in (str(error.value), repr(error.value), error.value.partial_text, str(stream.stats)):
+        assert KEY not in text and "Bearer sk" not in text
+
+
+@pytest.mark.parametrize(
+    "said",
+    [
+        "Bearer sk-someone-elses-key-0123456789",
+        "authorization: Bearer abc.def.ghi",
+        "key sk-proj-AbCdEf0123456789xyz rejected",
+        '{"headers": {"Authorization": "Bearer tok_9f8e7d6c5b4a"}}',
+    ],
+)
+def test_any_bearer_or_sk_token_a_server_quotes_is_scrubbed_too(backend, server, said) -> None:
+    server.fault, server.fault_message = "500", said
+    with pytest.raises(BackendResponseError) as error:
+        backend.stream(LLAMA, HELLO, GenerationParams()).wait()
+    for secret in ("sk-someone", "abc.def.ghi", "AbCdEf0123456789xyz", "tok_9f8e7d6c5b4a"):
+        assert secret not in str(error.value)
+
+
+def test_a_key_cut_in_half_by_the_length_limit_is_still_scrubbed(server) -> None:
+    key = "my-very-own-secret-" + "k" * 600  # a key with no telltale prefix, longer than the limit
+    server.fault, server.fault_message = "500", f"rejected {key}"
+    with pytest.raises(BackendResponseError) as error:
+        OpenAIBackend(server.base_url, api_key=key).stream(LLAMA, HELLO, GenerationParams()).wait()
+    assert "my-very-own-secret" not in str(error.value)

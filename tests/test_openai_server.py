@@ -427,7 +427,10 @@ def test_stop_ends_stalled_streams_and_idle_connections(server: OpenAITestServer
 
 
 def test_unknown_faults_are_refused_and_refusing_connections_is_stop(server: OpenAITestServer) -> None:
-    assert {"404", "500", "midstream_error", "drop", "stall", "stall_headers", "stall_body"} == FAULTS
+    assert {
+        *("404", "500", "midstream_error", "drop", "stall", "stall_headers", "stall_body"),
+        *("echo_auth_event", "echo_auth_body", "echo_auth_reason"),
+    } == FAULTS
     with pytest.raises(ValueError, match="stop"):
         server.fault = "refuse"
     with pytest.raises(ValueError, match="unknown fault"):
@@ -493,3 +496,20 @@ def test_the_command_line_server_prints_ready_serves_and_stops_on_sigterm() -> N
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_echo_faults_copy_the_authorization_header_where_a_careless_server_would() -> None:
+    header = {"Authorization": "Bearer sk-echo-0123456789"}
+    echoed = "unexpected Authorization: Bearer sk-echo-0123456789"
+    body = {"model": "meta-llama/Llama-3.2-1B-Instruct", "messages": [{"role": "user", "content": "hi"}]}
+    with OpenAITestServer() as server, httpx.Client(base_url=server.base_url, headers=header) as http:
+        server.fault = "echo_auth_body"
+        response = http.post("/chat/completions", json=body)
+        assert (response.status_code, response.text) == (400, echoed)
+        server.fault = "echo_auth_reason"
+        response = http.post("/chat/completions", json=body)
+        assert (response.status_code, response.reason_phrase) == (400, echoed)
+        server.fault, server.fault_after_chunks = "echo_auth_event", 1
+        response = http.post("/chat/completions", json={**body, "stream": True})
+        events = [e for e in response.text.split("\n\n") if e]
+        assert events[-2:] == [f"data: {echoed}", "data: [DONE]"]

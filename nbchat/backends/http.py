@@ -15,6 +15,7 @@ import contextlib
 import ipaddress
 import json
 import math
+import re
 import socket
 import threading
 import urllib.parse
@@ -40,6 +41,7 @@ from nbchat.types import GenerationParams, GenerationStats, Message
 # generates a million tokens a second), and it is dropped rather than shown or saved.
 MAX_TOKEN_COUNT = 100_000_000
 MAX_TOKENS_PER_S = 1_000_000.0
+MAX_SERVER_TEXT = 500  # of a server's words in an error: enough to act on, short enough to save
 
 # The connection broke off under a request or a reply: the server died or hung up.
 _BROKEN_OFF = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.StreamError)
@@ -144,8 +146,16 @@ class HttpBackend(ABC):
             raise BackendUnavailable(self._failed(exc)) from None
 
     def _failed(self, exc: httpx.HTTPError) -> str:
-        """Any other failure of the request, named (engines holding secrets scrub them here)."""
-        return f"The request to {self._server} failed ({type(exc).__name__}: {exc})."
+        """Any other failure of the request, named."""
+        return f"The request to {self._server} failed ({self._said(f'{type(exc).__name__}: {exc}')})."
+
+    def _secrets(self) -> tuple[str | None, ...]:
+        """What this engine must never show (its API key): scrubbed from every error it builds."""
+        return ()
+
+    def _said(self, text: str, limit: int = MAX_SERVER_TEXT) -> str:
+        """Words from the server (or about the connection), fit to quote in an error."""
+        return server_text(text, self._secrets(), limit)
 
     # -- in the engine's own words ---------------------------------------------------------
 
@@ -392,7 +402,6 @@ def speed(tokens: int | None, seconds: float | None) -> float | None:
 
 # -- what a server says, made fit for an error message ------------------------------------
 
-MAX_SERVER_TEXT = 500  # of a server's words in an error: enough to act on, short enough to save
 
 
 def parse_json(data: bytes | str) -> Any:
@@ -403,23 +412,53 @@ def parse_json(data: bytes | str) -> Any:
         raise ValueError("JSON nested too deeply to decode") from None
 
 
-def server_text(text: str, limit: int = MAX_SERVER_TEXT) -> str:
-    """A server's words as an error message may quote them: at most ``limit`` characters."""
-    text = text.strip()
+# What looks like a credential wherever it is quoted: a header's or a field's value, a bearer
+# token, an OpenAI-style key. The label is kept, so a message still says what was refused.
+_SECRET_PATTERNS = (
+    (re.compile(r"(?i)\b((?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?)[^\"'\r\n,;}]+"), r"\1***"),
+    (re.compile(r"(?i)\b((?:x-)?api[-_]?key[\"']?\s*[:=]\s*[\"']?)[^\s\"',;}&]+"), r"\1***"),
+    (re.compile(r"(?i)\b(bearer)\s+[^\s\"'<>,;]+"), r"\1 ***"),
+    (re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}"), "sk-***"),
+)
+
+
+def scrub_secrets(text: str, *secrets: str | None) -> str:
+    """``text`` without ``secrets`` (an API key, say) nor anything that looks like a credential.
+
+    Every error an HTTP engine builds from a server's words goes through this (by ``server_text``);
+    apply it to any other text that may quote a server before it is shown or saved.
+    """
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    for pattern, replacement in _SECRET_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def server_text(text: str, secrets: Sequence[str | None] = (), limit: int = MAX_SERVER_TEXT) -> str:
+    """A server's words as an error message may quote them: scrubbed of secrets (before it is cut,
+    so no half of a key is left), then at most ``limit`` characters."""
+    text = scrub_secrets(text, *secrets).strip()
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def server_message(response: httpx.Response, said: Callable[[dict[str, Any]], str | None]) -> str:
-    """What a refusing server said: ``said`` of its JSON object, else its body's first 500 characters.
+def server_message(
+    response: httpx.Response,
+    said: Callable[[dict[str, Any]], str | None],
+    secrets: Sequence[str | None] = (),
+) -> str:
+    """What a refusing server said: ``said`` of its JSON object, else its body's first 500 characters
+    (else its status line's reason), scrubbed of ``secrets`` and of anything like a credential.
 
     ``said`` reads the engine's error format; ``None`` means the object holds no error message.
     """
     try:
         data = parse_json(response.content)
     except ValueError:
-        return server_text(response.text) or server_text(response.reason_phrase)
+        return server_text(response.text, secrets) or server_text(response.reason_phrase, secrets)
     message = said(data) if isinstance(data, dict) else None
-    return server_text(response.text if message is None else message)
+    return server_text(response.text if message is None else message, secrets)
 
 
 def is_loopback(url: str) -> bool:

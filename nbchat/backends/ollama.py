@@ -189,7 +189,7 @@ class OllamaBackend(HttpBackend):
     # -- its failures, in words (the shared HTTP plumbing raises them) ---------------------
 
     def _status_error(self, response: httpx.Response, model: str | None) -> BackendError:
-        message = server_message(response, _error)
+        message = server_message(response, _error, self._secrets())
         if response.status_code == 404 and model is not None:
             return ModelNotFound(
                 f"Ollama at {self.host} has no model {model!r} ({message}). Download it with "
@@ -201,7 +201,7 @@ class OllamaBackend(HttpBackend):
 
     def _unreachable(self, exc: httpx.ConnectError) -> str:
         return (
-            f"Cannot reach Ollama at {self.host} ({exc}). Start it with `ollama serve` "
+            f"Cannot reach Ollama at {self.host} ({self._said(str(exc))}). Start it with `ollama serve` "
             "(or open the Ollama app), or set OLLAMA_HOST to the address it listens on."
         )
 
@@ -216,7 +216,10 @@ class OllamaBackend(HttpBackend):
         )
 
     def _broken_off(self, exc: Exception) -> str:
-        return f"The connection to Ollama at {self.host} broke off ({exc}); is the server still running?"
+        return (
+            f"The connection to Ollama at {self.host} broke off ({self._said(str(exc))}); "
+            "is the server still running?"
+        )
 
     def _not_json(self, path: str) -> str:
         return (
@@ -280,12 +283,19 @@ def _parse_line(line: bytes, what: str) -> dict[str, Any] | None:
     except (ValueError, RecursionError):  # UnicodeDecodeError too; nor is a blank line JSON
         if not line.strip():
             return None
-        raise GenerationFailed(f"Ollama sent a line that is not JSON during {what}: {line[:200]!r}") from None
+        raise GenerationFailed(
+            f"Ollama sent a line that is not JSON during {what}: {_quoted(line)}"
+        ) from None
     if not isinstance(data, dict):
-        raise GenerationFailed(f"Ollama sent an unexpected line during {what}: {line[:200]!r}")
+        raise GenerationFailed(f"Ollama sent an unexpected line during {what}: {_quoted(line)}")
     if "error" in data:
         raise GenerationFailed(f"Ollama reported an error during {what}: {server_text(str(data['error']))}")
     return data
+
+
+def _quoted(line: bytes) -> str:
+    """A line the server sent, scrubbed and cut to quote in an error."""
+    return repr(server_text(line.decode("utf-8", "replace"), limit=200))
 
 
 def _stats(done: dict[str, Any]) -> GenerationStats:

@@ -32,7 +32,6 @@ from nbchat.backends.http import (
     HttpReplyStream,
     parse_json,
     server_message,
-    server_text,
     token_count,
     tokens_per_s,
 )
@@ -215,16 +214,10 @@ class OpenAIBackend(HttpBackend):
 
     # -- its failures, in words (the shared HTTP plumbing raises them) ---------------------
 
-    def _failed(self, exc: httpx.HTTPError) -> str:
-        return (
-            f"The request to the server at {self.base_url} failed "
-            f"({type(exc).__name__}: {self._scrub(str(exc))})."
-        )
-
     def _unreachable(self, exc: httpx.ConnectError) -> str:
         return (
-            f"Cannot reach the OpenAI-compatible server at {self.base_url} ({exc}). Start it "
-            "(e.g. `vllm serve <model>` or `llama-server -m <file>`), or set OPENAI_BASE_URL to "
+            f"Cannot reach the OpenAI-compatible server at {self.base_url} ({self._said(str(exc))}). "
+            "Start it (e.g. `vllm serve <model>` or `llama-server -m <file>`), or set OPENAI_BASE_URL to "
             f"the API root it listens on, e.g. {_EXAMPLE_URL}."
         )
 
@@ -240,7 +233,7 @@ class OpenAIBackend(HttpBackend):
 
     def _broken_off(self, exc: Exception) -> str:
         return (
-            f"The connection to the server at {self.base_url} broke off ({self._scrub(str(exc))}); "
+            f"The connection to the server at {self.base_url} broke off ({self._said(str(exc))}); "
             "is it still running?"
         )
 
@@ -251,7 +244,7 @@ class OpenAIBackend(HttpBackend):
         )
 
     def _status_error(self, response: httpx.Response, model: str | None) -> BackendError:
-        status, message = response.status_code, self._scrub(server_message(response, _error_text))
+        status, message = response.status_code, server_message(response, _error_text, self._secrets())
         if status == 401:
             problem = (
                 "the API key in OPENAI_API_KEY is wrong"
@@ -274,9 +267,9 @@ class OpenAIBackend(HttpBackend):
             )
         return BackendResponseError(f"The server at {self.base_url} answered {status}: {message}", status)
 
-    def _scrub(self, text: str) -> str:
-        """``text`` without the API key, should a server or a library ever echo it."""
-        return text.replace(self._api_key, "***") if self._api_key else text
+    def _secrets(self) -> tuple[str | None, ...]:
+        """The API key, scrubbed from every error should a server or a library ever echo it."""
+        return (self._api_key,)
 
 
 class OpenAIReplyStream(HttpReplyStream):
@@ -392,18 +385,24 @@ def _parse_event(payload: bytes, event: str, backend: OpenAIBackend) -> dict[str
             data = {"error": payload.decode("utf-8", "replace")}
         else:
             raise GenerationFailed(
-                f"The server at {backend.base_url} sent an event that is not JSON: {payload[:200]!r}"
+                f"The server at {backend.base_url} sent an event that is not JSON: "
+                + _quoted(payload, backend)
             ) from None
     if not isinstance(data, dict):
         raise GenerationFailed(
-            f"The server at {backend.base_url} sent an unexpected event: {payload[:200]!r}"
+            f"The server at {backend.base_url} sent an unexpected event: {_quoted(payload, backend)}"
         )
     if event == "error" or data.get("error"):
-        message = backend._scrub(server_text(_error_text(data)))
+        message = backend._said(_error_text(data))
         raise GenerationFailed(
             f"The server at {backend.base_url} reported an error during the reply: {message}"
         )
     return data
+
+
+def _quoted(payload: bytes, backend: OpenAIBackend) -> str:
+    """An event the server sent, scrubbed and cut to quote in an error."""
+    return repr(backend._said(payload.decode("utf-8", "replace"), limit=200))
 
 
 def _error_text(data: dict[str, Any]) -> str:

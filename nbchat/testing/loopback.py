@@ -235,9 +235,9 @@ class LoopbackHandler(BaseHTTPRequestHandler, Generic[RigT]):
         """Why the connection failed: our own stop(), or the client going away."""
         return ServerStopping() if self.rig._stopping.is_set() else ClientGone()
 
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
+    def _send(self, status: int, body: bytes, content_type: str, reason: str | None = None) -> None:
         try:
-            self.send_response(status)
+            self.send_response(status, reason)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()

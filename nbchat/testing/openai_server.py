@@ -71,7 +71,9 @@ REASONING_TEXT = "Let me think about that."
 # The texts vLLM sends: EngineDeadError's before a reply starts, GenerationError's during one.
 STATUS_FAULT_ERROR = "EngineCore encountered an issue. See stack trace (above) for the root cause."
 MIDSTREAM_ERROR = "Internal server error"
-FAULTS = frozenset({"404", "500", "midstream_error", "drop", "stall"}) | STALL_FAULTS
+# A careless proxy or server that copies the request's Authorization header into what it says.
+ECHO_FAULTS = frozenset({"echo_auth_event", "echo_auth_body", "echo_auth_reason"})
+FAULTS = frozenset({"404", "500", "midstream_error", "drop", "stall"}) | STALL_FAULTS | ECHO_FAULTS
 REASONING_STYLES = (None, "reasoning_content", "reasoning", "inline")
 _ROLES = ("system", "developer", "user", "assistant", "tool")
 
@@ -247,6 +249,13 @@ class _Handler(LoopbackHandler["OpenAITestServer"]):
             raise _HTTPError(404, message, err_type="NotFoundError", param="model")
         if rig.fault == "500":
             raise _HTTPError(500, rig.fault_message or STATUS_FAULT_ERROR, err_type="InternalServerError")
+        echo = f"unexpected Authorization: {self.headers.get('Authorization', '')}"
+        if rig.fault == "echo_auth_body":  # a plain-text body, as a proxy's error page
+            self._send(400, echo.encode(), "text/plain; charset=utf-8")
+            return
+        if rig.fault == "echo_auth_reason":  # in the status line, with nothing in the body
+            self._send(400, b"", "text/plain", reason=echo)
+            return
         with rig._generation():
             self._generate(model, body)
 
@@ -278,7 +287,7 @@ class _Handler(LoopbackHandler["OpenAITestServer"]):
         collected: dict[str, list[str]] = {}
         sent = 0
         for field, text in pieces:
-            if fault in ("midstream_error", "drop", "stall") and sent >= fault_after:
+            if fault in ("midstream_error", "drop", "stall", "echo_auth_event") and sent >= fault_after:
                 break
             self._wait(first_delay if sent == 0 else delay)
             if stream:
@@ -294,6 +303,12 @@ class _Handler(LoopbackHandler["OpenAITestServer"]):
                 raise _HTTPError(500, message, err_type="InternalServerError")
             # A stream's status is 200 from the start, so even an error before any token is an event.
             self._event(_error_object(500, message, "InternalServerError"))
+            self._chunk(b"data: [DONE]\n\n")
+            self._end_stream()
+            return
+        if fault == "echo_auth_event":  # an event that is not JSON, quoting the request's header
+            echo = f"unexpected Authorization: {self.headers.get('Authorization', '')}"
+            self._chunk(b"data: " + echo.encode() + b"\n\n")
             self._chunk(b"data: [DONE]\n\n")
             self._end_stream()
             return
@@ -365,7 +380,9 @@ class OpenAITestServer(LoopbackServer):
       until the client hangs up or the server stops; ``"stall_headers"`` / ``"stall_body"`` hang before
       the status line / after the headers, before the first event (a cold model load), until the
       client hangs up or the server stops. A refused connection is what stop() gives, a hanging
-      connect what ``loopback.hanging_port()`` gives.
+      connect what ``loopback.hanging_port()`` gives. ``"echo_auth_event"`` / ``"echo_auth_body"`` /
+      ``"echo_auth_reason"`` copy the request's Authorization header into a non-JSON event (after
+      ``fault_after_chunks`` tokens) / a plain-text 400 body / a 400's status line.
     - ``fault_message``: the error text a fault sends instead of vLLM's usual one.
     - ``sends_usage``: False leaves out the usage chunk even when asked for, as llama-server does.
     - ``final_fields``: set on the last chunk before ``[DONE]`` (e.g. llama-server's ``timings``).
