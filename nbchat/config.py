@@ -207,10 +207,13 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
 
 
 def _hub_user_dir(shared: Path, hub_user: str) -> Path:
-    """On a shared data volume, each hub user gets a directory of their own (created 0700 by them)."""
-    from nbchat.usernames import hub_username
+    """On a shared data volume, each hub user gets a directory of their own (created 0700 by them).
 
-    return shared / hub_username(hub_user).lower()
+    A folder made under the earlier, shorter hub tag keeps serving its exact hub name.
+    """
+    from nbchat.accounts import hub_user_data_dir  # accounts imports this module: import on use
+
+    return hub_user_data_dir(shared, hub_user)
 
 
 # -- the site file --------------------------------------------------------------------------------

@@ -103,7 +103,7 @@ class HealthReport:
 
 def check_health(config: Config | None = None, session: dict[str, Any] | None = None) -> HealthReport:
     """Check the Ollama server, the local model, the data dir and the accounts file now."""
-    from nbchat.accounts import Accounts
+    from nbchat.accounts import read_users_file
     from nbchat.backends import backend_for
 
     config = config or load_config()
@@ -112,7 +112,7 @@ def check_health(config: Config | None = None, session: dict[str, Any] | None = 
     storage = _check_storage(config)
     accounts: dict[str, Any] = {"max_users": config.max_users}
     try:
-        accounts["users"] = len(Accounts(config).usernames())
+        accounts["users"] = len(read_users_file(config.users_file))  # no bcrypt, no lock: a count
     except NbchatError as exc:
         accounts["error"] = str(exc)
     except OSError as exc:  # e.g. the data dir's parent is a file: storage reports the fix

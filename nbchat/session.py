@@ -138,7 +138,17 @@ class ChatSession:
         self._changed()
 
     def change_password(self, old_password: str, new_password: str) -> None:
-        self.accounts.change_password(self._require_login().username, old_password, new_password)
+        """Change the password; every other kernel's login of this user ends, this one goes on."""
+        login = self._require_login()
+        fresh = self.accounts.change_password(login.username, old_password, new_password)
+        with self._mutex:
+            if self._login is login:
+                fresh.display_name = login.display_name
+                self._login = fresh
+                login.close()
+            else:  # logged out (or switched) meanwhile: the new login is nobody's
+                fresh.close()
+        self._changed()
 
     def delete_account(self, password: str) -> None:
         """Delete the logged-in account and all its conversations, then log out."""

@@ -547,3 +547,22 @@ def test_loading_a_local_model_says_how_far_it_got(session: ChatSession, tmp_pat
         assert reply.markdown() and not reply.markdown().startswith("*Loading")
     finally:
         unload(str(path))
+
+
+# -- a password change ---------------------------------------------------------------------------
+
+
+def test_a_password_change_ends_the_other_kernels_logins_and_this_one_goes_on(
+    make_session: Callable[..., ChatSession], server: OllamaTestServer
+) -> None:
+    here = chatting(make_session(server, "alice"), "alice", MODEL, "Plans")
+    other_kernel = chatting(make_session(server), "alice", MODEL, "Elsewhere")
+    here.change_password(PASSWORD, "battery staple")
+    with pytest.raises(NotLoggedIn, match="password was changed"):
+        other_kernel.conversations()
+    assert here.user == "alice" and here.current is not None and here.current.title == "Plans"
+    assert here.send("still here?").wait(30).message is not None
+    with pytest.raises(AuthenticationFailed):
+        other_kernel.login("alice", PASSWORD)
+    other_kernel.login("alice", "battery staple")
+    assert {c.title for c in other_kernel.conversations()} == {"Plans", "Elsewhere"}
