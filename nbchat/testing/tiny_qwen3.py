@@ -26,6 +26,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 __all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "THINK_TOKENS", "tiny_qwen3"]
 
@@ -140,7 +144,11 @@ def tiny_qwen3(
 
     tokenizer = _build_tokenizer(vocab_extra)
     tokenizer.save_pretrained(out)
-    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS + THINK_TOKENS}
+    ids: dict[str, int] = {}
+    for token in SPECIAL_TOKENS + THINK_TOKENS:
+        found = tokenizer.convert_tokens_to_ids(token)
+        assert isinstance(found, int), token  # one token in, one id out
+        ids[token] = found
 
     head_dim = 64 if hidden_size >= 512 else max(8, hidden_size // 4)
     heads = hidden_size // head_dim
@@ -178,7 +186,7 @@ def tiny_qwen3(
     return out
 
 
-def _build_tokenizer(vocab_extra: int):  # -> PreTrainedTokenizerFast (imported lazily)
+def _build_tokenizer(vocab_extra: int) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE with Qwen's pre-tokenizer, then add Qwen's special tokens."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers
     from tokenizers import pre_tokenizers as pre
