@@ -197,3 +197,51 @@ def test_a_huge_error_message_mid_stream_is_cut_so_the_reply_can_be_saved() -> N
     assert stream.stats is not None and stream.stats.error is not None
     assert len(stream.stats.error) <= 1_000
     Message("assistant", stream.text, stats=stream.stats.to_dict())
+
+
+# -- a server that tells no token counts: counted from the stream, and said to be an estimate -----
+
+
+def test_without_usage_the_streamed_tokens_are_counted_as_an_estimate() -> None:
+    with OpenAITestServer() as server:
+        server.sends_usage = False  # llama-server sends no usage chunk
+        server.chunk_delay_s = 0.01
+        backend = OpenAIBackend(server.base_url)
+        stream = backend.stream("Qwen/Qwen3-1.7B", HELLO, GenerationParams())
+        stream.wait()
+    saved = assert_sane(stream.stats)
+    assert saved["completion_tokens"] == 5 + 4, "5 reasoning tokens and 4 of the answer, one per event"
+    assert saved["tokens_estimated"] is True
+    assert 0 < saved["tokens_per_s"] < 1e6
+
+
+def test_llama_servers_own_count_of_predicted_tokens_is_exact() -> None:
+    with OpenAITestServer() as server:
+        server.sends_usage = False
+        server.final_fields = {"timings": {"predicted_n": 12, "predicted_per_second": 30.0}}
+        stream = OpenAIBackend(server.base_url).stream(
+            "meta-llama/Llama-3.2-1B-Instruct", HELLO, GenerationParams()
+        )
+        stream.wait()
+    saved = assert_sane(stream.stats)
+    assert (saved["completion_tokens"], saved["tokens_per_s"]) == (12, 30.0)
+    assert "tokens_estimated" not in saved
+
+
+def test_with_usage_the_servers_count_is_used_and_not_called_an_estimate() -> None:
+    with OpenAITestServer() as server:
+        stream = OpenAIBackend(server.base_url).stream(
+            "meta-llama/Llama-3.2-1B-Instruct", HELLO, GenerationParams()
+        )
+        stream.wait()
+    saved = assert_sane(stream.stats)
+    assert saved["completion_tokens"] == 4 and "tokens_estimated" not in saved
+
+
+def test_an_ollama_done_line_without_a_usable_eval_count_is_counted_as_an_estimate() -> None:
+    with OllamaTestServer() as server:
+        server.final_fields = {"eval_count": RawJSON("1e400")}
+        stream = OllamaBackend(server.url).stream("llama3.2:1b", HELLO, GenerationParams())
+        stream.wait()
+    saved = assert_sane(stream.stats)
+    assert (saved["completion_tokens"], saved["tokens_estimated"]) == (4, True)

@@ -22,6 +22,7 @@ import urllib.parse
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -356,6 +357,14 @@ class _Handoff:
 
 
 # -- statistics a server reports: validated where they are read, never trusted --------------
+
+
+def with_estimate(stats: GenerationStats, streamed: int) -> GenerationStats:
+    """``stats`` as they are if the server counted the tokens, else with ``streamed`` as the estimate."""
+    if stats.completion_tokens is not None or not streamed:
+        return stats
+    # The speed is the server's own if it said one, else this side's clock over the estimate.
+    return replace(stats, completion_tokens=min(streamed, MAX_TOKEN_COUNT), tokens_estimated=True)
 
 
 def token_count(value: object) -> int | None:

@@ -26,6 +26,7 @@ from nbchat.backends.http import (
     server_text,
     speed,
     token_count,
+    with_estimate,
 )
 from nbchat.errors import BackendError, BackendResponseError, GenerationFailed, ModelNotFound
 from nbchat.types import Chunk, GenerationParams, GenerationStats, Message
@@ -239,18 +240,21 @@ class OllamaReplyStream(HttpReplyStream):
         def body() -> dict[str, Any]:
             return backend.chat_request(self._model, self._messages, self._params)
 
+        streamed = 0  # lines with text: the token count if the done line has no usable one
         try:
             with self._open("/api/chat", body) as response:
                 for data in _ndjson(response, what="the reply"):
                     if self.cancelled:
                         break  # leaving the block closes the response: the server stops too
                     message = data.get("message") or {}
-                    if message.get("thinking"):
-                        yield Chunk("thinking", message["thinking"])
-                    if message.get("content"):
-                        yield Chunk("text", message["content"])
+                    thinking, content = message.get("thinking"), message.get("content")
+                    streamed += bool(thinking or content)
+                    if thinking:
+                        yield Chunk("thinking", thinking)
+                    if content:
+                        yield Chunk("text", content)
                     if data.get("done"):
-                        return _stats(data)
+                        return with_estimate(_stats(data), streamed)
         except BackendError as exc:
             return self._read_failed(exc)
         return self._ended(None)

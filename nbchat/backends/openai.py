@@ -34,6 +34,7 @@ from nbchat.backends.http import (
     server_message,
     token_count,
     tokens_per_s,
+    with_estimate,
 )
 from nbchat.errors import (
     BackendError,
@@ -85,17 +86,19 @@ class _Reply:
     done: bool = False
     finish_reason: str | None = None
     prompt_tokens: int | None = None
-    completion_tokens: int | None = None
+    completion_tokens: int | None = None  # usage's, else llama-server's timings.predicted_n
     tokens_per_s: float | None = None
+    streamed: int = 0  # deltas with text, one token each: the estimate when the server counts none
 
     def stats(self) -> GenerationStats:
         # Durations are left to the stream's own clock (what the user waited), as for Ollama.
-        return GenerationStats(
+        stats = GenerationStats(
             finish_reason="length" if self.finish_reason == "length" else "stop",
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
             tokens_per_s=self.tokens_per_s,
         )
+        return with_estimate(stats, self.streamed)
 
 
 class OpenAIBackend(HttpBackend):
@@ -313,15 +316,18 @@ def _chunks(data: dict[str, Any], parser: ThinkParser, reply: _Reply) -> Iterato
             content = delta.get("content")
             if isinstance(content, str) and content:
                 yield from parser.feed(content)
+            if "delta" in choice and (reasoning or content):
+                reply.streamed += 1  # a token a delta; a whole message (stream ignored) counts none
         if choice.get("finish_reason"):
             reply.finish_reason = str(choice["finish_reason"])
+    timings = data.get("timings")  # llama-server's own measurement of the generation
+    if isinstance(timings, dict):
+        reply.tokens_per_s = tokens_per_s(timings.get("predicted_per_second"))
+        reply.completion_tokens = token_count(timings.get("predicted_n"))
     usage = data.get("usage")  # every figure is checked: nonsense is dropped, never the reply
     if isinstance(usage, dict):
         reply.prompt_tokens = token_count(usage.get("prompt_tokens"))
-        reply.completion_tokens = token_count(usage.get("completion_tokens"))
-    timings = data.get("timings")  # llama-server's own measurement of the generation speed
-    if isinstance(timings, dict):
-        reply.tokens_per_s = tokens_per_s(timings.get("predicted_per_second"))
+        reply.completion_tokens = token_count(usage.get("completion_tokens")) or reply.completion_tokens
 
 
 def _events(response: httpx.Response, backend: OpenAIBackend) -> Iterator[Any]:
