@@ -137,8 +137,8 @@ def _error_object(status: int, message: str, err_type: str, param: str | None = 
 # --- request checks ---------------------------------------------------------------------------------------
 
 
-def _check_chat_request(body: Any) -> None:
-    """Refuse what vLLM's request model refuses, with short messages naming the field."""
+def _check_chat_request(body: Any) -> dict[str, Any]:
+    """``body`` if vLLM's request model takes it, else refused with a short message naming the field."""
     if not isinstance(body, dict):
         raise _HTTPError(400, "The request body must be a JSON object.")
     if body.get("model") is not None and not isinstance(body["model"], str):
@@ -184,6 +184,7 @@ def _check_chat_request(body: Any) -> None:
     top_p = body.get("top_p")
     if top_p is not None and (not _is_number(top_p) or not 0 < top_p <= 1):
         raise _HTTPError(400, f"top_p must be in (0, 1], got {top_p!r}.", param="top_p")
+    return body
 
 
 # --- the HTTP side ---------------------------------------------------------------------------------------
@@ -241,7 +242,7 @@ class _Handler(LoopbackHandler["OpenAITestServer"]):
             body = json.loads(raw) if raw.strip() else None
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise _HTTPError(400, f"Invalid JSON in the request body: {exc}") from None
-        _check_chat_request(body)
+        body = _check_chat_request(body)
         name = body.get("model") or rig._first_model_id()
         model = rig._lookup(name)
         if model is None or rig.fault == "404":
@@ -298,11 +299,11 @@ class _Handler(LoopbackHandler["OpenAITestServer"]):
                 collected.setdefault(field, []).append(text)
             sent += 1
         if fault == "midstream_error":
-            message = rig.fault_message or MIDSTREAM_ERROR
+            error_text = rig.fault_message or MIDSTREAM_ERROR
             if not stream:
-                raise _HTTPError(500, message, err_type="InternalServerError")
+                raise _HTTPError(500, error_text, err_type="InternalServerError")
             # A stream's status is 200 from the start, so even an error before any token is an event.
-            self._event(_error_object(500, message, "InternalServerError"))
+            self._event(_error_object(500, error_text, "InternalServerError"))
             self._chunk(b"data: [DONE]\n\n")
             self._end_stream()
             return
@@ -327,9 +328,9 @@ class _Handler(LoopbackHandler["OpenAITestServer"]):
         }
         if not stream:
             message: dict[str, Any] = {"role": "assistant", "content": "".join(collected.get("content", []))}
-            field = model.reasoning if model.reasoning in ("reasoning_content", "reasoning") else None
-            if field is not None:
-                message[field] = "".join(collected.get(field, [])) or None
+            reasoning = model.reasoning if model.reasoning in ("reasoning_content", "reasoning") else None
+            if reasoning is not None:
+                message[reasoning] = "".join(collected.get(reasoning, [])) or None
             message["tool_calls"] = []
             choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
             self._send_json(200, {**header, "object": "chat.completion", "choices": [choice], "usage": usage})
