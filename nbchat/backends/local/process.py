@@ -165,10 +165,12 @@ class LocalModel:
         self.outbox.put(None)  # the writer's last write fails at once now; it closes stdin and ends
 
     def close_at_exit(self) -> None:
-        """The interpreter is exiting: EOF on its stdin makes the process exit at once."""
-        with contextlib.suppress(OSError, ValueError):
-            assert self.process.stdin is not None
-            self.process.stdin.close()
+        """The interpreter is exiting: EOF on its stdin makes the process exit at once.
+
+        The writer thread closes stdin, so this never blocks on a write stuck in the pipe of a
+        frozen process (the caller kills what has not exited after a moment).
+        """
+        self.outbox.put(None)
 
 
 def rss_bytes(pid: int) -> int | None:
