@@ -372,10 +372,27 @@ def test_after_an_error_the_next_prompt_works(backend, server) -> None:
     assert backend.stream(LLAMA, HELLO, GenerationParams()).wait().text == "You said: Hello there"
 
 
-@pytest.mark.parametrize("url", ["127.0.0.1:8000/v1", "ftp://host/v1", "http://host:port/v1", "http:///v1"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "127.0.0.1:8000/v1",
+        "ftp://host/v1",
+        "http://host:port/v1",
+        "http:///v1",
+        "http://a\nb/v1",
+        "http://host/v1\r\nX-Injected: 1",
+        "http://ho st/v1",
+    ],
+)
 def test_an_unusable_base_url_is_a_config_error(url: str) -> None:
     with pytest.raises(ConfigError, match="OPENAI_BASE_URL"):
         OpenAIBackend(url)
+
+
+def test_a_base_url_with_a_password_is_refused_without_showing_it() -> None:
+    with pytest.raises(ConfigError, match="OPENAI_API_KEY") as error:
+        OpenAIBackend("http://me:sk-in-the-url-0123456789@127.0.0.1:8000/v1")
+    assert "sk-in-the-url" not in str(error.value)
 
 
 # -- the SSE decoder, on bytes a real server might send ---------------------------------------

@@ -36,6 +36,7 @@ from nbchat.backends.http import (
     tokens_per_s,
     with_estimate,
 )
+from nbchat.config import check_openai_base_url
 from nbchat.errors import (
     BackendError,
     BackendResponseError,
@@ -58,9 +59,14 @@ _EXAMPLE_URL = "http://127.0.0.1:8000/v1"
 
 
 def check_base_url(raw: str | None) -> str:
-    """``OPENAI_BASE_URL`` as a base URL without its trailing slash; a clear ConfigError if unusable."""
-    text = (raw or "").strip()
-    if not text:
+    """``OPENAI_BASE_URL`` as a base URL without its trailing slash; a clear ConfigError if unusable.
+
+    The same check as the site's settings get at load (``config.check_openai_base_url``), for a
+    backend made in code: no control character or space, no user name or password (it would be
+    shown wherever the address is), a host and a port that parse.
+    """
+    text = check_openai_base_url(raw)
+    if text is None:
         raise ConfigError(
             "openai: models need OPENAI_BASE_URL, the API root of an OpenAI-compatible server, "
             f"e.g. {_EXAMPLE_URL} for vLLM or http://127.0.0.1:8080/v1 for llama-server. Set it "
