@@ -16,6 +16,7 @@ from nbchat.errors import (
     BackendResponseError,
     BackendTimeout,
     BackendUnavailable,
+    ConfigError,
     GenerationFailed,
     ModelNotFound,
 )
@@ -290,3 +291,13 @@ def test_stream_against_the_real_config(server, tmp_path) -> None:
     config = Config(data_dir=tmp_path, ollama_host=server.url)
     backend, _ = resolve("ollama:qwen3:1.7b", config)
     assert "ollama:qwen3:1.7b" in backend.models()
+
+
+@pytest.mark.parametrize("host", ["http://a\nb:11434", "http://me:pw@127.0.0.1:11434", "//h", "host:0"])
+def test_a_host_given_in_code_is_checked_as_ollama_host_is(host: str) -> None:
+    with pytest.raises(ConfigError, match="OLLAMA_HOST"):
+        OllamaBackend(host)
+
+
+def test_a_short_host_given_in_code_means_what_ollama_host_would() -> None:
+    assert OllamaBackend("127.0.0.1").host == "http://127.0.0.1:11434"

@@ -28,6 +28,7 @@ from nbchat.backends.http import (
     token_count,
     with_estimate,
 )
+from nbchat.config import parse_ollama_host
 from nbchat.errors import BackendError, BackendResponseError, GenerationFailed, ModelNotFound
 from nbchat.types import Chunk, GenerationParams, GenerationStats, Message
 
@@ -75,7 +76,9 @@ class OllamaBackend(HttpBackend):
         connect_timeout: float = CONNECT_TIMEOUT_S,
         read_timeout: float = READ_TIMEOUT_S,
     ) -> None:
-        self.host = host.rstrip("/")
+        # Checked and completed as OLLAMA_HOST is ("127.0.0.1" means http://127.0.0.1:11434): a
+        # backend made in code gets no newline, password or port 0 past the site's rules either.
+        self.host = parse_ollama_host(host)
         super().__init__(
             self.host, f"Ollama at {self.host}", connect_timeout=connect_timeout, read_timeout=read_timeout
         )
