@@ -102,6 +102,11 @@ class Reply:
         return self._cancelled.is_set()
 
     @property
+    def cancel_event(self) -> threading.Event:
+        """Set once the reply is cancelled: for long waits before streaming (loading a model)."""
+        return self._cancelled
+
+    @property
     def partial(self) -> bool:
         """Stopped or failed part-way: the text is what arrived before that."""
         return self.stats is not None and self.stats.finish_reason in ("cancelled", "error")

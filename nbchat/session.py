@@ -467,7 +467,7 @@ def _prepare_with_progress(reply: Reply, backend: Backend, name: str) -> None:
         else:
             reply.set_status(phases.get(step.phase, f"Loading {model}…"))
 
-    backend.prepare(name, on_progress=progress)
+    backend.prepare(name, on_progress=progress, cancel=reply.cancel_event)
 
 
 def _fit_max_tokens(

@@ -57,9 +57,16 @@ class Backend(Protocol):
         """
         ...
 
-    def prepare(self, model: str, on_progress: ProgressCallback | None = None) -> None:
+    def prepare(
+        self,
+        model: str,
+        on_progress: ProgressCallback | None = None,
+        *,
+        cancel: threading.Event | None = None,
+    ) -> None:
         """Make ``model`` ready to stream: a local model is loaded (reporting each phase to
-        ``on_progress``); a server's models need nothing. Called in the reply's thread."""
+        ``on_progress``); a server's models need nothing. Called in the reply's thread; returns
+        soon after ``cancel`` is set (Stop during a first load), leaving nothing half loaded."""
         ...
 
     def count_tokens(self, model: str, messages: Sequence[Message], *, think: bool = False) -> int:
