@@ -104,7 +104,7 @@ def test_the_known_context_window_comes_from_the_server_without_loading(engine: 
 def test_prepare_has_nothing_to_do_for_a_server(engine: Engine) -> None:
     progress: list[object] = []
     before = len(engine.server.requests)
-    engine.backend.prepare(engine.model, on_progress=progress.append)
+    engine.backend.prepare(engine.model, on_progress=progress.append, cancel=threading.Event())
     assert progress == [] and len(engine.server.requests) == before
     reply = engine.backend.stream(engine.model, HELLO, GenerationParams()).wait()
     assert reply.text == "You said: Hello there"

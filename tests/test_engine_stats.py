@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from nbchat import Message
-from nbchat.backends.ollama import OllamaBackend
+from nbchat.backends.ollama import OllamaBackend, PullProgress
 from nbchat.backends.openai import OpenAIBackend
 from nbchat.errors import BackendResponseError, GenerationFailed
 from nbchat.testing.loopback import RawJSON
@@ -245,3 +245,31 @@ def test_an_ollama_done_line_without_a_usable_eval_count_is_counted_as_an_estima
         stream.wait()
     saved = assert_sane(stream.stats)
     assert (saved["completion_tokens"], saved["tokens_estimated"]) == (4, True)
+
+
+# -- a pull's byte counts ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"completed": "half"},
+        {"total": RawJSON("1e400"), "completed": 5},
+        {"completed": -5},
+        {"total": [1]},
+        {"total": 0, "completed": 3},
+        {"completed": True, "total": True},
+    ],
+    ids=repr,
+)
+def test_odd_byte_counts_in_a_pull_give_no_fraction_and_the_pull_completes(fields: dict[str, Any]) -> None:
+    with OllamaTestServer() as server:
+        server.pull_fields = fields
+        backend = OllamaBackend(server.url)
+        steps: list[PullProgress] = []
+        backend.pull("qwen3:0.6b", steps.append)
+        assert "ollama:qwen3:0.6b" in backend.models()
+    for step in steps:
+        assert step.fraction is None or 0 <= step.fraction <= 1
+        for count in (step.completed, step.total):
+            assert count is None or (isinstance(count, int) and not isinstance(count, bool) and count >= 0)

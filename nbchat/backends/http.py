@@ -88,7 +88,13 @@ class HttpBackend(ABC):
         """An estimate (``nbchat.history.estimate_tokens``): the tokenizer lives in the server."""
         return estimate_tokens(messages)
 
-    def prepare(self, model: str, on_progress: ProgressCallback | None = None) -> None:  # noqa: B027
+    def prepare(  # noqa: B027 - a server needs nothing, for every engine served over HTTP
+        self,
+        model: str,
+        on_progress: ProgressCallback | None = None,
+        *,
+        cancel: threading.Event | None = None,
+    ) -> None:
         """Nothing to do: a server loads its models itself, on the first request."""
 
     @abstractmethod
@@ -368,14 +374,19 @@ def with_estimate(stats: GenerationStats, streamed: int) -> GenerationStats:
 
 
 def token_count(value: object) -> int | None:
-    """A token count from a server: a whole number from 0 to MAX_TOKEN_COUNT, else None (dropped).
+    """A token count from a server: a whole number from 0 to MAX_TOKEN_COUNT, else None (dropped)."""
+    return whole_number(value, MAX_TOKEN_COUNT)
+
+
+def whole_number(value: object, maximum: int) -> int | None:
+    """A count from a server: a whole number from 0 to ``maximum``, else None (dropped).
 
     ``12.0`` counts as 12; a bool, a string, a list, a negative, fractional or non-finite number
     does not count at all.
     """
     if isinstance(value, float) and value.is_integer():  # False for inf and nan
         value = int(value)
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKEN_COUNT:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= maximum:
         return value
     return None
 

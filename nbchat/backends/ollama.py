@@ -26,6 +26,7 @@ from nbchat.backends.http import (
     server_text,
     speed,
     token_count,
+    whole_number,
     with_estimate,
 )
 from nbchat.config import parse_ollama_host
@@ -36,6 +37,7 @@ PREFIX = "ollama"
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 120.0  # a cold model load can keep the first token waiting a while
 DEFAULT_NUM_CTX = 8192  # sent explicitly: the server's own default depends on the machine
+MAX_PULL_BYTES = 2**50  # a petabyte: a byte count beyond it from the server is nonsense
 
 
 @dataclass(frozen=True)
@@ -48,8 +50,9 @@ class PullProgress:
 
     @property
     def fraction(self) -> float | None:
+        """How much of ``total`` is ``completed``, from 0 to 1; None while either is unknown."""
         if self.total and self.completed is not None:
-            return min(self.completed / self.total, 1.0)
+            return max(0.0, min(self.completed / self.total, 1.0))
         return None
 
 
@@ -134,7 +137,11 @@ class OllamaBackend(HttpBackend):
         with self._request_stream("POST", "/api/pull", {"model": model, "stream": True}, model) as response:
             try:
                 for data in _ndjson(response, what="the pull"):
-                    step = PullProgress(str(data.get("status", "")), data.get("completed"), data.get("total"))
+                    step = PullProgress(
+                        str(data.get("status", "")),
+                        whole_number(data.get("completed"), MAX_PULL_BYTES),  # nonsense: no count
+                        whole_number(data.get("total"), MAX_PULL_BYTES),
+                    )
                     if progress is not None:
                         progress(step)
                     if step.status == "success":

@@ -379,7 +379,8 @@ class _Handler(LoopbackHandler["OllamaTestServer"]):
         for line in lines:
             if "error" in line and not self._stream_started:
                 raise _HTTPError(500, line["error"])
-            self._stream_line(line)
+            fields = self.rig.pull_fields if "total" in line else None
+            self._chunk(dumps_with(line, fields) + b"\n")
             if "error" in line:
                 break
         self._end_stream()
@@ -582,7 +583,8 @@ class OllamaTestServer(LoopbackServer):
       the client hangs up or the server stops. A refused connection is what stop() gives, a hanging
       connect what ``loopback.hanging_port()`` gives.
 
-    ``final_fields`` are set on the done line (e.g. ``{"eval_count": RawJSON("1e400")}``).
+    ``final_fields`` are set on the done line (e.g. ``{"eval_count": RawJSON("1e400")}``), ``pull_fields``
+    on every line of a pull that reports bytes (e.g. ``{"completed": "half"}``).
     ``options.num_predict`` caps the answer chunks (thinking not counted) with done_reason "length".
     """
 
@@ -601,6 +603,7 @@ class OllamaTestServer(LoopbackServer):
     ) -> None:
         super().__init__(port=port, verbose=verbose)
         self.version = version
+        self.pull_fields: dict[str, Any] | None = None
         self._models: dict[str, _Installed] = {}
         self._loaded: dict[str, _Loaded] = {}
         self._library = {_model_key(m.name): m for m in (default_library() if library is None else library)}
