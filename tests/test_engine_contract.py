@@ -21,6 +21,8 @@ from nbchat.backends.base import Backend
 from nbchat.backends.http import HttpBackend
 from nbchat.backends.ollama import OllamaBackend
 from nbchat.backends.openai import OpenAIBackend
+from nbchat.errors import BackendTimeout, GenerationFailed
+from nbchat.testing import ollama_server, openai_server
 from nbchat.testing.loopback import LoopbackServer, hanging_port
 from nbchat.testing.ollama_server import OllamaTestServer
 from nbchat.testing.openai_server import OpenAITestServer
@@ -39,6 +41,7 @@ class Engine:
     url: str  # what connect_to takes for ``server``
     model: str  # a model that does not think: its reply is only the echoed words
     window: int  # what known_context_window says for ``model``
+    midstream_error: str  # what the server says when a reply fails midway
 
     def __post_init__(self) -> None:
         self.backend = self.connect()  # the default timeouts; tests needing others connect their own
@@ -56,6 +59,7 @@ def _ollama() -> Engine:
         server.url,
         "llama3.2:1b",
         8192,  # nbchat asks Ollama for at most 8192 (the model allows 131072)
+        ollama_server.MIDSTREAM_ERROR,
     )
 
 
@@ -68,6 +72,7 @@ def _openai() -> Engine:
         server.base_url,
         "meta-llama/Llama-3.2-1B-Instruct",
         131072,  # vLLM's max_model_len
+        openai_server.MIDSTREAM_ERROR,
     )
 
 
@@ -110,6 +115,63 @@ def test_prepare_has_nothing_to_do_for_a_server(engine: Engine) -> None:
     assert reply.text == "You said: Hello there"
 
 
+# -- streaming --------------------------------------------------------------------------------
+
+
+def test_hitting_max_new_tokens_finishes_with_length(engine: Engine) -> None:
+    engine.server.chunk_count = 50
+    stream = engine.backend.stream(engine.model, HELLO, GenerationParams(max_new_tokens=5)).wait()
+    assert stream.text == "w0 w1 w2 w3 w4 "
+    assert stream.stats is not None and stream.stats.finish_reason == "length"
+
+
+def test_a_proxy_in_the_environment_does_not_capture_loopback(monkeypatch, engine: Engine) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("ALL_PROXY", "http://127.0.0.1:9")
+    backend = engine.connect()  # made after the environment changed, as in a fresh kernel
+    assert f"{engine.name}:{engine.model}" in backend.models()
+    assert backend.stream(engine.model, HELLO, GenerationParams()).wait().text == "You said: Hello there"
+
+
+# -- failures keep what streamed --------------------------------------------------------------
+
+
+def test_a_mid_stream_error_keeps_the_text_so_far(engine: Engine) -> None:
+    engine.server.fault, engine.server.fault_after_chunks = "midstream_error", 3
+    stream = engine.backend.stream(engine.model, HELLO, GenerationParams())
+    with pytest.raises(GenerationFailed, match=engine.midstream_error) as error:
+        stream.wait()
+    assert error.value.partial_text == stream.text == "You said: Hello "
+    assert stream.stats is not None and stream.stats.finish_reason == "error"
+
+
+def test_a_dropped_connection_keeps_the_text_so_far(engine: Engine) -> None:
+    engine.server.fault, engine.server.fault_after_chunks = "drop", 2
+    stream = engine.backend.stream(engine.model, HELLO, GenerationParams())
+    with pytest.raises(GenerationFailed, match=r"closed the reply|broke off") as error:
+        stream.wait()
+    assert error.value.partial_text == "You said: "
+
+
+def test_a_stalled_server_ends_with_a_read_timeout_error_keeping_the_text(engine: Engine) -> None:
+    engine.server.fault, engine.server.fault_after_chunks = "stall", 2
+    stream = engine.connect(read_timeout=0.5).stream(engine.model, HELLO, GenerationParams())
+    started = time.monotonic()
+    with pytest.raises(BackendTimeout, match="sent nothing for") as error:
+        stream.wait()
+    assert time.monotonic() - started < PROMPT_S
+    assert error.value.partial_text == "You said: "
+
+
+def test_after_an_error_the_next_prompt_works(engine: Engine) -> None:
+    engine.server.fault = "midstream_error"
+    with pytest.raises(GenerationFailed):
+        engine.backend.stream(engine.model, HELLO, GenerationParams()).wait()
+    engine.server.fault = None
+    reply = engine.backend.stream(engine.model, HELLO, GenerationParams()).wait()
+    assert reply.text == "You said: Hello there"
+
+
 # -- stopping, in every state ------------------------------------------------------------------
 
 STALL_S = 30.0  # the read/connect timeout of these tests: a stop must never wait for it
@@ -130,6 +192,20 @@ def assert_cancelled(stream: Any, text: str = "") -> None:
     assert stream.error is None, f"a stop is not an error: {stream.error}"
     assert stream.stats is not None and stream.stats.finish_reason == "cancelled"
     assert stream.stats.error is None and stream.text == text
+
+
+def test_stop_mid_stream_stops_the_server_generating_too(engine: Engine) -> None:
+    engine.server.chunk_count, engine.server.chunk_delay_s = 10_000, 0.005
+    stream = engine.backend.stream(engine.model, HELLO, GenerationParams(max_new_tokens=10_000))
+    received = []
+    for chunk in stream:
+        received.append(chunk)
+        if len(received) == 20:
+            threading.Thread(target=stream.cancel).start()
+    assert 20 <= len(received) < 400
+    assert_cancelled(stream, text=stream.text)
+    assert stream.text.startswith("w0 w1 ")
+    assert wait_until(lambda: engine.server.cancelled_streams == 1 and engine.server.active_streams == 0)
 
 
 def test_a_reply_stopped_before_it_is_read_sends_nothing(engine: Engine) -> None:
