@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import signal
 import socket
 import subprocess
 import threading
@@ -319,3 +320,56 @@ def test_the_disk_full_test_really_filled_the_disk(small_disk: Path) -> None:
         os.fsync(handle.fileno())
     assert caught.value.errno == 28
     filler.unlink()
+
+
+# -- a frozen local model process ----------------------------------------------------------------
+
+
+@pytest.fixture
+def frozen_model(tmp_path: Path) -> Iterator[tuple[str, list[int]]]:
+    """A tiny Qwen3 of this test's own, and the pids the test froze (thawed, killed, unloaded after)."""
+    from nbchat.backends.transformers import unload
+    from nbchat.testing.tiny_qwen3 import tiny_qwen3
+
+    path = str(tiny_qwen3(tmp_path / "qwen3", seed=0))
+    frozen: list[int] = []
+    yield path, frozen
+    for pid in frozen:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+            os.kill(pid, signal.SIGKILL)
+    unload(path)
+
+
+def _children() -> set[int]:
+    pids: set[int] = set()
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(OSError):
+            pids.update(int(p) for p in (task / "children").read_text().split())
+    return pids
+
+
+@pytest.mark.slow
+def test_logout_while_the_local_model_process_is_frozen_saves_the_partial_at_once(
+    make_session: Callable[..., ChatSession], server: OllamaTestServer, frozen_model: tuple[str, list[int]]
+) -> None:
+    path, frozen = frozen_model
+    session = chatting(make_session(server, "alice"), "alice", f"transformers:{path}")
+    session.configure(max_new_tokens=1900, temperature=1.0)
+    before = _children()
+    reply = session.send("Hello there! How are you?")
+    wait_until(lambda: len(reply.text) > 20, 120)
+    (pid,) = _children() - before  # the model process this reply started
+    os.kill(pid, signal.SIGSTOP)
+    frozen.append(pid)
+    time.sleep(0.3)
+    shown = reply.text
+    started = time.monotonic()
+    session.logout()
+    assert time.monotonic() - started < PROMPT_END_S + 1, "logout waited on a frozen model process"
+    session.login("alice", PASSWORD)
+    (conversation,) = session.conversations()
+    session.select(conversation.id)
+    saved = session.history()[-1]
+    assert saved.role == "assistant" and saved.stats["partial"] is True
+    assert saved.content.startswith(shown) and saved.content == reply.text
