@@ -256,3 +256,21 @@ def test_after_a_stop_while_waiting_the_next_reply_streams(engine: Engine) -> No
     engine.server.fault = None
     reply = engine.backend.stream(engine.model, HELLO, GenerationParams()).wait()
     assert reply.text == "You said: Hello there"
+
+
+# -- a server that never ends a line ----------------------------------------------------------
+
+
+def test_a_line_longer_than_the_limit_fails_the_reply_keeping_its_text(engine: Engine) -> None:
+    engine.backend.max_line_bytes = 1_000_000  # 64 MiB by default; a server must not fill memory
+    engine.server.final_fields = {"padding": "x" * 1_500_000}
+    stream = engine.backend.stream(engine.model, HELLO, GenerationParams())
+    with pytest.raises(GenerationFailed, match="longer than 1,000,000 bytes") as error:
+        stream.wait()
+    assert error.value.partial_text == "You said: Hello there"
+
+
+def test_a_long_line_within_the_limit_is_read(engine: Engine) -> None:
+    engine.server.final_fields = {"padding": "x" * 1_500_000}
+    reply = engine.backend.stream(engine.model, HELLO, GenerationParams()).wait()
+    assert reply.text == "You said: Hello there"

@@ -11,6 +11,7 @@ import pytest
 from nbchat import Config, Message
 from nbchat.backends import available_models, backend_for, parse_model_id, resolve
 from nbchat.backends.chat import ThinkParser
+from nbchat.backends.http import MAX_LINE_BYTES
 from nbchat.backends.openai import DEFAULT_CONTEXT_WINDOW, OpenAIBackend, _chunks, _events, _Reply, _sse
 from nbchat.errors import (
     BackendError,
@@ -323,7 +324,7 @@ class Pieces(httpx.SyncByteStream):
 def sse_of(raw: bytes, size: int = 7) -> list[tuple[str, bytes]]:
     """Decode ``raw`` read ``size`` bytes at a time: framing edge cases need no server."""
     pieces = [raw[i : i + size] for i in range(0, len(raw), size)]
-    return list(_sse(httpx.Response(200, stream=Pieces(pieces))))
+    return list(_sse(httpx.Response(200, stream=Pieces(pieces)), MAX_LINE_BYTES, "the server"))
 
 
 def test_sse_framing_edge_cases_are_decoded() -> None:

@@ -43,6 +43,7 @@ from nbchat.types import GenerationParams, GenerationStats, Message
 MAX_TOKEN_COUNT = 100_000_000
 MAX_TOKENS_PER_S = 1_000_000.0
 MAX_SERVER_TEXT = 500  # of a server's words in an error: enough to act on, short enough to save
+MAX_LINE_BYTES = 64 * 1024 * 1024  # of one streamed line or event: a reply's whole text fits 4 times
 
 # The connection broke off under a request or a reply: the server died or hung up.
 _BROKEN_OFF = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.StreamError)
@@ -52,6 +53,7 @@ class HttpBackend(ABC):
     """The models of one server behind an HTTP API; subclasses put its failures in their words."""
 
     prefix: str
+    max_line_bytes = MAX_LINE_BYTES  # a longer streamed line (or event) fails the reply
 
     def __init__(self, url: str, server: str, *, connect_timeout: float, read_timeout: float) -> None:
         """``url``: the server's root, without a trailing slash; ``server``: how messages name
@@ -360,6 +362,48 @@ class _Handoff:
             raise error
         assert response is not None, "taken before the helper thread was done"
         return response
+
+
+# -- a streamed body, line by line ---------------------------------------------------------
+
+
+def split_lines(response: httpx.Response, max_bytes: int, server: str) -> Iterator[bytes]:
+    """The lines of a streamed body without their newline, the last one even if unterminated.
+
+    Splits raw bytes itself: httpx's text decoding and line splitting cost more per line than
+    the JSON parsing, and a reply is thousands of tiny lines. Pieces without a newline are held
+    in a list (joining them each time would cost the square of the line's length), and a line
+    longer than ``max_bytes`` is a GenerationFailed: a server that never ends one cannot fill
+    the kernel's memory.
+    """
+    held: list[bytes] = []
+    held_bytes = 0
+    for piece in response.iter_bytes():
+        if b"\n" not in piece:
+            held.append(piece)
+            held_bytes += len(piece)
+            if held_bytes > max_bytes:
+                raise line_too_long(server, max_bytes)
+            continue
+        if held:
+            piece = b"".join((*held, piece))
+        lines = piece.split(b"\n")
+        last = lines.pop()
+        if len(piece) > max_bytes and any(len(line) > max_bytes for line in lines):
+            raise line_too_long(server, max_bytes)
+        yield from lines
+        held, held_bytes = ([last], len(last)) if last else ([], 0)
+        if held_bytes > max_bytes:
+            raise line_too_long(server, max_bytes)
+    if held:
+        yield b"".join(held)
+
+
+def line_too_long(server: str, max_bytes: int) -> GenerationFailed:
+    return GenerationFailed(
+        f"{server} sent a line longer than {max_bytes:,} bytes without ending it; the reply was "
+        "stopped there (the text so far is kept). Is it the server you meant?"
+    )
 
 
 # -- statistics a server reports: validated where they are read, never trusted --------------

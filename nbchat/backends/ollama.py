@@ -25,6 +25,7 @@ from nbchat.backends.http import (
     server_message,
     server_text,
     speed,
+    split_lines,
     token_count,
     whole_number,
     with_estimate,
@@ -136,7 +137,7 @@ class OllamaBackend(HttpBackend):
         """Download ``model`` into the server, reporting each progress line to ``progress``."""
         with self._request_stream("POST", "/api/pull", {"model": model, "stream": True}, model) as response:
             try:
-                for data in _ndjson(response, what="the pull"):
+                for data in _ndjson(response, "the pull", self):
                     step = PullProgress(
                         str(data.get("status", "")),
                         whole_number(data.get("completed"), MAX_PULL_BYTES),  # nonsense: no count
@@ -253,7 +254,7 @@ class OllamaReplyStream(HttpReplyStream):
         streamed = 0  # lines with text: the token count if the done line has no usable one
         try:
             with self._open("/api/chat", body) as response:
-                for data in _ndjson(response, what="the reply"):
+                for data in _ndjson(response, "the reply", backend):
                     if self.cancelled:
                         break  # leaving the block closes the response: the server stops too
                     message = data.get("message") or {}
@@ -270,21 +271,11 @@ class OllamaReplyStream(HttpReplyStream):
         return self._ended(None)
 
 
-def _ndjson(response: httpx.Response, what: str) -> Iterator[dict[str, Any]]:
-    """Each JSON object of an NDJSON body; an ``{"error": ...}`` line becomes GenerationFailed.
-
-    Splits raw bytes itself: httpx's text decoding and line splitting cost more
-    per line than the JSON parsing, and a reply is thousands of tiny lines.
-    """
-    pending = b""
-    for piece in response.iter_bytes():
-        lines = (pending + piece).split(b"\n") if pending else piece.split(b"\n")
-        pending = lines.pop()
-        for line in lines:
-            if line and (data := _parse_line(line, what)) is not None:
-                yield data
-    if pending.strip() and (data := _parse_line(pending, what)) is not None:
-        yield data
+def _ndjson(response: httpx.Response, what: str, backend: OllamaBackend) -> Iterator[dict[str, Any]]:
+    """Each JSON object of an NDJSON body; an ``{"error": ...}`` line becomes GenerationFailed."""
+    for line in split_lines(response, backend.max_line_bytes, backend._server):
+        if line and (data := _parse_line(line, what)) is not None:
+            yield data
 
 
 _decode_json = json.JSONDecoder().decode  # on str: json.loads(bytes) would sniff the encoding per line

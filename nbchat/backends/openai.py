@@ -30,8 +30,10 @@ from nbchat.backends.chat import ThinkParser, chat_messages
 from nbchat.backends.http import (
     HttpBackend,
     HttpReplyStream,
+    line_too_long,
     parse_json,
     server_message,
+    split_lines,
     token_count,
     tokens_per_s,
     with_estimate,
@@ -345,46 +347,42 @@ def _events(response: httpx.Response, backend: OpenAIBackend) -> Iterator[Any]:
         yield _parse_event(response.read(), "", backend)
         yield _DONE
         return
-    for event, payload in _sse(response):
+    for event, payload in _sse(response, backend.max_line_bytes, backend._server):
         if payload.strip() == b"[DONE]":
             yield _DONE
             return
         yield _parse_event(payload, event, backend)
 
 
-def _sse(response: httpx.Response) -> Iterator[tuple[str, bytes]]:
+def _sse(response: httpx.Response, max_bytes: int, server: str) -> Iterator[tuple[str, bytes]]:
     """(event name, data) of each Server-Sent Event; comments (``: keep-alive``) are skipped.
 
-    Splits raw bytes itself (httpx's text decoding and line splitting cost more per line than
-    the JSON parsing). llama-server's nonstandard ``error: {...}`` line counts as an error event.
+    llama-server's nonstandard ``error: {...}`` line counts as an error event. An event whose data
+    grows past ``max_bytes`` is a GenerationFailed, as a line that long is.
     """
-    pending, event = b"", ""
+    event = ""
     data: list[bytes] = []
-    for piece in response.iter_bytes():
-        lines = (pending + piece).split(b"\n") if pending else piece.split(b"\n")
-        pending = lines.pop()
-        for line in lines:
-            line = line.removesuffix(b"\r")
-            if not line:
-                if data:
-                    yield event, b"\n".join(data)
-                data, event = [], ""
-                continue
-            if line.startswith(b":"):
-                continue
-            name, _, value = line.partition(b":")
-            value = value.removeprefix(b" ")
-            if name == b"data":
-                data.append(value)
-            elif name == b"event":
-                event = value.decode("utf-8", "replace")
-            elif name == b"error":
-                event, data = "error", [value]
-    if pending.strip():
-        name, _, value = pending.removesuffix(b"\r").partition(b":")
-        if name in (b"data", b"error"):
-            data.append(value.removeprefix(b" "))
-            event = "error" if name == b"error" else event
+    size = 0
+    for line in split_lines(response, max_bytes, server):
+        line = line.removesuffix(b"\r")
+        if not line:
+            if data:
+                yield event, b"\n".join(data)
+            data, event, size = [], "", 0
+            continue
+        if line.startswith(b":"):
+            continue
+        name, _, value = line.partition(b":")
+        value = value.removeprefix(b" ")
+        if name == b"data":
+            data.append(value)
+            size += len(value)
+            if size > max_bytes:
+                raise line_too_long(server, max_bytes)
+        elif name == b"event":
+            event = value.decode("utf-8", "replace")
+        elif name == b"error":
+            event, data = "error", [value]
     if data:
         yield event, b"\n".join(data)
 
