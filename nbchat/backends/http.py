@@ -7,6 +7,11 @@ into nbchat errors that say what to do (each engine words them), and a reply str
 from another thread ends at once in every state: before the request is sent, while connecting,
 while waiting for the headers or the first byte, mid-stream. Each engine keeps its own parsing in
 its own module.
+
+Both also distrust what a server says in the same ways, with the helpers at the end: a streamed
+line has a length limit (``split_lines``), every statistic is checked where it is read (a wrong
+type or an absurd value is dropped, never the reply), and every error quoting the server is cut
+short and scrubbed of credentials (``scrub_secrets``, ``server_text``).
 """
 
 from __future__ import annotations
