@@ -205,6 +205,9 @@ def test_stop_mid_stream_stops_the_server_generating_too(engine: Engine) -> None
     assert 20 <= len(received) < 400
     assert_cancelled(stream, text=stream.text)
     assert stream.text.startswith("w0 w1 ")
+    stats = stream.stats
+    assert stats is not None and (stats.completion_tokens, stats.tokens_estimated) == (len(received), True)
+    assert stats.tokens_per_s is not None and 0 < stats.tokens_per_s < 1e6, "a stopped reply has a speed"
     assert wait_until(lambda: engine.server.cancelled_streams == 1 and engine.server.active_streams == 0)
 
 

@@ -264,16 +264,19 @@ class HttpReplyStream(ReplyStream):
         """What ends a reply cancelled before the server answered (``_read_failed`` says cancelled)."""
         return GenerationFailed(f"The reply was stopped before {self._backend._server} answered.")
 
-    def _read_failed(self, error: BackendError) -> GenerationStats:
-        """A failed read ends as cancelled when our own cancel broke it; else ``error`` is raised."""
+    def _read_failed(self, error: BackendError, streamed: int = 0) -> GenerationStats:
+        """A failed read ends as cancelled when our own cancel broke it; else ``error`` is raised.
+
+        ``streamed``: the pieces of text read so far, a stopped reply's estimated token count.
+        """
         if self.cancelled:
-            return GenerationStats("cancelled")
+            return with_estimate(GenerationStats("cancelled"), streamed)
         raise error
 
-    def _ended(self, finished: GenerationStats | None) -> GenerationStats:
+    def _ended(self, finished: GenerationStats | None, streamed: int = 0) -> GenerationStats:
         """The stream ended: cancelled, else ``finished`` (the server said it was), else cut short."""
         if self.cancelled:
-            return GenerationStats("cancelled")
+            return with_estimate(GenerationStats("cancelled"), streamed)
         if finished is not None:
             return finished
         raise GenerationFailed(

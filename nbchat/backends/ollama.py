@@ -267,8 +267,8 @@ class OllamaReplyStream(HttpReplyStream):
                     if data.get("done"):
                         return with_estimate(_stats(data), streamed)
         except BackendError as exc:
-            return self._read_failed(exc)
-        return self._ended(None)
+            return self._read_failed(exc, streamed)
+        return self._ended(None, streamed)
 
 
 def _ndjson(response: httpx.Response, what: str, backend: OllamaBackend) -> Iterator[dict[str, Any]]:

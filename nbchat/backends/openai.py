@@ -304,10 +304,10 @@ class OpenAIReplyStream(HttpReplyStream):
                     yield from _chunks(data, parser, reply)
         except BackendError as exc:
             yield from parser.flush()  # a held-back "<" that never became a tag is text, kept
-            return self._read_failed(exc)
+            return self._read_failed(exc, reply.streamed)
         yield from parser.flush()
         finished = reply.done or reply.finish_reason is not None  # a server may end without [DONE]
-        return self._ended(reply.stats() if finished else None)
+        return self._ended(reply.stats() if finished else None, reply.streamed)
 
 
 def _chunks(data: dict[str, Any], parser: ThinkParser, reply: _Reply) -> Iterator[Chunk]:
