@@ -55,6 +55,18 @@ def chatting(
 
 
 @pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 2 MiB filesystem of this test's own (``disks.fill`` fills it), unmounted afterwards."""
+    from disks import mount_small_disk, unmount
+
+    disk = mount_small_disk(tmp_path / "disk")
+    try:
+        yield disk
+    finally:
+        unmount(disk)
+
+
+@pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "nbchat-data"
 

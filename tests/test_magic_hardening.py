@@ -4,17 +4,15 @@ conversation (what stays is the answers' text in ``Out[n]``, the user's own outp
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import getpass
-import os
-import subprocess
 import threading
 import types
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from disks import fill
 from IPython.core.interactiveshell import InteractiveShell
 from polling import wait_until
 from test_magic import markdown_shown, run
@@ -29,32 +27,6 @@ from nbchat.testing.ollama_server import OllamaTestServer
 from nbchat.types import Conversation, ConversationSummary, Message
 
 MODEL = "ollama:llama3.2:1b"
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A real 2 MB filesystem (mounting needs root, as on these machines), unmounted afterwards."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
-
-
-def fill(disk: Path) -> Path:
-    """Take every free byte of ``disk``; returns the file to delete to give them back."""
-    filler = disk / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    try:
-        for size in (1 << 20, 1 << 16, 1 << 12, 1):
-            with contextlib.suppress(OSError):
-                while True:
-                    os.write(fd, b"\0" * size)
-    finally:
-        os.close(fd)
-    return filler
 
 
 @pytest.fixture

@@ -6,13 +6,12 @@ the question was saved, exactly as a disk filling up under a running kernel.
 
 from __future__ import annotations
 
-import errno
 import html
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from disks import fill
 from polling import wait_until
 
 from nbchat import Accounts, ChatSession, Config, StoreError
@@ -26,33 +25,8 @@ REPLY_WORDS = [f"word{i:04d} " * 8 for i in range(120)]
 
 
 @pytest.fixture
-def disk(tmp_path: Path) -> Iterator[Path]:
-    """A real, small filesystem of its own (as root: mount works on these machines)."""
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)], check=True)
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=True)
-
-
-def fill(disk: Path) -> Path:
-    """Write a file until the filesystem says it is full; remove it to free the space again."""
-    filler = disk / "filler"
-    with filler.open("wb") as handle:
-        try:
-            while True:
-                handle.write(b"\0" * 65536)
-                handle.flush()
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC
-    return filler
-
-
-@pytest.fixture
-def session(disk: Path, server: OllamaTestServer) -> Iterator[ChatSession]:
-    config = Config(data_dir=disk / "nbchat-data", max_users=10, ollama_host=server.url)
+def session(small_disk: Path, server: OllamaTestServer) -> Iterator[ChatSession]:
+    config = Config(data_dir=small_disk / "nbchat-data", max_users=10, ollama_host=server.url)
     session = ChatSession(config, accounts=Accounts(config, bcrypt_rounds=4))
     session.register("alice", PASSWORD)
     session.login("alice", PASSWORD)
@@ -85,10 +59,10 @@ def send_while_the_disk_fills(panel: ChatPanel, server: OllamaTestServer, disk: 
 
 
 def test_an_unsaved_reply_stays_shown_with_the_reason_in_the_status_line(
-    session: ChatSession, server: OllamaTestServer, disk: Path
+    session: ChatSession, server: OllamaTestServer, small_disk: Path
 ) -> None:
     panel = ChatPanel(session)
-    filler = send_while_the_disk_fills(panel, server, disk)
+    filler = send_while_the_disk_fills(panel, server, small_disk)
     reply = session.reply
     assert reply is not None and reply.message is None and isinstance(reply.save_error, StoreError)
     assert "full" in str(reply.save_error)
@@ -119,10 +93,10 @@ def test_an_unsaved_reply_stays_shown_with_the_reason_in_the_status_line(
 
 
 def test_the_unsaved_reply_comes_back_with_its_conversation_and_goes_with_the_login(
-    session: ChatSession, server: OllamaTestServer, disk: Path
+    session: ChatSession, server: OllamaTestServer, small_disk: Path
 ) -> None:
     panel = ChatPanel(session)
-    filler = send_while_the_disk_fills(panel, server, disk)
+    filler = send_while_the_disk_fills(panel, server, small_disk)
     filler.unlink()
     first = session.current
     assert first is not None

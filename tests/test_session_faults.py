@@ -13,7 +13,6 @@ import gc
 import os
 import signal
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from disks import fill
 from polling import wait_until
 
 from conftest import PASSWORD, chatting
@@ -41,34 +41,6 @@ def session(make_session: Callable[..., ChatSession], server: OllamaTestServer) 
 
 
 # -- a full disk ----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A real 2 MB filesystem, unmounted afterwards (mounting needs root, as on these machines)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.decode().strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
-
-
-def fill(disk: Path) -> Path:
-    """Take every free byte of ``disk``; returns the file to delete to give them back."""
-    filler = disk / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    try:
-        for size in (1 << 20, 1 << 16, 1 << 12, 1):
-            with contextlib.suppress(OSError):
-                while True:
-                    os.write(fd, b"\0" * size)
-    finally:
-        os.close(fd)
-    return filler
 
 
 @pytest.fixture
@@ -302,24 +274,15 @@ def test_a_prompt_that_cannot_be_saved_is_refused_before_anything_is(session: Ch
 def test_a_finished_reply_holds_its_own_exchange_never_the_conversation(session: ChatSession) -> None:
     for n in range(3):
         session.send(f"question {n}").wait(30)
-    kept = session.reply  # what `answer = %chat ...` keeps: the user's own output
-    assert kept is not None
+    kept = session.reply  # what `reply = s.send(...)` keeps: the user's own output
+    assert kept is not None and kept.message is not None
+    conversation_id = kept.conversation_id
+    ids = {m.id for m in session.history()}
     session.logout()
     gc.collect()
-    messages = [o for o in gc.get_objects() if isinstance(o, Message)]
-    assert {id(m) for m in messages} <= {id(kept.prompt), id(kept.message)}
-    assert not [o for o in gc.get_objects() if isinstance(o, Conversation)]
-
-
-def test_the_disk_full_test_really_filled_the_disk(small_disk: Path) -> None:
-    """The fixture the full-disk tests rely on: writing one more byte fails with ENOSPC."""
-    filler = fill(small_disk)
-    with pytest.raises(OSError) as caught, (small_disk / "one-more").open("wb") as handle:
-        handle.write(b"x" * 8192)
-        handle.flush()
-        os.fsync(handle.fileno())
-    assert caught.value.errno == 28
-    filler.unlink()
+    alive = [o for o in gc.get_objects() if isinstance(o, Message) and o.id in ids]
+    assert {id(m) for m in alive} <= {id(kept.prompt), id(kept.message)}
+    assert not [o for o in gc.get_objects() if isinstance(o, Conversation) and o.id == conversation_id]
 
 
 # -- a frozen local model process ----------------------------------------------------------------

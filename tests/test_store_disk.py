@@ -16,10 +16,10 @@ import subprocess
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from disks import fill, mount_small_disk, remount_read_only, unmount
 
 from nbchat import ConversationStore, CorruptFile, Message, NbchatWarning
 from nbchat.errors import StorageFailed, StorageFull
@@ -27,52 +27,10 @@ from nbchat.files import atomic_write_bytes, ensure_private_dir, locked, try_loc
 from nbchat.store import claim_directory
 
 
-def _mount(disk: Path, options: str) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    disk.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(disk)], capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-
-
-def _unmount(disk: Path) -> None:
-    if subprocess.run(["umount", str(disk)], capture_output=True).returncode != 0:
-        subprocess.run(["umount", "-l", str(disk)], check=True)  # still busy: detach it anyway
-
-
 @pytest.fixture
-def disk(tmp_path: Path) -> Iterator[Path]:
+def disk(small_disk: Path) -> Path:
     """A 2 MiB filesystem of its own, so filling it up harms nothing else."""
-    path = tmp_path / "disk"
-    _mount(path, "size=2m,mode=0700")
-    try:
-        yield path
-    finally:
-        _unmount(path)
-
-
-def fill(disk: Path) -> Path:
-    """Write one file until the disk has not a byte left; delete it to free the space."""
-    filler = disk / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        for chunk in (b"\0" * 65536, b"\0"):
-            while True:
-                try:
-                    os.write(fd, chunk)
-                except OSError as exc:
-                    assert exc.errno == errno.ENOSPC
-                    break
-    finally:
-        os.close(fd)
-    return filler
-
-
-def remount_read_only(disk: Path) -> None:
-    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+    return small_disk
 
 
 def contents(directory: Path) -> dict[str, bytes]:
@@ -138,7 +96,7 @@ def test_a_rewrite_or_create_on_a_full_disk_changes_nothing_and_leaves_no_temp_f
 
 def test_a_disk_out_of_inodes_refuses_the_lock_file_but_reading_still_works(tmp_path: Path) -> None:
     disk = tmp_path / "disk"
-    _mount(disk, "size=2m,nr_inodes=16,mode=0700")
+    mount_small_disk(disk, "size=2m,nr_inodes=16,mode=0700")
     try:
         store = ConversationStore(disk / "data", "alice")
         conversation = store.create("Chat")
@@ -161,7 +119,7 @@ def test_a_disk_out_of_inodes_refuses_the_lock_file_but_reading_still_works(tmp_
         fresh.append(conversation.id, Message("user", "more"))
         assert len(store.get(conversation.id).messages) == 2
     finally:
-        _unmount(disk)
+        unmount(disk)
 
 
 # -- a read-only data dir -------------------------------------------------------------------
