@@ -35,6 +35,7 @@ from nbchat.errors import (
 )
 from nbchat.health import HealthReport, check_health
 from nbchat.history import sendable, truncate_history
+from nbchat.redact import scrub_secrets
 from nbchat.reply import Reply, stats_record
 from nbchat.types import (
     DEFAULT_TITLE,
@@ -317,8 +318,10 @@ class ChatSession:
             def start(reply: Reply) -> ReplyStream:
                 return _start_reply(reply, backend, name, settings, history)
 
+            secrets = (self.config.openai_api_key,)
+
             def save(reply: Reply) -> Message | None:
-                return _save_reply(store, conversation.id, reply)
+                return _save_reply(store, conversation.id, reply, secrets)
 
             def ended(reply: Reply) -> None:
                 if reply.done:
@@ -496,17 +499,20 @@ def _fit_max_tokens(
     return settings.updated(max_new_tokens=fitted)
 
 
-def _save_reply(store: ConversationStore, conversation_id: str, reply: Reply) -> Message | None:
+def _save_reply(
+    store: ConversationStore, conversation_id: str, reply: Reply, secrets: tuple[str | None, ...] = ()
+) -> Message | None:
     """Append the finished reply to its conversation; whatever the engine sent, its text is kept.
 
     Text over the message size limit is cut with a note (``stats.truncated``), lone
     surrogates (which a JSON ``\\ud800`` can produce) become U+FFFD, and odd statistics are
-    dropped (``stats_record``), so no reply is ever lost to a number.
+    dropped (``stats_record``), so no reply is ever lost to a number. Saved error texts hold no
+    credential (``nbchat.redact``): a server may have echoed the API key into one.
     """
     text, thinking = _saveable(reply.text), _saveable(reply.thinking)
     if not text and not thinking and reply.error is None:
         return None  # stopped before the first token: nothing to keep
-    stats = stats_record(reply)
+    stats = stats_record(reply, lambda said: scrub_secrets(said, *secrets))
     if len(text) > MAX_CONTENT_CHARS:
         note = (
             f"\n\n*(nbchat: the reply was {len(text):,} characters long; it was cut to "

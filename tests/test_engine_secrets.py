@@ -10,9 +10,10 @@ from __future__ import annotations
 import pytest
 
 from nbchat import Message
-from nbchat.backends.http import scrub_secrets, server_text
+from nbchat.backends.http import server_text
 from nbchat.backends.ollama import OllamaBackend
 from nbchat.errors import GenerationFailed
+from nbchat.redact import scrub_secrets
 from nbchat.testing.ollama_server import OllamaTestServer
 from nbchat.types import GenerationParams
 

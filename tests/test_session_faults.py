@@ -336,3 +336,25 @@ def test_logout_while_the_local_model_process_is_frozen_saves_the_partial_at_onc
     saved = session.history()[-1]
     assert saved.role == "assistant" and saved.stats["partial"] is True
     assert saved.content.startswith(shown) and saved.content == reply.text
+
+
+# -- the API key never reaches the disk -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("fault", ["echo_auth_event", "echo_auth_body", "echo_auth_reason"])
+def test_a_server_echoing_the_api_key_leaves_it_in_no_error_and_no_saved_file(
+    session: ChatSession, fault: str
+) -> None:
+    from nbchat.testing.openai_server import OpenAITestServer
+
+    key = "sk-live-0123456789abcdefSECRET"
+    with OpenAITestServer() as vllm:
+        session.config = replace(session.config, openai_base_url=vllm.base_url, openai_api_key=key)
+        session.configure(model="openai:meta-llama/Llama-3.2-1B-Instruct")
+        vllm.fault = fault
+        reply = session.send("hello")
+        reply.join(30)
+    assert reply.error is not None and key not in str(reply.error) and "SECRET" not in str(reply.error)
+    files = list((session.config.data_dir / "conversations").rglob("*.jsonl"))
+    assert files and all(b"SECRET" not in path.read_bytes() for path in files)
+    assert session.history()[-1].stats is not None and "error" in session.history()[-1].stats

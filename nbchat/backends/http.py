@@ -8,10 +8,10 @@ from another thread ends at once in every state: before the request is sent, whi
 while waiting for the headers or the first byte, mid-stream. Each engine keeps its own parsing in
 its own module.
 
-Both also distrust what a server says in the same ways, with the helpers at the end: a streamed
-line has a length limit (``split_lines``), every statistic is checked where it is read (a wrong
-type or an absurd value is dropped, never the reply), and every error quoting the server is cut
-short and scrubbed of credentials (``scrub_secrets``, ``server_text``).
+Both also distrust what a server says in the same ways: a streamed line has a length limit
+(``split_lines``), every statistic is checked where it is read (``nbchat.backends.figures``: a
+wrong type or an absurd value is dropped, never the reply), and every error quoting the server
+is cut short and scrubbed of credentials (``server_text``, with ``nbchat.redact``).
 """
 
 from __future__ import annotations
@@ -19,20 +19,18 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
-import math
-import re
 import socket
 import threading
 import urllib.parse
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
 from typing import Any
 
 import httpx
 
 from nbchat.backends.base import ProgressCallback, ReplyStream
+from nbchat.backends.figures import with_estimate
 from nbchat.errors import (
     BackendError,
     BackendResponseError,
@@ -41,12 +39,9 @@ from nbchat.errors import (
     GenerationFailed,
 )
 from nbchat.history import estimate_tokens
+from nbchat.redact import scrub_secrets
 from nbchat.types import GenerationParams, GenerationStats, Message
 
-# Beyond these a statistic from a server is nonsense (no context holds 100M tokens; nothing
-# generates a million tokens a second), and it is dropped rather than shown or saved.
-MAX_TOKEN_COUNT = 100_000_000
-MAX_TOKENS_PER_S = 1_000_000.0
 MAX_SERVER_TEXT = 500  # of a server's words in an error: enough to act on, short enough to save
 MAX_LINE_BYTES = 64 * 1024 * 1024  # of one streamed line or event: a reply's whole text fits 4 times
 
@@ -414,64 +409,6 @@ def line_too_long(server: str, max_bytes: int) -> GenerationFailed:
     )
 
 
-# -- statistics a server reports: validated where they are read, never trusted --------------
-
-
-def with_estimate(stats: GenerationStats, streamed: int) -> GenerationStats:
-    """``stats`` as they are if the server counted the tokens, else with ``streamed`` as the estimate."""
-    if stats.completion_tokens is not None or not streamed:
-        return stats
-    # The speed is the server's own if it said one, else this side's clock over the estimate.
-    return replace(stats, completion_tokens=min(streamed, MAX_TOKEN_COUNT), tokens_estimated=True)
-
-
-def token_count(value: object) -> int | None:
-    """A token count from a server: a whole number from 0 to MAX_TOKEN_COUNT, else None (dropped)."""
-    return whole_number(value, MAX_TOKEN_COUNT)
-
-
-def whole_number(value: object, maximum: int) -> int | None:
-    """A count from a server: a whole number from 0 to ``maximum``, else None (dropped).
-
-    ``12.0`` counts as 12; a bool, a string, a list, a negative, fractional or non-finite number
-    does not count at all.
-    """
-    if isinstance(value, float) and value.is_integer():  # False for inf and nan
-        value = int(value)
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= maximum:
-        return value
-    return None
-
-
-def duration_s(value: object, unit_s: float = 1.0) -> float | None:
-    """A duration from a server, in seconds (``unit_s``: 1e-9 for nanoseconds): finite and > 0, else None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    try:
-        seconds = float(value) * unit_s
-    except OverflowError:  # an int too large for a float
-        return None
-    return seconds if math.isfinite(seconds) and seconds > 0 else None
-
-
-def tokens_per_s(value: object) -> float | None:
-    """A speed a server states: a number above 0 and at most MAX_TOKENS_PER_S, else None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    try:
-        speed = float(value)
-    except OverflowError:
-        return None
-    return speed if math.isfinite(speed) and 0 < speed <= MAX_TOKENS_PER_S else None
-
-
-def speed(tokens: int | None, seconds: float | None) -> float | None:
-    """Tokens per second from a count and a duration (a tiny duration gives no speed, not infinity)."""
-    if not tokens or seconds is None:
-        return None
-    return tokens_per_s(tokens / seconds)
-
-
 # -- what a server says, made fit for an error message ------------------------------------
 
 
@@ -482,30 +419,6 @@ def parse_json(data: bytes | str) -> Any:
         return json.loads(data)
     except RecursionError:  # not a ValueError: it would escape every "is it JSON?" check
         raise ValueError("JSON nested too deeply to decode") from None
-
-
-# What looks like a credential wherever it is quoted: a header's or a field's value, a bearer
-# token, an OpenAI-style key. The label is kept, so a message still says what was refused.
-_SECRET_PATTERNS = (
-    (re.compile(r"(?i)\b((?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?)[^\"'\r\n,;}]+"), r"\1***"),
-    (re.compile(r"(?i)\b((?:x-)?api[-_]?key[\"']?\s*[:=]\s*[\"']?)[^\s\"',;}&]+"), r"\1***"),
-    (re.compile(r"(?i)\b(bearer)\s+[^\s\"'<>,;]+"), r"\1 ***"),
-    (re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}"), "sk-***"),
-)
-
-
-def scrub_secrets(text: str, *secrets: str | None) -> str:
-    """``text`` without ``secrets`` (an API key, say) nor anything that looks like a credential.
-
-    Every error an HTTP engine builds from a server's words goes through this (by ``server_text``);
-    apply it to any other text that may quote a server before it is shown or saved.
-    """
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    for pattern, replacement in _SECRET_PATTERNS:
-        text = pattern.sub(replacement, text)
-    return text
 
 
 def server_text(text: str, secrets: Sequence[str | None] = (), limit: int = MAX_SERVER_TEXT) -> str:

@@ -18,17 +18,13 @@ from typing import Any
 import httpx
 
 from nbchat.backends.base import ReplyStream
+from nbchat.backends.figures import duration_s, speed, token_count, whole_number, with_estimate
 from nbchat.backends.http import (
     HttpBackend,
     HttpReplyStream,
-    duration_s,
     server_message,
     server_text,
-    speed,
     split_lines,
-    token_count,
-    whole_number,
-    with_estimate,
 )
 from nbchat.config import parse_ollama_host
 from nbchat.errors import BackendError, BackendResponseError, GenerationFailed, ModelNotFound

@@ -27,6 +27,7 @@ import httpx
 
 from nbchat.backends.base import ReplyStream
 from nbchat.backends.chat import ThinkParser, chat_messages
+from nbchat.backends.figures import token_count, tokens_per_s, with_estimate
 from nbchat.backends.http import (
     HttpBackend,
     HttpReplyStream,
@@ -34,9 +35,6 @@ from nbchat.backends.http import (
     parse_json,
     server_message,
     split_lines,
-    token_count,
-    tokens_per_s,
-    with_estimate,
 )
 from nbchat.config import check_openai_base_url
 from nbchat.errors import (
