@@ -440,6 +440,11 @@ def _bad_char(text: str) -> str | None:
     return next((c for c in text if c.isspace() or unicodedata.category(c) in _UNPRINTABLE), None)
 
 
+def _without_userinfo(address: str) -> str:
+    """``address`` as an error may show it: a ``user:password@`` part replaced by ``***@``."""
+    return re.sub(r"^((?:[A-Za-z][\w+.-]*:)?//)?[^/@?#]*@", lambda m: (m.group(1) or "") + "***@", address)
+
+
 def parse_ollama_host(raw: str | None, *, name: str = "OLLAMA_HOST") -> str:
     """Turn ``OLLAMA_HOST``/``OLLAMA_URL`` into a base URL, as the official client does.
 
@@ -449,9 +454,10 @@ def parse_ollama_host(raw: str | None, *, name: str = "OLLAMA_HOST") -> str:
     dropped, ``//h`` read as a path, a password dropped) is refused instead.
     """
     text = (raw or "").strip()
+    shown = _without_userinfo(raw or "")
 
     def refuse(problem: str) -> NoReturn:
-        raise ConfigError(f"{name} {raw!r} {problem}; use {_OLLAMA_FORMS}.")
+        raise ConfigError(f"{name} {shown!r} {problem}; use {_OLLAMA_FORMS}.")
 
     bad = _bad_char(text)
     if bad is not None:
@@ -486,7 +492,7 @@ def check_openai_base_url(raw: str | None, *, name: str = "OPENAI_BASE_URL") -> 
     text = (raw or "").strip()
     if not text:
         return None
-    shown = re.sub(r"(?<=://)[^/@]*@", "***@", text)
+    shown = _without_userinfo(text)
 
     def refuse(problem: str) -> NoReturn:
         raise ConfigError(

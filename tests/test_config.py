@@ -236,3 +236,11 @@ def test_a_read_timeout_too_long_for_the_operating_system_is_refused(raw: str) -
     with pytest.raises(ConfigError, match="NBCHAT_READ_TIMEOUT must be at most 86,400 seconds"):
         load_config({"NBCHAT_READ_TIMEOUT": raw})
     assert load_config({"NBCHAT_READ_TIMEOUT": "86400"}).read_timeout_s == 86400.0
+
+
+@pytest.mark.parametrize("variable", ["OLLAMA_HOST", "OPENAI_BASE_URL"])
+@pytest.mark.parametrize("address", ["http://ann:hunter22@host:11434", "https://ann:hunter22@h/v1"])
+def test_a_refused_address_never_shows_its_password(variable: str, address: str) -> None:
+    with pytest.raises(ConfigError, match="user name or password") as refused:
+        load_config({variable: address})
+    assert "hunter22" not in str(refused.value) and "***@" in str(refused.value)
