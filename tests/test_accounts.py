@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import PASSWORD
 from nbchat import (
     Accounts,
     AuthenticationFailed,
@@ -30,8 +31,6 @@ from nbchat import (
 )
 from nbchat.accounts import FREE_FAILURES, MAX_DELAY_S, login_delay
 from nbchat.usernames import check_username
-
-PASSWORD = "correct horse"
 
 # -- usernames ------------------------------------------------------------------------------
 

@@ -31,9 +31,9 @@ from browser import (
     shot,
 )
 
+from conftest import PASSWORD
 from nbchat.testing.ollama_server import OllamaTestServer
 
-PASSWORD = "correct horse"
 MODEL = "ollama:llama3.2:1b"
 #: A cell added later: how many panels the kernel's ipywidgets still hold open (re-runs add none).
 OPEN_PANELS = (

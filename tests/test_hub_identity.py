@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
+from conftest import PASSWORD
 from nbchat import (
     Accounts,
     AuthenticationFailed,
@@ -31,7 +32,6 @@ from nbchat.store import claim_directory
 from nbchat.usernames import check_username, hub_username, legacy_hub_username
 
 DATA = Path(__file__).resolve().parent.parent / "data"
-PASSWORD = "correct horse"
 HASHED = re.compile(r"-[0-9a-f]{20}\Z")  # the hash of the hub name that ends a made-up username
 
 #: Hub names nbchat cannot use as they are, each for another rule.

@@ -19,11 +19,11 @@ from polling import wait_until
 
 import nbchat
 import nbchat.session
+from conftest import PASSWORD
 from nbchat import ChatSession
 from nbchat.magic import PARSER, ChatAnswer, interpolate, split_line
 from nbchat.testing.ollama_server import OllamaTestServer
 
-PASSWORD = "correct horse"
 MODEL = "ollama:llama3.2:1b"
 
 

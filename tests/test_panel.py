@@ -14,11 +14,11 @@ import pytest
 from polling import wait_until
 
 import nbchat
+from conftest import PASSWORD
 from nbchat import ChatSession
 from nbchat.panel import CHOOSE_MODEL, ChatPanel, message_markdown
 from nbchat.testing.ollama_server import OllamaTestServer
 
-PASSWORD = "correct horse"
 MODEL = "ollama:llama3.2:1b"
 
 

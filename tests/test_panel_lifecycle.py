@@ -19,11 +19,11 @@ import ipywidgets as widgets
 import pytest
 from polling import wait_until
 
+from conftest import PASSWORD
 from nbchat import ChatSession
 from nbchat.panel import ChatPanel
 from nbchat.testing.ollama_server import OllamaTestServer
 
-PASSWORD = "correct horse"
 MODEL = "ollama:llama3.2:1b"
 
 

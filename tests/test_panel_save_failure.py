@@ -14,11 +14,11 @@ import pytest
 from disks import fill
 from polling import wait_until
 
+from conftest import PASSWORD
 from nbchat import Accounts, ChatSession, Config, StoreError
 from nbchat.panel import ChatPanel
 from nbchat.testing.ollama_server import OllamaTestServer
 
-PASSWORD = "correct horse"
 MODEL = "ollama:llama3.2:1b"
 #: The reply is long enough (over 8 KiB) that appending it needs fresh pages of the tmpfs.
 REPLY_WORDS = [f"word{i:04d} " * 8 for i in range(120)]

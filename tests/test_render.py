@@ -11,6 +11,7 @@ from collections.abc import Callable
 import pytest
 from polling import wait_until
 
+from conftest import PASSWORD
 from nbchat import ChatSession, Reply
 from nbchat.render import (
     ending_markdown,
@@ -23,7 +24,6 @@ from nbchat.render import (
 from nbchat.testing.ollama_server import OllamaTestServer
 from nbchat.types import GenerationStats, Message
 
-PASSWORD = "correct horse"
 MODEL = "ollama:llama3.2:1b"
 
 
