@@ -280,9 +280,9 @@ def test_a_finished_reply_holds_its_own_exchange_never_the_conversation(session:
     ids = {m.id for m in session.history()}
     session.logout()
     gc.collect()
-    alive = [o for o in gc.get_objects() if isinstance(o, Message) and o.id in ids]
+    alive = [o for o in gc.get_objects() if type(o) is Message and o.id in ids]
     assert {id(m) for m in alive} <= {id(kept.prompt), id(kept.message)}
-    assert not [o for o in gc.get_objects() if isinstance(o, Conversation) and o.id == conversation_id]
+    assert not [o for o in gc.get_objects() if type(o) is Conversation and o.id == conversation_id]
 
 
 # -- a frozen local model process ----------------------------------------------------------------
