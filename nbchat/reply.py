@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from nbchat.backends.base import ReplyStream
 
 Listener = Callable[["Reply"], None]
-Start = Callable[["Reply"], "ReplyStream"]
+Start = Callable[["Reply"], "ReplyStream | None"]  # None: stopped before there was anything to stream
 Save = Callable[["Reply"], "Message | None"]
 
 #: After ``cancel()``, the reply ends by this time whether or not the engine has let go.
@@ -208,9 +208,17 @@ class Reply:
             if start is None or self._ended:
                 return
             stream = start(self)
-            self._stream = stream
-            if self._cancelled.is_set():
+            if stream is None:
+                self._end(GenerationStats("cancelled"))
+                return
+            with self._changed:
+                ended = self._ended  # Stop ended the reply while it was being prepared
+                if not ended:
+                    self._stream = stream
+            if ended or self._cancelled.is_set():
                 stream.cancel()
+            if ended:
+                return
             for chunk in stream:
                 if not self._add(chunk):
                     stream.cancel()  # the reply was ended without us: let the engine go

@@ -315,7 +315,7 @@ class ChatSession:
                     warnings.warn(f"The conversation keeps its title: {exc}", NbchatWarning, stacklevel=2)
             history = [*conversation.messages, question]
 
-            def start(reply: Reply) -> ReplyStream:
+            def start(reply: Reply) -> ReplyStream | None:
                 return _start_reply(reply, backend, name, settings, history)
 
             secrets = (self.config.openai_api_key,)
@@ -427,9 +427,14 @@ class ChatSession:
 
 def _start_reply(
     reply: Reply, backend: Backend, name: str, settings: ConversationSettings, history: list[Message]
-) -> ReplyStream:
-    """In the reply's thread: fit the history into the model's context, then start streaming."""
+) -> ReplyStream | None:
+    """In the reply's thread: fit the history into the model's context, then start streaming.
+
+    None when the reply was stopped while the model was being prepared (nothing to stream).
+    """
     _prepare_with_progress(reply, backend, name)  # a local model loads here, off the main thread
+    if reply.cancelled:
+        return None
     window = backend.context_window(name)
     budget = window - settings.max_new_tokens
     if budget <= 0:

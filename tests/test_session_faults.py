@@ -358,3 +358,24 @@ def test_a_server_echoing_the_api_key_leaves_it_in_no_error_and_no_saved_file(
     files = list((session.config.data_dir / "conversations").rglob("*.jsonl"))
     assert files and all(b"SECRET" not in path.read_bytes() for path in files)
     assert session.history()[-1].stats is not None and "error" in session.history()[-1].stats
+
+
+@pytest.mark.slow
+def test_stop_during_a_first_load_ends_the_reply_at_once_and_loads_nothing(
+    make_session: Callable[..., ChatSession], server: OllamaTestServer, frozen_model: tuple[str, list[int]]
+) -> None:
+    from nbchat.backends.transformers import loaded
+
+    path, _ = frozen_model
+    session = chatting(make_session(server, "alice"), "alice", f"transformers:{path}")
+    reply = session.send("Hello there!")
+    wait_until(lambda: "Loading" in reply.status, 30)
+    started = time.monotonic()
+    session.stop()
+    assert reply.join(PROMPT_END_S), "Stop waited for the model to load"
+    assert time.monotonic() - started < PROMPT_END_S
+    assert reply.error is None and reply.stats is not None and reply.stats.finish_reason == "cancelled"
+    reply._thread.join(60)  # the reply's own thread has let go too, without loading anything
+    assert reply._stream is None and f"transformers:{path}" not in loaded()
+    assert [m.role for m in session.history()] == ["user"]  # nothing had streamed: nothing saved
+    assert session.send("Hello again").wait(120).text  # the next reply loads the model and answers
