@@ -43,7 +43,7 @@ from nbchat.history import estimate_tokens, truncate_history
 from nbchat.reply import Reply
 from nbchat.session import ChatSession, get_session
 from nbchat.store import ConversationStore
-from nbchat.types import Conversation, ConversationSettings, ConversationSummary, Message
+from nbchat.types import ContextItem, Conversation, ConversationSettings, ConversationSummary, Message
 
 
 def panel(session: ChatSession | None = None) -> None:
@@ -103,6 +103,7 @@ __all__ = [
     "ChatSession",
     "Config",
     "ConfigError",
+    "ContextItem",
     "ContextOverflow",
     "Conversation",
     "ConversationNotFound",

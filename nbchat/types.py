@@ -183,9 +183,46 @@ class ConversationSettings:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+ContextKind = Literal["object", "cells", "error"]
+CONTEXT_KINDS: tuple[str, ...] = ("object", "cells", "error")
+#: One attached item's summary at most, whoever made it (nbchat.context keeps well below).
+MAX_CONTEXT_ITEM_CHARS = 100_000
+MAX_CONTEXT_ITEMS = 50
+
+
+@dataclass(frozen=True)
+class ContextItem:
+    """Something of the kernel's attached to a question: an object (``@df``), recent cells, the last error.
+
+    ``summary`` is the bounded text the model is given; ``label`` the few words a folded
+    header shows ("DataFrame 1,000 × 5"); ``name`` the mention without "@", "cells", or the
+    exception's type.
+    """
+
+    kind: ContextKind
+    name: str
+    label: str
+    summary: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in CONTEXT_KINDS:
+            kinds = ", ".join(CONTEXT_KINDS)
+            raise InvalidValue(f"A context item's kind must be one of {kinds}, not {self.kind!r}.")
+        check_text("A context item's name", self.name, max_chars=MAX_MODEL_ID_CHARS, single_line=True)
+        check_text("A context item's label", self.label, max_chars=MAX_TITLE_CHARS, single_line=True)
+        check_text("A context item's summary", self.summary, max_chars=MAX_CONTEXT_ITEM_CHARS)
+
+    def to_dict(self) -> dict[str, str]:
+        return {"kind": self.kind, "name": self.name, "label": self.label, "summary": self.summary}
+
+
 @dataclass(frozen=True)
 class Message:
-    """One turn of a conversation, as saved (thinking is kept for display only)."""
+    """One turn of a conversation, as saved (thinking is kept for display only).
+
+    A user message may carry ``context``: what was attached to it (``@df``, recent cells, the
+    last error). ``content`` stays what the user typed; the model is sent both.
+    """
 
     role: Role
     content: str
@@ -194,6 +231,7 @@ class Message:
     thinking: str | None = None
     model: str | None = None
     stats: Mapping[str, Any] | None = None
+    context: tuple[ContextItem, ...] = ()
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -208,6 +246,16 @@ class Message:
         if self.stats is not None:
             _check_stats(self.stats)
             object.__setattr__(self, "stats", dict(self.stats))
+        context = tuple(self.context)
+        if context and self.role != "user":
+            raise InvalidValue("Only a user's message can carry context.")
+        if len(context) > MAX_CONTEXT_ITEMS:
+            raise InvalidValue(
+                f"A message can carry at most {MAX_CONTEXT_ITEMS} context items, not {len(context)}."
+            )
+        if not all(isinstance(item, ContextItem) for item in context):
+            raise InvalidValue("A message's context must be ContextItem values.")
+        object.__setattr__(self, "context", context)
 
 
 @dataclass(frozen=True)
