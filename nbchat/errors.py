@@ -175,3 +175,16 @@ class StorageFailed(StoreError, OSError):
 
 class StorageFull(StorageFailed):
     """The disk (or the user's quota) is full: free some space; nothing saved before was lost."""
+
+
+class UnknownMention(InvalidValue):
+    """An ``@name`` in a prompt names nothing in the kernel; ``suggestions`` are close names."""
+
+    def __init__(self, message: str, name: str, suggestions: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.name = name
+        self.suggestions = suggestions
+
+
+class NoContext(InvalidValue):
+    """Something to attach was asked for (the last error, recent cells) and there is none."""
