@@ -188,3 +188,7 @@ class UnknownMention(InvalidValue):
 
 class NoContext(InvalidValue):
     """Something to attach was asked for (the last error, recent cells) and there is none."""
+
+
+class FrontEndUnavailable(NbchatError):
+    """Inserting or running a cell needs JupyterLab 4 or Notebook 7, and no such front end answered."""
