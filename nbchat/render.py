@@ -8,12 +8,13 @@ reply looks the same while it streams, when it is done and once saved.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import html
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from nbchat.reply import Reply
-    from nbchat.types import GenerationStats, Message
+    from nbchat.types import ContextItem, GenerationStats, Message
 
 
 def thinking_markdown(thinking: str | None) -> str:
@@ -85,3 +86,32 @@ def stats_footer(reply: Reply) -> str:
     if reply.stats is None:
         return ""
     return "\n\n<sub>" + " · ".join([f"`{reply.model}`", *reply_facts(reply)]) + "</sub>"
+
+
+def context_html(items: Sequence[ContextItem]) -> str:
+    """What a question attached, folded: ``context_label`` as the header, each summary inside.
+
+    Escaped throughout (a summary quotes the user's data); empty when nothing was attached.
+    """
+    if not items:
+        return ""
+    from nbchat.context import context_label
+
+    parts = [f"<details class='nbchat-context'><summary>{html.escape(context_label(items))}</summary>"]
+    for item in items:
+        parts.append(
+            f"<div class='nbchat-context-item nbchat-context-{item.kind}'>"
+            f"<div class='nbchat-context-name'>{html.escape(context_heading(item))}</div>"
+            f"<pre>{html.escape(item.summary)}</pre></div>"
+        )
+    parts.append("</details>")
+    return "".join(parts)
+
+
+def context_heading(item: ContextItem) -> str:
+    """One attached item's heading: ``@df · DataFrame 1,000 × 5``, ``2 cells``, ``Last error: …``."""
+    if item.kind == "object":
+        return f"@{item.name} · {item.label}"
+    if item.kind == "error":
+        return f"Last error: {item.label}"
+    return item.label

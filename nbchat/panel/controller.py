@@ -18,7 +18,9 @@ from typing import Any
 import ipywidgets as widgets
 
 from nbchat.errors import NbchatError, NbchatWarning
+from nbchat.notebook import CodeBlock
 from nbchat.panel.composer import Composer
+from nbchat.panel.context_row import ContextRow
 from nbchat.panel.conversation_bar import ConversationBar
 from nbchat.panel.kit import STYLE, classed, close_widgets
 from nbchat.panel.live_reply import LiveReply, ended_status, generating_status, unsaved
@@ -62,7 +64,12 @@ class ChatPanel(widgets.VBox):
             on_model=self._choose_model, on_setting=self._change_setting, on_refresh_models=self._load_models
         )
         self.pull_row = PullRow(self._pull)
-        self.message_list = MessageList()
+        self.message_list = MessageList(
+            on_insert=lambda block: self._to_notebook(block, run=False),
+            on_run=lambda block: self._to_notebook(block, run=True),
+            on_copied=self._copied,
+        )
+        self.context_row = ContextRow(on_explain=self._explain_last_error)
         self.composer = Composer(on_send=self._send_prompt, on_stop=lambda: self.session.stop())
         self.login_view = self.login_form.view
         self.chat_view = classed(
@@ -72,6 +79,7 @@ class ChatPanel(widgets.VBox):
                     *self.settings_row.rows,
                     *self.pull_row.rows,
                     self.message_list.view,
+                    *self.context_row.rows,
                     *self.composer.rows,
                 ]
             ),
@@ -79,6 +87,7 @@ class ChatPanel(widgets.VBox):
         )
         self._expose_controls()
         classed(self, "nbchat-panel")
+        _connect_notebook()
         self._listener = _weak_listener(self)
         self.session.on_change(self._listener)
         self.refresh()
@@ -121,6 +130,8 @@ class ChatPanel(widgets.VBox):
         self.send_button = self.composer.send_button
         self.stop_button = self.composer.stop_button
         self.status = self.composer.status
+        self.include_cells = self.context_row.include_cells
+        self.explain_button = self.context_row.explain_button
 
     @property
     def _live(self) -> widgets.Output | None:
@@ -173,6 +184,7 @@ class ChatPanel(widgets.VBox):
         self.settings_row.clear()
         self.pull_row.clear()
         self.composer.clear()
+        self.context_row.clear()
 
     def _show_logged_in(self) -> None:
         session = self.session
@@ -205,6 +217,7 @@ class ChatPanel(widgets.VBox):
             live=self._live if streaming else None,
         )
         self.composer.set_busy(streaming, settings.model)
+        self.context_row.set_busy(streaming, settings.model)
         self.conversation_bar.set_busy(streaming)
         self.settings_row.set_busy(streaming)
 
@@ -299,8 +312,43 @@ class ChatPanel(widgets.VBox):
             self.refresh()  # refused: the stored value shows again
 
     def _send_prompt(self, text: str) -> None:
-        if self._act(lambda: self.session.send(text)) is not None:
+        """Send with the recent cells asked for; ``@name`` mentions are the session's to resolve
+        (an unknown one is refused before anything is saved, and the prompt stays to fix it)."""
+        cells = self.context_row.cells
+        if self._act(lambda: self.session.send(text, cells=cells)) is not None:
             self.composer.sent()
+
+    def _explain_last_error(self) -> None:
+        self._act(self.session.explain_last_error)
+
+    def _to_notebook(self, block: CodeBlock, *, run: bool) -> None:
+        """Insert (and run) a reply's code block as a new cell below the active one; where the front
+        end cannot be reached (VS Code, the classic notebook, nbval), the status line says so."""
+        from nbchat.notebook import notebook_bridge  # ipylab only once someone asks for a cell
+
+        try:
+            bridge = notebook_bridge()
+            if run:
+                bridge.run(block)
+            else:
+                bridge.insert(block)
+        except NbchatError as exc:
+            self.composer.error(str(exc))
+            return
+        except Exception as exc:  # a widget callback must not raise: the traceback would be lost
+            self.composer.error(
+                f"Could not {'run' if run else 'insert'} the code: {type(exc).__name__}: {exc}"
+            )
+            return
+        kind = "Markdown" if block.language.lower() in ("markdown", "md") else "code"
+        running = " and running it" if run else ""
+        self.composer.say(f"Inserted a new {kind} cell below the active one{running}.")
+
+    def _copied(self, ok: bool) -> None:
+        if ok:
+            self.composer.say("Copied the code to the clipboard.")
+        else:
+            self.composer.error("The browser refused the clipboard: select the code and press Ctrl+C.")
 
     def _pull(self, name: str) -> None:
         """Ask Ollama to download a model, in a thread (it can take minutes), with a progress bar."""
@@ -328,6 +376,17 @@ class ChatPanel(widgets.VBox):
                 self.pull_row.ended()
 
         threading.Thread(target=work, name="nbchat-pull", daemon=True).start()
+
+
+def _connect_notebook() -> None:
+    """Make the kernel's notebook bridge now: the front end answers it only once this cell is done,
+    so Insert and Run are ready by the time a person clicks them."""
+    from nbchat.notebook import notebook_bridge
+
+    try:
+        notebook_bridge()
+    except Exception as exc:  # no ipylab front end here: Insert and Run will say so, Copy still works
+        warnings.warn(f"Insert and Run are unavailable: {exc}", NbchatWarning, stacklevel=3)
 
 
 def _weak_listener(panel: ChatPanel) -> Callable[[ChatSession], None]:

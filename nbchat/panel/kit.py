@@ -25,6 +25,15 @@ STYLE = """
 .nbchat-status { color: var(--jp-ui-font-color2, #616161); font-size: 90%; }
 .nbchat-status .nbchat-error, .nbchat-login-message .nbchat-error { color: var(--jp-error-color1, #d32f2f); }
 .nbchat-role { font-size: 80%; color: var(--jp-ui-font-color2, #757575); }
+.nbchat-context { margin: 2px 0 4px 15%; font-size: 90%; color: var(--jp-ui-font-color1, #212121); }
+.nbchat-context summary { cursor: pointer; color: var(--jp-ui-font-color2, #616161); }
+.nbchat-context pre { max-height: 240px; overflow: auto; margin: 2px 0 6px 0; padding: 4px 6px;
+  background: var(--jp-layout-color2, #f5f5f5); border-radius: 4px; white-space: pre; font-size: 85%; }
+.nbchat-context-name { font-weight: 600; margin-top: 4px; }
+.nbchat-code-actions { margin: 0 15% 6px 11px; }
+.nbchat-code-block { align-items: center; gap: 4px; }
+.nbchat-code-label { color: var(--jp-ui-font-color2, #616161); font-size: 90%; margin-right: 4px; }
+.nbchat-context-hint { color: var(--jp-ui-font-color2, #757575); font-size: 85%; }
 </style>
 """
 
