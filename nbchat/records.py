@@ -11,17 +11,22 @@ import json
 from datetime import datetime, timezone
 from typing import Any
 
+from nbchat import migrations
 from nbchat.errors import InvalidValue, UnsupportedVersion
 from nbchat.types import (
     MAX_MODEL_ID_CHARS,
     MAX_SYSTEM_CHARS,
     MAX_TITLE_CHARS,
+    ContextItem,
     Conversation,
     ConversationSettings,
     Message,
 )
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = migrations.LATEST  # what nbchat writes; every older version is read (nbchat.migrations)
+OLDEST_VERSION = 1
+MESSAGE_KEYS = frozenset({"id", "role", "content", "thinking", "time", "model", "stats"})
+OPTIONAL_MESSAGE_KEYS = frozenset({"context"})  # written only when there is some
 # No header nbchat writes is longer: each character takes at most 6 bytes (a \u escape), plus
 # room for the field names, times and numbers. Readers stop there instead of reading a huge line.
 MAX_HEADER_BYTES = 6 * (MAX_SYSTEM_CHARS + MAX_TITLE_CHARS + MAX_MODEL_ID_CHARS) + 4096
@@ -57,7 +62,7 @@ def header_line(conversation: Conversation) -> bytes:
 
 
 def message_line(message: Message) -> bytes:
-    record = {
+    record: dict[str, Any] = {
         "id": message.id,
         "role": message.role,
         "content": message.content,
@@ -66,7 +71,20 @@ def message_line(message: Message) -> bytes:
         "model": message.model,
         "stats": None if message.stats is None else dict(message.stats),
     }
+    if message.context:
+        record["context"] = [item.to_dict() for item in message.context]
     return _line(record)
+
+
+def needs_version(message: Message) -> int:
+    """The oldest format version that can hold ``message`` (a file older than that is rewritten)."""
+    return 2 if message.context else 1
+
+
+def header_version(line: bytes) -> int:
+    """The format version of a header line nbchat has already read successfully."""
+    version = _object(line).get("version")
+    return version if isinstance(version, int) and not isinstance(version, bool) else FORMAT_VERSION
 
 
 def parse_header(line: bytes) -> Conversation:
@@ -77,9 +95,10 @@ def parse_header(line: bytes) -> Conversation:
         raise RecordError(_TOO_DEEP) from None
 
 
-def parse_message(line: bytes) -> Message:
+def parse_message(line: bytes, version: int = FORMAT_VERSION) -> Message:
+    """A message line of a file of format ``version``."""
     try:
-        return _parse_message(line)
+        return _parse_message(line, version)
     except RecursionError:
         raise RecordError(_TOO_DEEP) from None
 
@@ -96,8 +115,11 @@ def _parse_header(line: bytes) -> Conversation:
             f"this one reads up to {FORMAT_VERSION}). Upgrade nbchat to open it; "
             "the file was left untouched."
         )
-    if isinstance(version, bool) or version != FORMAT_VERSION:  # JSON true is not 1
-        raise RecordError(_brief(f"the header's version is {version!r}, expected {FORMAT_VERSION}"))
+    if isinstance(version, bool) or not isinstance(version, int) or version < OLDEST_VERSION:  # true is not 1
+        raise RecordError(
+            _brief(f"the header's version is {version!r}, expected {OLDEST_VERSION} to {FORMAT_VERSION}")
+        )
+    record = migrations.upgrade_header(record, version)
     settings = record.get("settings")
     if not isinstance(settings, dict):
         raise RecordError("the header has no settings object")
@@ -115,9 +137,12 @@ def _parse_header(line: bytes) -> Conversation:
         raise RecordError(_brief(str(exc))) from None
 
 
-def _parse_message(line: bytes) -> Message:
+def _parse_message(line: bytes, version: int) -> Message:
     record = _object(line)
-    _expect_keys(record, {"id", "role", "content", "thinking", "time", "model", "stats"}, "message")
+    if version < 2 and "context" in record:
+        raise RecordError("a version 1 message has a context field, which only version 2 knows")
+    record = migrations.upgrade_message(record, version)
+    _expect_keys(record, MESSAGE_KEYS, "message", optional=OPTIONAL_MESSAGE_KEYS)
     try:
         return Message(
             id=record["id"],
@@ -127,9 +152,24 @@ def _parse_message(line: bytes) -> Message:
             time=_parse_time(record["time"]),
             model=record["model"],
             stats=record["stats"],
+            context=_context(record.get("context")),
         )
     except InvalidValue as exc:
         raise RecordError(_brief(str(exc))) from None
+
+
+def _context(raw: object) -> tuple[ContextItem, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise RecordError("the message's context is not a list")
+    items = []
+    for item in raw:
+        if not isinstance(item, dict):
+            raise RecordError("a context item is not an object")
+        _expect_keys(item, {"kind", "name", "label", "summary"}, "context item")
+        items.append(ContextItem(item["kind"], item["name"], item["label"], item["summary"]))
+    return tuple(items)
 
 
 def _line(record: dict[str, Any]) -> bytes:
@@ -154,11 +194,13 @@ def _object(line: bytes) -> dict[str, Any]:
     return record
 
 
-def _expect_keys(record: dict[str, Any], keys: set[str], what: str) -> None:
+def _expect_keys(
+    record: dict[str, Any], keys: set[str] | frozenset[str], what: str, optional: frozenset[str] = frozenset()
+) -> None:
     missing = keys - record.keys()
     if missing:
         raise RecordError(f"the {what} lacks {', '.join(sorted(missing))}")
-    extra = record.keys() - keys
+    extra = record.keys() - keys - optional
     if extra:
         raise RecordError(_brief(f"the {what} has unknown fields {', '.join(sorted(extra))}"))
 

@@ -109,6 +109,11 @@ class _Cached:
     conversation: Conversation
     messages: list[Message] = field(default_factory=list)
     ids: set[str] = field(default_factory=set)
+    version: int = 0  # the file's format version (read from ``header`` when not given)
+
+    def __post_init__(self) -> None:
+        if not self.version:
+            self.version = records.header_version(self.header)
 
     def copy(self) -> _Cached:
         return replace(self, messages=list(self.messages), ids=set(self.ids))
@@ -233,6 +238,11 @@ class ConversationStore:
             cached = self._cache[conversation_id]
             if message.id in cached.ids:
                 raise InvalidValue(f"Message {message.id} is already saved in this conversation.")
+            if cached.version < records.needs_version(message):
+                # An older file cannot hold this message: rewrite it once, at the newest version
+                # (an older nbchat then refuses it untouched instead of calling it damaged).
+                self._write_whole(path, cached.conversation, [*cached.messages, message])
+                return message
             append_bytes(path, line)
             cached.offset += len(line)
             cached.messages.append(message)
@@ -486,14 +496,14 @@ class ConversationStore:
             return _Read(inode, cached, b"", None)
         first = len(state.messages) + 2  # the header is line 1
         for number, line in enumerate(lines, start=first):
-            message = self._parse_message(number, line)
+            message = self._parse_message(number, line, state.version)
             state.messages.append(message)
             state.ids.add(message.id)
             state.offset += len(line) + 1
         last = None
         if tail:
             with contextlib.suppress(records.NotJSON):  # not JSON: torn by an interrupted append
-                last = self._parse_message(first + len(lines), tail)
+                last = self._parse_message(first + len(lines), tail, state.version)
         return _Read(inode, state, tail, last)
 
     @staticmethod
@@ -505,9 +515,9 @@ class ConversationStore:
         return conversation
 
     @staticmethod
-    def _parse_message(number: int, line: bytes) -> Message:
+    def _parse_message(number: int, line: bytes, version: int) -> Message:
         try:
-            return records.parse_message(line)
+            return records.parse_message(line, version)
         except records.NotJSON as exc:
             raise records.NotJSON(f"line {number}: {exc}") from None
         except records.RecordError as exc:

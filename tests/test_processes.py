@@ -183,7 +183,7 @@ def jsonl_records(path: Path) -> list[dict[str, object]]:
         record = json.loads(line)  # raises on a torn or corrupt line
         assert isinstance(record, dict), f"line {number} is not a JSON object"
         parsed.append(record)
-    assert parsed and parsed[0].get("version") == 1, "the first line is not a header"
+    assert parsed and parsed[0].get("version") == records.FORMAT_VERSION, "the first line is not a header"
     return parsed
 
 
@@ -391,9 +391,9 @@ def test_a_loaded_conversation_picks_up_another_processes_appends_and_renames(
     parsed: list[bytes] = []
     real_parse = records.parse_message
 
-    def counting_parse(line: bytes) -> Message:
+    def counting_parse(line: bytes, version: int = records.FORMAT_VERSION) -> Message:
         parsed.append(line)
-        return real_parse(line)
+        return real_parse(line, version)
 
     monkeypatch.setattr(nbchat.store.records, "parse_message", counting_parse)
 

@@ -392,7 +392,7 @@ def test_a_torn_line_after_cached_reads_is_repaired_too(store: ConversationStore
         lambda lines: lines[:1] + [b'{"id": "x"}'] + lines[1:],
         lambda lines: [b"[]"] + lines[1:],
         lambda lines: [lines[0].replace(b'"temperature":0.7', b'"temperature":9')] + lines[1:],
-        lambda lines: [lines[0].replace(b'"version":1', b'"version":"1"')] + lines[1:],
+        lambda lines: [lines[0].replace(b'"version":2', b'"version":"2"')] + lines[1:],
         lambda lines: [b""] + lines,
         lambda lines: [],
     ],
@@ -429,7 +429,7 @@ def test_a_file_from_a_newer_nbchat_is_refused_and_left_untouched(store: Convers
     newer = store.create("From the future")
     path = file_of(store, newer.id)
     header = json.loads(path.read_bytes().split(b"\n")[0])
-    header["version"] = 2
+    header["version"] = records.FORMAT_VERSION + 1
     content = json.dumps(header).encode() + b"\n" + b'{"some": "new layout"}\n' + b"no newline"
     path.write_bytes(content)
     fresh = ConversationStore(store.directory.parent.parent, "alice")
