@@ -1,0 +1,116 @@
+"""NotebookBridge in a real JupyterLab, driven from a notebook cell in headless Chromium.
+
+A cell of the notebook makes the bridge and inserts and runs blocks; the test reads
+the notebook back as JupyterLab saved it (the contents API), so what it checks is
+the file a user gets: the cells' exact sources, types and the run cell's output.
+Screenshots go to ``test-artifacts/``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+from browser import KERNEL_IDLE, shot
+from polling import wait_until
+from test_browser import lab  # noqa: F401  (the JupyterLab fixture: loopback, scratch dirs, token)
+
+SETUP = "import nbchat.notebook as nb\nbridge = nb.notebook_bridge()\nprint('made the bridge')"
+INSERTS = (
+    "print('available:', bridge.available())\n"
+    "bridge.insert(nb.CodeBlock('python', 'x = 6 * 7\\nprint(\"inserted\", x)\\n'))\n"
+    "bridge.insert(nb.CodeBlock('markdown', '# Heading from the bridge\\n'))\n"
+    "bridge.run(nb.CodeBlock('bash', 'echo ran-by-bridge\\n'))"
+)
+
+
+def _notebook(cells: list[str]) -> dict[str, Any]:
+    return {
+        "cells": [
+            {
+                "cell_type": "code",
+                "execution_count": None,
+                "id": f"c{i}",
+                "metadata": {},
+                "outputs": [],
+                "source": source,
+            }
+            for i, source in enumerate(cells)
+        ],
+        "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+
+
+def _saved_cells(server: dict[str, object], name: str) -> list[dict[str, Any]]:
+    response = httpx.get(
+        f"{server['url']}/api/contents/{name}", params={"token": server["token"], "content": 1}, timeout=10
+    )
+    response.raise_for_status()
+    return list(response.json()["content"]["cells"])
+
+
+def _text(source: str | list[str]) -> str:
+    return source if isinstance(source, str) else "".join(source)
+
+
+def _run_cell(page: Any, index: int) -> None:
+    """Run one cell with Ctrl+Enter (run, stay): it stays the active cell, as a clicked panel's does."""
+    page.locator(".jp-Notebook .jp-Cell").nth(index).locator(".jp-InputArea-editor").click()
+    page.keyboard.press("Control+Enter")
+
+
+def test_insert_and_run_make_real_cells_below_the_active_one_in_jupyterlab(
+    lab: dict[str, object],  # noqa: F811
+    browser: Any,
+) -> None:
+    from playwright.sync_api import expect
+
+    name = "bridge.ipynb"
+    httpx.put(
+        f"{lab['url']}/api/contents/{name}",
+        params={"token": lab["token"]},
+        json={"type": "notebook", "format": "json", "content": _notebook([SETUP, INSERTS])},
+        timeout=10,
+    ).raise_for_status()
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.set_default_timeout(30_000)
+    page.goto(f"{lab['url']}/lab/tree/{name}?token={lab['token']}")
+    page.wait_for_selector(KERNEL_IDLE, timeout=90_000)
+    cells = page.locator(".jp-Notebook .jp-Cell")
+
+    _run_cell(page, 0)
+    expect(cells.nth(0).locator(".jp-OutputArea-output")).to_contain_text("made the bridge")
+    page.wait_for_selector(KERNEL_IDLE)
+    _run_cell(page, 1)
+    expect(cells.nth(1).locator(".jp-OutputArea-output")).to_contain_text("available: True")
+    expect(cells).to_have_count(5)
+    # The run cell's output: %%bash ran in this kernel.
+    expect(cells.nth(4).locator(".jp-OutputArea-output")).to_contain_text("ran-by-bridge")
+    # The Markdown block is a rendered Markdown cell.
+    expect(cells.nth(3).locator(".jp-MarkdownOutput h1")).to_contain_text("Heading from the bridge")
+    shot(page, "bridge-1-inserted-and-run")
+
+    page.keyboard.press("Escape")
+    page.keyboard.press("Control+s")
+    wait_until(lambda: len(_saved_cells(lab, name)) == 5, seconds=20)
+    saved = _saved_cells(lab, name)
+    assert [(c["cell_type"], _text(c["source"])) for c in saved[2:]] == [
+        ("code", 'x = 6 * 7\nprint("inserted", x)'),
+        ("markdown", "# Heading from the bridge"),
+        ("code", "%%bash\necho ran-by-bridge"),
+    ]
+    assert saved[2]["outputs"] == []  # inserted, not run
+    ran = saved[4]["outputs"]
+    assert any("ran-by-bridge" in _text(o.get("text", "")) for o in ran), json.dumps(ran)
+
+    # The new cells are ordinary edits: JupyterLab's undo (z) takes them back (a quick burst of edits
+    # is one undo step in JupyterLab).
+    page.locator(".jp-Notebook .jp-Cell").nth(4).locator(".jp-InputPrompt").click()
+    page.keyboard.press("Escape")
+    page.keyboard.press("z")
+    wait_until(lambda: cells.count() < 5 or "%%bash" not in cells.nth(4).inner_text(), seconds=10)
+    shot(page, "bridge-2-undone")
+    page.close()
