@@ -1,9 +1,20 @@
-"""What the browser suites share: Debian's Chromium, JupyterLab selectors, screenshots."""
+"""What the browser suites share: Debian's Chromium, a scratch JupyterLab, its selectors, screenshots."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import secrets
 import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+import httpx
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -44,3 +55,102 @@ def choose(page: object, css: str, label: str) -> None:
     """Pick a dropdown entry by the label a person reads."""
     index = option_labels(page, css).index(label)
     page.locator(f"{css} select").select_option(index=index)  # type: ignore[attr-defined]
+
+
+def notebook(*cells: str, ids: Sequence[str] = ()) -> dict[str, Any]:
+    """A notebook of code cells (``ids`` names them; the rest are numbered), with a Python kernelspec
+    so no "Select Kernel" dialog blocks."""
+    names = [*ids, *(f"cell{i}" for i in range(len(ids), len(cells)))]
+    return {
+        "cells": [
+            {
+                "cell_type": "code",
+                "execution_count": None,
+                "id": name,
+                "metadata": {},
+                "outputs": [],
+                "source": source.splitlines(keepends=True),
+            }
+            for name, source in zip(names, cells, strict=True)
+        ],
+        "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+
+
+@contextlib.contextmanager
+def running_lab(
+    scratch: Path, notebooks: Mapping[str, dict[str, Any]], env: Mapping[str, str]
+) -> Iterator[dict[str, Any]]:
+    """JupyterLab on loopback with token auth, scratch Jupyter dirs and ``notebooks`` in its root;
+    ``env`` reaches its kernels. Yields its ``url``, ``token`` and ``root``."""
+    root, jupyter = scratch / "root", scratch / "jupyter"
+    root.mkdir()
+    for name, content in notebooks.items():
+        (root / name).write_text(json.dumps(content))
+    settings = jupyter / "lab-settings"
+    notification = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    notification.parent.mkdir(parents=True)
+    notification.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+    token = secrets.token_hex(16)
+    lab_env = dict(
+        os.environ,
+        JUPYTER_CONFIG_DIR=str(jupyter / "config"),
+        JUPYTER_DATA_DIR=str(jupyter / "data"),
+        JUPYTER_RUNTIME_DIR=str(jupyter / "runtime"),
+        IPYTHONDIR=str(jupyter / "ipython"),
+        JUPYTERLAB_SETTINGS_DIR=str(settings),
+        JUPYTERLAB_WORKSPACES_DIR=str(jupyter / "workspaces"),
+        **env,
+    )
+    lab_env.pop("JUPYTERHUB_USER", None)
+    for attempt in range(2):  # a port picked and released can be taken in between: retry once
+        port = free_port()
+        log = (scratch / f"lab-{attempt}.log").open("w")
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "jupyterlab",
+                "--no-browser",
+                "--allow-root",
+                "--ip",
+                "127.0.0.1",
+                f"--port={port}",
+                "--ServerApp.port_retries=0",
+                f"--IdentityProvider.token={token}",
+                f"--ServerApp.root_dir={root}",
+            ],
+            env=lab_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}"
+        if _wait_for_lab(url, token, process):
+            break
+        process.kill()
+        process.wait()
+    else:
+        raise RuntimeError(f"JupyterLab did not start; see {scratch}/lab-*.log")
+    try:
+        yield {"url": url, "token": token, "root": root}
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_for_lab(url: str, token: str, process: subprocess.Popen[bytes]) -> bool:
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if httpx.get(f"{url}/api/status", params={"token": token}, timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    return False

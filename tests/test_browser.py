@@ -12,24 +12,12 @@ committed).
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
-from browser import (
-    KERNEL_IDLE,
-    choose,
-    free_port,
-    option_labels,
-    selected_label,
-    shot,
-)
+from browser import KERNEL_IDLE, choose, notebook, option_labels, running_lab, selected_label, shot
 
 from conftest import PASSWORD
 from nbchat.testing.ollama_server import OllamaTestServer
@@ -47,90 +35,12 @@ OPEN_PANELS = (
 def lab(tmp_path_factory: pytest.TempPathFactory, ollama: OllamaTestServer) -> Iterator[dict[str, object]]:
     """JupyterLab on loopback with a notebook that shows the panel; yields its URL and data dir."""
     scratch = tmp_path_factory.mktemp("lab")
-    root, jupyter, data = scratch / "root", scratch / "jupyter", scratch / "nbchat-data"
-    root.mkdir()
-    settings = jupyter / "lab-settings"
-    notification = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
-    notification.parent.mkdir(parents=True)
-    notification.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
-    notebook = {
-        "cells": [
-            {
-                "cell_type": "code",
-                "execution_count": None,
-                "id": "panel",
-                "metadata": {},
-                "outputs": [],
-                "source": ["import nbchat\n", "nbchat.panel()"],
-            }
-        ],
-        "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}},
-        "nbformat": 4,
-        "nbformat_minor": 5,
-    }
-    (root / "chat.ipynb").write_text(json.dumps(notebook))
-    token = secrets.token_hex(16)
-    env = dict(
-        os.environ,
-        NBCHAT_DATA_DIR=str(data),
-        OLLAMA_HOST=ollama.url,
-        JUPYTER_CONFIG_DIR=str(jupyter / "config"),
-        JUPYTER_DATA_DIR=str(jupyter / "data"),
-        JUPYTER_RUNTIME_DIR=str(jupyter / "runtime"),
-        IPYTHONDIR=str(jupyter / "ipython"),
-        JUPYTERLAB_SETTINGS_DIR=str(settings),
-        JUPYTERLAB_WORKSPACES_DIR=str(jupyter / "workspaces"),
-    )
-    env.pop("JUPYTERHUB_USER", None)
-    for attempt in range(2):  # a port picked and released can be taken in between: retry once
-        port = free_port()
-        log = (scratch / f"lab-{attempt}.log").open("w")
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "jupyterlab",
-                "--no-browser",
-                "--allow-root",
-                "--ip",
-                "127.0.0.1",
-                f"--port={port}",
-                "--ServerApp.port_retries=0",
-                f"--IdentityProvider.token={token}",
-                f"--ServerApp.root_dir={root}",
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        if _wait_for_lab(url, token, process):
-            break
-        process.kill()
-        process.wait()
-    else:
-        raise RuntimeError(f"JupyterLab did not start; see {scratch}/lab-*.log")
-    try:
-        yield {"url": url, "token": token, "data": data}
-    finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _wait_for_lab(url: str, token: str, process: subprocess.Popen[bytes]) -> bool:
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if httpx.get(f"{url}/api/status", params={"token": token}, timeout=2).status_code == 200:
-                return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    return False
+    data = scratch / "nbchat-data"
+    chat = notebook("import nbchat\nnbchat.panel()", ids=["panel"])
+    with running_lab(
+        scratch, {"chat.ipynb": chat}, {"NBCHAT_DATA_DIR": str(data), "OLLAMA_HOST": ollama.url}
+    ) as lab:
+        yield {**lab, "data": data}
 
 
 def conversation_header(data: Path, user: str) -> list[dict]:

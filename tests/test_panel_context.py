@@ -11,6 +11,7 @@ browser suite (``test_browser_context.py``) clicks them in a real JupyterLab.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -152,18 +153,10 @@ def test_explain_last_error_sends_the_traceback_and_shows_it_attached(
 
 
 def test_explain_last_error_with_no_error_yet_says_so_in_the_status_line(
-    panel: ChatPanel, server: OllamaTestServer, shell: InteractiveShell
+    panel: ChatPanel, server: OllamaTestServer, shell: InteractiveShell, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    shell.run_cell("%reset -f", store_history=False)
-    shell.last_execution_result = None
-    for attribute in ("_last_traceback",):
-        if hasattr(shell, attribute):
-            setattr(shell, attribute, None)
-    import sys
-
-    for name in ("last_type", "last_value", "last_traceback", "last_exc"):
-        if hasattr(sys, name):
-            delattr(sys, name)
+    for name in ("last_exc", "last_type", "last_value", "last_traceback"):  # where IPython keeps it
+        monkeypatch.delattr(sys, name, raising=False)
     panel.explain_button.click()
     assert "nbchat-error" in panel.status.value and "No error" in panel.status.value
     assert panel.session.reply is None

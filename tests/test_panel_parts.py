@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from nbchat.notebook import CodeBlock
 from nbchat.panel.composer import Composer
+from nbchat.panel.context_row import ContextRow
 from nbchat.panel.conversation_bar import ConversationBar
 from nbchat.panel.login_form import LoginForm
 from nbchat.panel.message_list import MessageList
 from nbchat.panel.settings_row import CHOOSE_MODEL, SettingsRow
-from nbchat.types import Conversation, ConversationSettings, Message, new_id, utcnow
+from nbchat.types import ContextItem, Conversation, ConversationSettings, Message, new_id, utcnow
 
 
 def test_the_login_form_reports_the_stripped_name_and_always_empties_the_password() -> None:
@@ -113,3 +115,55 @@ def test_the_composer_refuses_an_empty_prompt_and_sends_nothing_while_disabled()
     composer.set_busy(False, "ollama:a")
     composer.send_button.click()
     assert sent == ["hello"]
+
+
+def test_a_question_shows_its_context_folded_under_the_label_and_escaped() -> None:
+    items = (
+        ContextItem("object", "df", "DataFrame 1,000 × 5", "| a |\n|---|\n| <b>x</b> |"),
+        ContextItem("cells", "cells", "2 cells", "In [1]: x = 1"),
+        ContextItem("error", "ZeroDivisionError", "ZeroDivisionError", "ZeroDivisionError: division by zero"),
+    )
+    messages = MessageList()
+    messages.show([Message("user", "what is @df?", context=items), Message("user", "plain")])
+    attached, plain = (child.value for child in messages.view.children)
+    assert (
+        "<details class='nbchat-context'><summary>Context: @df (DataFrame 1,000 × 5), 2 cells, last error"
+        in (attached)
+    )
+    assert "@df · DataFrame 1,000 × 5" in attached and "Last error: ZeroDivisionError" in attached
+    assert "&lt;b&gt;x&lt;/b&gt;" in attached and "<b>x</b>" not in attached  # the user's data, escaped
+    assert "nbchat-context" not in plain
+
+
+def test_a_reply_s_code_blocks_each_report_insert_and_run_with_their_block() -> None:
+    inserted: list[CodeBlock] = []
+    ran: list[CodeBlock] = []
+    messages = MessageList(on_insert=inserted.append, on_run=ran.append)
+    reply = Message("assistant", "A:\n\n```python\nx = 1\n```\n\nB:\n\n~~~sh\nls -l\n~~~\n")
+    messages.show([Message("user", "code please"), reply, Message("assistant", "no code")])
+    _question, _answer, actions, no_code = messages.view.children
+    assert "nbchat-code-actions" in actions._dom_classes and "nbchat-code-actions" not in no_code._dom_classes
+    first, second = actions.children
+    assert "<code>python</code> · 1 line · " in first.children[0].value and "x = 1" in first.children[0].value
+    second.children[2].click()
+    first.children[3].click()
+    assert inserted == [CodeBlock("sh", "ls -l\n")] and ran == [CodeBlock("python", "x = 1\n")]
+    messages.show([Message("user", "code please")])
+    assert actions.comm is None and first.children[1].comm is None  # let go with their reply
+
+
+def test_the_context_row_counts_cells_from_zero_and_is_idle_while_streaming_or_without_a_model() -> None:
+    explained: list[bool] = []
+    row = ContextRow(on_explain=lambda: explained.append(True))
+    assert row.cells == 0 and row.include_cells.value == 0
+    row.include_cells.value = 3
+    assert row.cells == 3
+    row.set_busy(False, None)
+    assert row.explain_button.disabled
+    row.set_busy(True, "ollama:a")
+    assert row.explain_button.disabled and row.include_cells.disabled
+    row.set_busy(False, "ollama:a")
+    row.explain_button.click()
+    assert explained == [True] and not row.include_cells.disabled
+    row.clear()
+    assert row.cells == 0
