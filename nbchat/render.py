@@ -3,7 +3,9 @@
 The panel, the ``%chat`` magic and a ``Reply``'s own ``_repr_markdown_`` all
 show the same things: thinking folded under *Thinking*, the text, how the
 reply ended (error, not saved, stopped, cut off) and a line of statistics. A
-reply looks the same while it streams, when it is done and once saved.
+reply looks the same while it streams, when it is done and once saved. What a
+question attached (``@df``, recent cells, the last error) is shown folded, from
+the message's own ``context``, so a reloaded conversation shows it too.
 """
 
 from __future__ import annotations

@@ -12,6 +12,12 @@ The original app's safety rules hold: a new conversation starts on
 disabled until a model is chosen, the settings belong to the conversation and
 come back when switching to it, and logging out empties every widget.
 
+A question can attach the kernel's own data: ``@name`` mentions (the session
+resolves them), the last N cells (*Recent cells*) or the last error (*Explain
+last error*); what it attached shows folded under it. Each fenced code block of
+a finished reply gets Copy (in the browser), Insert and Run (a new cell below
+the active one, through JupyterLab's own commands).
+
 Replies stream in from the session's reply thread and are redrawn at most
 every ``REDRAW_INTERVAL_S`` (not once per token), as Markdown rendered by
 Jupyter itself (code blocks highlighted). A reply that could not be saved (a
@@ -21,8 +27,9 @@ for tests and users' own styles.
 
 The modules: ``controller`` (``ChatPanel``: the session wired to the parts),
 the parts ``login_form``, ``conversation_bar``, ``settings_row``,
-``pull_row``, ``message_list``, ``live_reply`` and ``composer`` (each knows
-nothing of the others or of the session), ``cells`` (one panel per notebook
+``pull_row``, ``message_list`` (with ``code_actions`` and its ``copy_button``),
+``live_reply``, ``context_row`` and ``composer`` (each knows nothing of the
+others or of the session), ``cells`` (one panel per notebook
 cell) and ``kit`` (what the parts share).
 """
 
