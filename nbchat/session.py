@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from nbchat.accounts import Accounts, Login
@@ -28,6 +29,7 @@ from nbchat.errors import (
     ModelNotChosen,
     NbchatError,
     NbchatWarning,
+    NoContext,
     NoConversation,
     NotLoggedIn,
     PolicyError,
@@ -40,6 +42,7 @@ from nbchat.reply import Reply, stats_record
 from nbchat.types import (
     DEFAULT_TITLE,
     MAX_CONTENT_CHARS,
+    ContextItem,
     Conversation,
     ConversationSettings,
     ConversationSummary,
@@ -55,6 +58,8 @@ if TYPE_CHECKING:
 #: How long ``logout`` waits for a stopped reply to end by itself (it ends within
 #: ``CANCEL_GRACE_S`` of a stop); after that logout saves the partial reply itself.
 LOGOUT_WAIT_S = 5.0
+#: What the panel's *Explain error* button (and ``explain_last_error``) asks.
+EXPLAIN_ERROR_PROMPT = "Explain this error and how to fix it."
 #: A conversation still called "New conversation" takes its title from its first prompt.
 AUTO_TITLE_CHARS = 60
 
@@ -276,8 +281,21 @@ class ChatSession:
         """The latest reply of this login: streaming now, or the last one."""
         return self._reply
 
-    def send(self, prompt: str) -> Reply:
+    def send(
+        self,
+        prompt: str,
+        *,
+        cells: int = 0,
+        error: bool = False,
+        namespace: Mapping[str, Any] | None = None,
+    ) -> Reply:
         """Save ``prompt`` as the user's message and start the reply; returns it at once.
+
+        ``@name`` in the prompt attaches a bounded summary of that object of the
+        user's namespace (``namespace``, by default IPython's); ``cells`` attaches
+        the last N executed cells, ``error`` the last traceback. What is attached
+        is saved with the message (``message.context``) and sent with it, now and
+        as history later. An unknown ``@name`` is refused before anything is saved.
 
         Iterate the returned ``Reply`` for chunks, or ``wait()`` for it; it is
         saved to the conversation when it ends, also if it was stopped or failed
@@ -285,14 +303,16 @@ class ChatSession:
         """
         from nbchat.backends import resolve
 
+        if not isinstance(prompt, str):
+            raise InvalidValue(f"A message must be text, not {type(prompt).__name__}.")
+        if not prompt.strip():
+            raise InvalidValue("The message is empty; type something to send.")
+        self._require_current()
+        attached = _attach(prompt, cells=cells, error=error, namespace=namespace)  # user code: no lock
         with self._mutex:
             store = self._store()
             if self._reply is not None and not self._reply.done:
                 raise ReplyInProgress("A reply is still streaming; wait for it or stop it first.")
-            if not isinstance(prompt, str):
-                raise InvalidValue(f"A message must be text, not {type(prompt).__name__}.")
-            if not prompt.strip():
-                raise InvalidValue("The message is empty; type something to send.")
             conversation = self._require_current()
             settings = conversation.settings
             if settings.model is None:
@@ -303,7 +323,7 @@ class ChatSession:
                 )
             self.config.policy.check_settings(settings)  # saved before a policy change: still checked
             backend, name = resolve(settings.model, self.config)
-            question = Message("user", prompt)  # refused here, before anything is saved
+            question = Message("user", prompt, context=attached)  # refused here, before anything is saved
             title = None
             if conversation.title == DEFAULT_TITLE and not conversation.messages:
                 title = title_from_text(prompt, AUTO_TITLE_CHARS)  # cleaned: never refused
@@ -332,6 +352,10 @@ class ChatSession:
             self._reply = reply
         self._changed()
         return reply._begin()
+
+    def explain_last_error(self) -> Reply:
+        """Ask the current conversation's model to explain the kernel's last error (attached)."""
+        return self.send(EXPLAIN_ERROR_PROMPT, error=True)
 
     def stop(self) -> Reply | None:
         """Stop the reply in flight (its partial text is kept and saved); returns it, or None."""
@@ -444,12 +468,27 @@ def _start_reply(
             available=budget,
         )
     system = [Message("system", settings.system)] if settings.system.strip() else []
-    everything = system + history
+    everything = system + [_as_sent(message) for message in history]
 
     def count(messages: Sequence[Message]) -> int:
         return backend.count_tokens(name, messages, think=settings.think)
 
-    kept = truncate_history(everything, budget, count)
+    try:
+        kept = truncate_history(everything, budget, count)
+    except ContextOverflow as exc:
+        question = history[-1]
+        if not question.context:
+            raise
+        from nbchat.context import context_label
+
+        plain = count([*system, replace(question, context=())])
+        taken = max(0, count([*system, everything[-1]]) - plain)
+        raise ContextOverflow(
+            f"{exc} What was attached ({context_label(question.context).removeprefix('Context: ')}) took "
+            f"about {taken:,} of those tokens: mention fewer objects, attach fewer cells, or ask without it.",
+            needed=exc.needed,
+            available=exc.available,
+        ) from None
     system_kept, turns = sendable(everything)
     reply.dropped_messages = len(system_kept) + sum(map(len, turns)) - len(kept)
     params = GenerationParams(
@@ -459,6 +498,46 @@ def _start_reply(
         context_size=window,
     )
     return backend.stream(name, kept, params)
+
+
+def _attach(
+    prompt: str, *, cells: int, error: bool, namespace: Mapping[str, Any] | None
+) -> tuple[ContextItem, ...]:
+    """What ``prompt`` attaches: its ``@mentions``, the last ``cells`` cells, the last error."""
+    if isinstance(cells, bool) or not isinstance(cells, int) or cells < 0:
+        raise InvalidValue(f"The number of cells to attach must be a whole number, 0 or more, not {cells!r}.")
+    if "@" not in prompt and not cells and not error:
+        return ()  # nothing to attach: nbchat.context is not even imported
+    from nbchat import context
+
+    names = context.user_namespace() if namespace is None else namespace
+    items = list(context.resolve_mentions(prompt, names))
+    if cells:
+        recent = context.recent_cells(cells)
+        if recent is None:
+            raise NoContext("No cell has run in this kernel yet, so there are no cells to attach.")
+        items.append(recent)
+    if error:
+        last = context.last_error()
+        if last is None:
+            raise NoContext("No error has happened in this kernel yet, so there is none to explain.")
+        items.append(last)
+    return tuple(items)
+
+
+def _as_sent(message: Message) -> Message:
+    """A message as the model is given it: a user message with its attached context written out."""
+    if message.role != "user" or (not message.context and "@@" not in message.content):
+        return message
+    from nbchat.context import unescape_mentions, with_context
+
+    text = with_context(unescape_mentions(message.content), message.context)
+    if len(text) > MAX_CONTENT_CHARS:
+        raise ContextOverflow(
+            f"A message with what it attaches is {len(text):,} characters, more than any model takes; "
+            "mention fewer objects or attach fewer cells."
+        )
+    return replace(message, content=text, context=())
 
 
 def _prepare_with_progress(reply: Reply, backend: Backend, name: str) -> None:

@@ -1,0 +1,126 @@
+"""What a question attaches, through the session: ``@name`` summaries, recent cells, the last error.
+
+Against the loopback Ollama server, whose log shows exactly what the model was given.
+The attached context is saved with the question (``message.context``), shown nowhere in
+``content`` (that stays what the user typed), sent with it now and as history later, and
+counted against the context window.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from conftest import chatting
+from nbchat import ChatSession, ContextOverflow
+from nbchat.errors import NoContext, UnknownMention
+from nbchat.testing.ollama_server import FakeModel, OllamaTestServer
+
+
+@pytest.fixture
+def session(make_session: Callable[..., ChatSession], server: OllamaTestServer) -> ChatSession:
+    server.add_model(FakeModel("tiny:ctx", thinking=False, context_length=300))
+    return chatting(make_session(server, "alice"))
+
+
+def sent_user_messages(server: OllamaTestServer) -> list[list[str]]:
+    """For each chat request the server got, the content of its user messages."""
+    return [
+        [m["content"] for m in request["body"]["messages"] if m["role"] == "user"]
+        for request in server.requests
+        if request["path"] == "/api/chat"
+    ]
+
+
+def test_a_mention_attaches_a_summary_that_is_saved_and_sent(
+    session: ChatSession, server: OllamaTestServer
+) -> None:
+    scores = {"alice": 91, "bob": 78}
+    session.send("Who scored best in @scores?", namespace={"scores": scores}).wait(30)
+    (question, _answer) = session.history()
+    assert question.content == "Who scored best in @scores?"  # what the user typed, unchanged
+    (item,) = question.context
+    assert (item.kind, item.name) == ("object", "scores") and "alice" in item.summary
+    ((sent,),) = sent_user_messages(server)
+    assert sent.startswith("Who scored best in @scores?") and item.summary in sent
+
+
+def test_the_context_stays_with_the_question_in_later_history(
+    session: ChatSession, server: OllamaTestServer
+) -> None:
+    session.send("Look at @data", namespace={"data": [3, 1, 4, 1, 5, 9, 2, 6]}).wait(30)
+    session.send("And its largest value?", namespace={}).wait(30)
+    first, second = sent_user_messages(server)
+    assert second[0] == first[0] and "3, 1, 4, 1, 5" in second[0]
+    assert second[1] == "And its largest value?"
+
+
+def test_the_context_survives_a_new_login(session: ChatSession) -> None:
+    session.send("Look at @data", namespace={"data": (1, 2, 3)}).wait(30)
+    attached = session.history()[0].context
+    session.logout()
+    session.login("alice", "correct horse")
+    session.select(session.conversations()[0].id)
+    assert session.history()[0].context == attached
+
+
+def test_an_unknown_mention_is_refused_with_close_matches_and_nothing_is_saved_or_sent(
+    session: ChatSession, server: OllamaTestServer
+) -> None:
+    with pytest.raises(UnknownMention, match="did you mean df") as refused:
+        session.send("What is in @dff?", namespace={"df": [1], "other": 2})
+    assert "@@dff" in str(refused.value)  # how to write a literal @dff
+    assert session.history() == [] and session.reply is None and sent_user_messages(server) == []
+
+
+def test_a_doubled_at_sign_is_sent_as_a_literal_at_sign_and_attaches_nothing(
+    session: ChatSession, server: OllamaTestServer
+) -> None:
+    session.send("Reply to @@alice, or mail bob@example.com", namespace={}).wait(30)
+    assert session.history()[0].context == ()
+    assert sent_user_messages(server) == [["Reply to @alice, or mail bob@example.com"]]
+
+
+def test_asking_for_cells_or_the_last_error_when_there_is_none_is_refused_before_saving(
+    session: ChatSession,
+) -> None:
+    with pytest.raises(NoContext, match="No cell has run"):
+        session.send("What did I just do?", cells=2)
+    with pytest.raises(NoContext, match="No error has happened"):
+        session.explain_last_error()
+    with pytest.raises(Exception, match="whole number"):
+        session.send("hm", cells=-1)
+    assert session.history() == []
+
+
+def test_context_too_big_for_the_model_says_what_it_took(session: ChatSession) -> None:
+    session.configure(model="ollama:tiny:ctx", max_new_tokens=100)
+    big = {f"key{i}": "some fairly long value " * 4 for i in range(200)}
+    took = r"What was attached \(@big .*\) took about [\d,]+ of those tokens"
+    with pytest.raises(ContextOverflow, match=took):
+        session.send("Summarise @big", namespace={"big": big}).wait(30)
+    question = session.history()[0]
+    assert question.content == "Summarise @big" and question.context  # saved, so the user sees why
+
+
+def test_a_question_with_context_upgrades_an_old_conversation_file_once(
+    session: ChatSession, server: OllamaTestServer
+) -> None:
+    """A version 1 file takes a question with context by being rewritten at version 2, keeping all."""
+    session.send("plain question", namespace={}).wait(30)
+    conversation = session.current
+    assert conversation is not None
+    path = Path(session.config.data_dir) / "conversations" / "alice" / f"{conversation.id}.jsonl"
+    lines = path.read_bytes().splitlines()
+    header = json.loads(lines[0])
+    header["version"] = 1  # as an earlier nbchat wrote it (nothing else differs)
+    old_header = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode()
+    path.write_bytes(b"\n".join([old_header, *lines[1:]]) + b"\n")
+    session.select(conversation.id)
+    session.send("now with @x", namespace={"x": 42}).wait(30)
+    assert json.loads(path.read_bytes().splitlines()[0])["version"] == 2
+    contents = [m.content for m in session.history()]
+    assert contents[:3] == ["plain question", "You said: plain question", "now with @x"]
