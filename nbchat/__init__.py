@@ -4,6 +4,8 @@
 local model is first used.
 """
 
+from typing import TYPE_CHECKING
+
 from nbchat.accounts import Accounts, Login
 from nbchat.config import Config, load_config
 from nbchat.errors import (
@@ -43,7 +45,11 @@ from nbchat.history import estimate_tokens, truncate_history
 from nbchat.reply import Reply
 from nbchat.session import ChatSession, get_session
 from nbchat.store import ConversationStore
+
 from nbchat.types import ContextItem, Conversation, ConversationSettings, ConversationSummary, Message
+
+if TYPE_CHECKING:
+    from nbchat.notebook import CodeBlock  # imports markdown-it only when used
 
 
 def panel(session: ChatSession | None = None) -> None:
@@ -60,6 +66,13 @@ def __getattr__(name: str) -> object:
 
         return ChatPanel
     raise AttributeError(f"module 'nbchat' has no attribute {name!r}")
+
+
+def code_blocks(source: str | Reply | Message) -> list[CodeBlock]:
+    """The fenced code blocks of a reply, a message or Markdown text: ``[CodeBlock(language, code), ...]``."""
+    from nbchat.notebook import code_blocks as blocks
+
+    return blocks(source)
 
 
 def models() -> list[str]:
@@ -137,6 +150,7 @@ __all__ = [
     "UnsupportedVersion",
     "UserLimitReached",
     "UsernameTaken",
+    "code_blocks",
     "estimate_tokens",
     "get_session",
     "health",
