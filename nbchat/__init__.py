@@ -4,6 +4,8 @@
 local model is first used.
 """
 
+from __future__ import annotations
+
 from typing import TYPE_CHECKING
 
 from nbchat.accounts import Accounts, Login
@@ -45,7 +47,6 @@ from nbchat.history import estimate_tokens, truncate_history
 from nbchat.reply import Reply
 from nbchat.session import ChatSession, get_session
 from nbchat.store import ConversationStore
-
 from nbchat.types import ContextItem, Conversation, ConversationSettings, ConversationSummary, Message
 
 if TYPE_CHECKING:
