@@ -4,9 +4,16 @@ The line magic reads its options first and takes the rest of the line,
 verbatim, as the prompt, so apostrophes and quotes need no escaping::
 
     %chat --new -m ollama:qwen3:1.7b what is a monad?
-    %chat explain {err}                  # {name}: a variable of the notebook
+    %chat explain {err}                  # {name}: a variable's value, written into the prompt
+    %chat what is the mean of @nums?     # @name: a bounded summary of the object goes along
+    %chat --cells 2 why is this slow?    # the last 2 cells, with their results, go along
     %chat --error why did this fail?     # the last traceback goes along
+    %chat --cell plot @df by month       # the reply's code becomes the next cell
     answer = %chat -t 0.2 give me a haiku
+
+``{name}`` is filled first; ``@name`` mentions are then the session's (it
+attaches the summaries). An ``@`` inside a filled-in value is text, never a
+mention: the value is written with ``@@`` there, which the model reads as ``@``.
 
 The cell magic takes options on its first line and the prompt as its body.
 The reply streams into the cell as Markdown and is saved in the current
@@ -25,7 +32,6 @@ import string
 import sys
 import threading
 import time
-import traceback
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -33,14 +39,13 @@ from typing import Any
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
 
 from nbchat.errors import InvalidValue, NbchatError, NoConversation, NotLoggedIn
+from nbchat.notebook import CodeBlock, cell_for, code_blocks
 from nbchat.render import stats_footer
 from nbchat.reply import Reply
 from nbchat.session import ChatSession, get_session
 
 #: How often the streamed Markdown is redrawn (a redraw per token would flood the browser).
 REDRAW_INTERVAL_S = 0.1
-#: How much of a traceback ``--error`` sends: its last lines, where the cause is.
-MAX_TRACEBACK_CHARS = 6000
 DEFAULT_ERROR_QUESTION = "Why did this fail, and how do I fix it?"
 
 
@@ -63,11 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Chat with a model from any cell; the reply streams in as Markdown and is saved in the "
             "current conversation. {name} in a prompt is replaced by the notebook's variable name "
-            "({{ and }} for literal braces). The reply is also returned: answer = %chat ..."
+            "({{ and }} for literal braces). @name (or @name.attr) attaches a bounded summary of that "
+            "object of the notebook (a DataFrame's shape, dtypes and head, an array's statistics, ...); "
+            "@@name is a literal @name. The reply is also returned: answer = %chat ..."
         ),
         epilog=(
             "Examples:  %chat --login alice   |   %chat --new -m ollama:qwen3:1.7b what is a monad?   |   "
-            "%chat explain {err}   |   %chat --error   |   %chat -c Ideas --list"
+            "%chat explain {err}   |   %chat what is the mean of @nums?   |   %chat --cells 2 why so slow?"
+            "   |   %chat --error   |   %chat --cell plot @df   |   %chat -c Ideas --list"
         ),
     )
     parser.add_argument("-h", "--help", action="store_true", help="show this help")
@@ -103,9 +111,24 @@ def build_parser() -> argparse.ArgumentParser:
     settings.add_argument("--system", metavar="TEXT", help="the system prompt ('' to clear it)")
     prompt = parser.add_argument_group("prompt")
     prompt.add_argument(
-        "--error", action="store_true", help="send this kernel's last traceback with the question"
+        "--error", action="store_true", help="attach this kernel's last traceback to the question"
     )
-    prompt.add_argument("--raw", action="store_true", help="send the prompt as written: no {name} filling")
+    prompt.add_argument(
+        "--cells",
+        type=int,
+        metavar="N",
+        help="attach the last N cells run (their source, results and errors; %%chat cells not counted)",
+    )
+    prompt.add_argument(
+        "--raw",
+        action="store_true",
+        help="send the prompt as written: no {name} filling (@name still attaches; @@name is a literal @)",
+    )
+    prompt.add_argument(
+        "--cell",
+        action="store_true",
+        help="put the reply's code blocks into a new cell below this one (bash blocks run as %%%%bash)",
+    )
     other = parser.add_argument_group("information")
     other.add_argument("--models", action="store_true", help="list the models available now")
     other.add_argument("--pull", metavar="NAME", help="have Ollama download a model, e.g. qwen3:1.7b")
@@ -184,7 +207,10 @@ class ChatMagics(Magics):
 
 
 def load_ipython_extension(ipython: Any) -> None:
+    from nbchat.context import install_cell_recorder
+
     ipython.register_magics(ChatMagics)
+    install_cell_recorder(ipython)  # from now on --cells knows which cells failed
     cleanup = ipython.input_transformers_cleanup
     if keep_questions not in cleanup:
         cleanup.append(keep_questions)
@@ -272,10 +298,12 @@ def run(line: str, cell: str | None, namespace: Mapping[str, Any]) -> ChatAnswer
 
     prompt = prompt.strip()
     if prompt and not options.raw:
-        prompt = interpolate(prompt, namespace)  # the question only: a traceback's braces are text
-    if options.error:
-        prompt = with_last_traceback(prompt)
+        prompt = interpolate(prompt, namespace)  # the question only: the session attaches a traceback as is
+    if options.error and not prompt:
+        prompt = DEFAULT_ERROR_QUESTION
     if not prompt:
+        if options.cells or options.cell:
+            raise InvalidValue("--cells and --cell go with a question: %chat --cells 2 why is this slow?")
         if not (argv or cell is not None):
             print(status_line(session))
         return None
@@ -284,7 +312,11 @@ def run(line: str, cell: str | None, namespace: Mapping[str, Any]) -> ChatAnswer
             "No conversation is selected: start one with %chat --new -m MODEL your question, "
             "or pick one with %chat -c TITLE (--list shows them)."
         )
-    return _hand_out(session, stream_into_cell(session.send(prompt)))
+    reply = session.send(prompt, cells=options.cells or 0, error=options.error, namespace=namespace)
+    answer = _hand_out(session, stream_into_cell(reply))
+    if options.cell:
+        code_into_next_cell(reply)
+    return answer
 
 
 # -- parsing ------------------------------------------------------------------------------------
@@ -384,9 +416,14 @@ def _setting_changes(options: argparse.Namespace) -> dict[str, Any]:
 
 
 def interpolate(prompt: str, namespace: Mapping[str, Any]) -> str:
-    """Fill ``{name}`` (also ``{name.attr}``, ``{name[0]}``, ``{name!r}``) from the notebook."""
+    """Fill ``{name}`` (also ``{name.attr}``, ``{name[0]}``, ``{name!r}``) from the notebook.
+
+    What a value brings is text: an ``@y`` in it that would read as a mention is
+    written ``@@y`` (which the model is sent as ``@y``), so only the user's own
+    ``@name`` attaches anything.
+    """
     try:
-        return string.Formatter().vformat(prompt, (), _Names(namespace))
+        text, filled = _fill(prompt, _Names(namespace))
     except KeyError as exc:
         name = exc.args[0]
         raise InvalidValue(
@@ -398,6 +435,47 @@ def interpolate(prompt: str, namespace: Mapping[str, Any]) -> str:
             f"Could not fill in the prompt's braces ({exc}): write {{{{ and }}}} for literal braces, "
             "or use --raw to send the prompt as written."
         ) from None
+    return _keep_values_out_of_mentions(text, filled)
+
+
+def _fill(prompt: str, names: Mapping[str, Any]) -> tuple[str, list[tuple[int, int]]]:
+    """``str.format`` of ``prompt`` by ``names``, and where in the result each value landed."""
+    formatter = string.Formatter()
+    pieces: list[str] = []
+    filled: list[tuple[int, int]] = []
+    length = 0
+    for literal, field, spec, conversion in formatter.parse(prompt):
+        pieces.append(literal)
+        length += len(literal)
+        if field is None:
+            continue
+        if not field or field[0].isdigit():
+            raise ValueError(f"{{{field}}} is not a variable's name")
+        value, _ = formatter.get_field(field, (), names)
+        value = formatter.convert_field(value, conversion)
+        spec = formatter.vformat(spec, (), names) if spec and "{" in spec else (spec or "")
+        text = formatter.format_field(value, spec)
+        pieces.append(text)
+        filled.append((length, length + len(text)))
+        length += len(text)
+    return "".join(pieces), filled
+
+
+def _keep_values_out_of_mentions(text: str, filled: list[tuple[int, int]]) -> str:
+    """``text`` with every mention that starts inside a filled-in value escaped as ``@@``."""
+    if not any("@" in text[start:end] for start, end in filled):
+        return text  # the common case: nbchat.context is not even imported
+    from nbchat.context.mentions import _MENTION, _outside_code
+
+    starts = [
+        match.start()
+        for start, end in _outside_code(text)
+        for match in _MENTION.finditer(text, start, end)
+        if any(value_start <= match.start() < value_end for value_start, value_end in filled)
+    ]
+    for at in reversed(starts):
+        text = text[:at] + "@" + text[at:]
+    return text
 
 
 class _Names(dict[str, Any]):
@@ -412,17 +490,6 @@ class _Names(dict[str, Any]):
 
     def __getitem__(self, key: str) -> Any:
         return self.__missing__(key)
-
-
-def with_last_traceback(question: str) -> str:
-    """The question (or a default one) followed by this kernel's last traceback."""
-    value = getattr(sys, "last_value", None)
-    if value is None:
-        raise InvalidValue("No error has happened in this kernel yet, so --error has nothing to send.")
-    text = "".join(traceback.format_exception(type(value), value, value.__traceback__))
-    if len(text) > MAX_TRACEBACK_CHARS:
-        text = "...\n" + text[-MAX_TRACEBACK_CHARS:]
-    return f"{question or DEFAULT_ERROR_QUESTION}\n\n```\n{text.rstrip()}\n```"
 
 
 def find_conversation(session: ChatSession, wanted: str) -> str:
@@ -463,6 +530,48 @@ def stream_into_cell(reply: Reply) -> ChatAnswer:
         pass  # shown below, under the partial text
     handle.update(Markdown(reply.markdown() + stats_footer(reply)))
     return ChatAnswer(reply)
+
+
+def code_into_next_cell(reply: Reply) -> None:
+    """``--cell``: the reply's code blocks become a new cell below the magic's (IPython's next input)."""
+    code = next_cell_code(code_blocks(reply))
+    if code is None:
+        print("The reply has no code block, so no cell was added.")
+        return
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    if shell is None:  # pragma: no cover - the magic runs only in IPython
+        print(code)
+        return
+    shell.set_next_input(code, replace=False)
+    print("The reply's code is in a new cell below.")
+
+
+def next_cell_code(blocks: list[CodeBlock]) -> str | None:
+    """One cell's code from a reply's blocks, in order; None when none is code (Markdown is left out).
+
+    A lone shell block, or shell blocks only, run as one ``%%bash`` cell; shell
+    blocks among Python ones become ``!`` lines, as a notebook user writes them.
+    """
+    code = [(block, text) for block in blocks for kind, text in [cell_for(block)] if kind == "code"]
+    if not code:
+        return None
+    if len(code) == 1:
+        return code[0][1]
+    if all(text.startswith("%%bash\n") for _, text in code):
+        return "%%bash\n" + "\n\n".join(block.code.rstrip("\n") for block, _ in code)
+    return "\n\n".join(
+        _bang_lines(block.code) if text.startswith("%%bash\n") else text for block, text in code
+    )
+
+
+def _bang_lines(script: str) -> str:
+    """Shell lines as IPython's ``!`` lines (blank lines and comments kept as they are)."""
+    lines = script.rstrip("\n").splitlines()
+    return "\n".join(
+        line if not line.strip() or line.lstrip().startswith("#") else "!" + line for line in lines
+    )
 
 
 def pull_into_cell(session: ChatSession, name: str) -> None:

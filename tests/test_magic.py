@@ -84,6 +84,7 @@ def test_help_documents_every_option(shell: InteractiveShell) -> None:
         for option in action.option_strings:
             assert option in captured.stdout, option
     assert "{name}" in captured.stdout and "%%chat" in captured.stdout
+    assert "@name" in captured.stdout and "@@name" in captured.stdout and "%%bash" in captured.stdout
 
 
 def test_an_unknown_option_says_so_in_one_line(shell: InteractiveShell) -> None:
@@ -384,16 +385,22 @@ def test_interpolation_reads_attributes_and_items_but_not_undefined_names() -> N
         interpolate("{n", namespace)
 
 
-def test_error_sends_the_last_traceback_with_the_question_and_fills_only_the_question(
-    shell: InteractiveShell, server: OllamaTestServer, passwords: list[str]
+def test_error_attaches_the_last_traceback_to_the_question_and_fills_only_the_question(
+    shell: InteractiveShell, session: ChatSession, server: OllamaTestServer, passwords: list[str]
 ) -> None:
     logged_in_chat(shell, passwords)
     run(shell, "def broken():\n    return {}['missing_key']\nbroken()")
     shell.user_ns["part"] = "the lookup"
-    run(shell, "%chat --error why did {part} fail?")
+    captured = run(shell, "%chat --error why did {part} fail?")
+    assert captured.stderr == ""
     sent = [r["body"] for r in server.requests if r["path"] == "/api/chat"][-1]["messages"][-1]
-    assert sent["content"].startswith("why did the lookup fail?\n\n```\n")
-    assert "KeyError: 'missing_key'" in sent["content"] and "broken()" in sent["content"]
+    question, _, context = sent["content"].partition("\n\n---\n")
+    assert question == "why did the lookup fail?"
+    assert "#### The last error (KeyError)" in context and "KeyError: 'missing_key'" in context
+    assert "return {}['missing_key']" in context  # the traceback's braces are text, never filled
+    saved = session.history()[0]
+    assert saved.content == "why did the lookup fail?"
+    assert [(item.kind, item.name) for item in saved.context] == [("error", "KeyError")]
 
 
 def test_error_without_a_question_asks_why_it_failed(
@@ -403,7 +410,7 @@ def test_error_without_a_question_asks_why_it_failed(
     run(shell, "1 / 0")
     run(shell, "%chat --error")
     sent = [r["body"] for r in server.requests if r["path"] == "/api/chat"][-1]["messages"][-1]
-    assert sent["content"].startswith("Why did this fail, and how do I fix it?")
+    assert sent["content"].startswith("Why did this fail, and how do I fix it?\n\n---\n")
     assert "ZeroDivisionError" in sent["content"]
 
 
