@@ -25,9 +25,11 @@ import pytest
 from hypothesis import example, given, reject
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
+from referencing import Registry
+from referencing.jsonschema import DRAFT202012
 
 import nbchat
-from nbchat import records
+from nbchat import migrations, records
 from nbchat.errors import (
     AuthenticationFailed,
     CorruptFile,
@@ -37,7 +39,10 @@ from nbchat.errors import (
 )
 from nbchat.records import RecordError
 from nbchat.types import (
+    CONTEXT_KINDS,
+    MAX_CONTEXT_ITEMS,
     ROLES,
+    ContextItem,
     Conversation,
     ConversationSettings,
     Message,
@@ -49,6 +54,8 @@ from nbchat.usernames import check_username, username_key
 DATA = Path(__file__).resolve().parent.parent / "data"
 EXAMPLES = DATA / "examples"
 SCHEMA_FILES = ("users.schema.json", "conversation-header.schema.json", "message.schema.json")
+EXAMPLE = EXAMPLES / "conversation.jsonl"  # format version 2, what nbchat writes now
+EXAMPLE_V1 = EXAMPLES / "conversation-v1.jsonl"  # format version 1, as nbchat wrote it before context
 # The example accounts' passwords, as data/README.md gives them.
 EXAMPLE_PASSWORDS = {"Alice": "alice-example-pw", "Bob.Smith": "bob-example-pw"}
 
@@ -75,6 +82,25 @@ def message_validator() -> Draft202012Validator:
     return validator("message.schema.json")
 
 
+@cache
+def version1_message_validator() -> Draft202012Validator:
+    """message.schema.json#/$defs/version1Message: a message line of a version 1 file."""
+    uri = "urn:nbchat:message.schema.json"
+    registry: Registry[Any] = Registry().with_resource(
+        uri, DRAFT202012.create_resource(schema("message.schema.json"))
+    )
+    return Draft202012Validator(
+        {"$ref": f"{uri}#/$defs/version1Message"},
+        registry=registry,
+        format_checker=Draft202012Validator.FORMAT_CHECKER,
+    )
+
+
+def message_validator_for(version: int) -> Draft202012Validator:
+    """The schema a message line of a file of format ``version`` follows."""
+    return version1_message_validator() if version == 1 else message_validator()
+
+
 def assert_valid(check: Draft202012Validator, instance: object) -> None:
     problems = [
         f"{'/'.join(map(str, error.absolute_path)) or '(record)'}: {error.message}"
@@ -91,14 +117,16 @@ def lines_of(path: Path) -> list[bytes]:
 
 
 def assert_conversation_file_valid(path: Path) -> None:
+    """The header against its schema, each message against the schema of the header's version."""
     header, *messages = lines_of(path)
-    assert_valid(header_validator(), json.loads(header))
+    decoded = json.loads(header)
+    assert_valid(header_validator(), decoded)
     for line in messages:
-        assert_valid(message_validator(), json.loads(line))
+        assert_valid(message_validator_for(decoded["version"]), json.loads(line))
 
 
-def example_lines() -> list[bytes]:
-    return lines_of(EXAMPLES / "conversation.jsonl")
+def example_lines(path: Path = EXAMPLE) -> list[bytes]:
+    return lines_of(path)
 
 
 def encode(record: object) -> bytes:
@@ -142,9 +170,12 @@ def test_every_property_and_definition_has_a_title_and_a_description(name: str) 
 
 
 def test_header_and_message_schemas_share_one_set_of_definitions() -> None:
-    """The two line schemas repeat their definitions; they must not drift apart."""
+    """The two line schemas repeat their definitions; they must not drift apart. Only the
+    message schema has the definitions the header has no use for: context and version 1 lines."""
     header_defs = schema("conversation-header.schema.json")["$defs"]
-    assert header_defs == schema("message.schema.json")["$defs"]
+    message_defs = schema("message.schema.json")["$defs"]
+    assert {name: message_defs[name] for name in header_defs} == header_defs
+    assert message_defs.keys() - header_defs.keys() == {"contextItem", "version1Message"}
     users_defs = schema("users.schema.json")["$defs"]
     assert users_defs["id"] == header_defs["id"]
     assert users_defs["time"]["pattern"] == header_defs["time"]["pattern"]
@@ -156,9 +187,26 @@ def test_the_schemas_refuse_unknown_fields_exactly_where_nbchat_does() -> None:
     assert header["additionalProperties"] is False
     assert header["properties"]["settings"]["additionalProperties"] is False
     assert schema("message.schema.json")["additionalProperties"] is False
+    assert schema("message.schema.json")["$defs"]["contextItem"]["additionalProperties"] is False
     users = schema("users.schema.json")
     assert "additionalProperties" not in users
     assert "additionalProperties" not in users["$defs"]["account"]
+
+
+def test_the_schemas_know_every_format_version_nbchat_reads_and_the_limits_it_keeps() -> None:
+    """Versions 1 to FORMAT_VERSION, the context kinds and the most context items, as nbchat/ has them."""
+    header = schema("conversation-header.schema.json")
+    assert header["properties"]["version"]["enum"] == list(
+        range(records.OLDEST_VERSION, records.FORMAT_VERSION + 1)
+    )
+    assert records.FORMAT_VERSION == migrations.LATEST == 2
+    message = schema("message.schema.json")
+    assert message["properties"]["context"]["maxItems"] == MAX_CONTEXT_ITEMS
+    item = message["$defs"]["contextItem"]
+    assert item["properties"]["kind"]["enum"] == list(CONTEXT_KINDS)
+    assert set(item["required"]) == set(ContextItem.__dataclass_fields__)
+    assert set(message["properties"]) == records.MESSAGE_KEYS | records.OPTIONAL_MESSAGE_KEYS
+    assert set(message["required"]) == records.MESSAGE_KEYS
 
 
 def pattern(schema_name: str, definition: str) -> Callable[[str], bool]:
@@ -237,17 +285,27 @@ def test_the_example_accounts_open_with_their_example_passwords(tmp_path: Path) 
 
 def test_the_example_conversation_validates_line_by_line() -> None:
     """The header against the header schema, each later line against the message schema."""
-    assert_conversation_file_valid(EXAMPLES / "conversation.jsonl")
+    assert json.loads(example_lines()[0])["version"] == records.FORMAT_VERSION
+    assert_conversation_file_valid(EXAMPLE)
 
 
 def test_the_example_conversation_loads_through_the_parser() -> None:
-    """nbchat's own parser reads the example: four turns, the first answer with thinking and stats."""
+    """Four turns: the first question attaches @df and 2 cells, the first answer has thinking and stats."""
     header, *lines = example_lines()
     conversation = records.parse_header(header)
     messages = [records.parse_message(line) for line in lines]
-    assert conversation.title == "Soft-boiled eggs"
+    assert conversation.title == "Egg timings from the kitchen log"
     assert conversation.settings.model == "ollama:qwen3:1.7b"
     assert [m.role for m in messages] == ["user", "assistant", "user", "assistant"]
+    question = messages[0]
+    assert "@df" in question.content
+    assert [(item.kind, item.name, item.label) for item in question.context] == [
+        ("object", "df", "DataFrame 6 × 4"),
+        ("cells", "cells", "2 cells"),
+    ]
+    assert "| 0 | 5.0 | False | very runny | False |" in question.context[0].summary
+    assert 'df = pd.read_csv("eggs.csv")' in question.context[1].summary
+    assert all(not m.context for m in messages[1:])
     answer = messages[1]
     assert answer.thinking and answer.model == conversation.settings.model
     assert answer.stats is not None
@@ -269,10 +327,52 @@ def test_the_example_conversation_opens_in_a_store(tmp_path: Path) -> None:
     conversation_id = records.parse_header(example_lines()[0]).id
     folder = tmp_path / "conversations" / "alice"
     folder.mkdir(parents=True)
-    shutil.copy(EXAMPLES / "conversation.jsonl", folder / f"{conversation_id}.jsonl")
+    shutil.copy(EXAMPLE, folder / f"{conversation_id}.jsonl")
     store = nbchat.ConversationStore(tmp_path, "alice")
     assert [summary.id for summary in store.list()] == [conversation_id]
+    messages = store.get(conversation_id).messages
+    assert len(messages) == 4
+    assert [item.name for item in messages[0].context] == ["df", "cells"]
+
+
+def test_the_version_1_example_validates_line_by_line() -> None:
+    """A file written before context existed: its header says 1 and its messages follow version1Message."""
+    header, *lines = example_lines(EXAMPLE_V1)
+    assert json.loads(header)["version"] == 1
+    assert_conversation_file_valid(EXAMPLE_V1)
+    assert all(version1_message_validator().is_valid(json.loads(line)) for line in lines)
+
+
+def test_the_version_1_example_loads_through_the_parser_as_version_1() -> None:
+    """The parser reads a version 1 header and its messages, which carry no context."""
+    header, *lines = example_lines(EXAMPLE_V1)
+    conversation = records.parse_header(header)
+    messages = [records.parse_message(line, 1) for line in lines]
+    assert conversation.title == "Soft-boiled eggs"
+    assert [m.role for m in messages] == ["user", "assistant", "user", "assistant"]
+    assert all(not m.context for m in messages)
+    assert messages[1].stats == {
+        "prompt_tokens": 38,
+        "completion_tokens": 112,
+        "tokens_per_s": 41.7,
+        "finish_reason": "stop",
+    }
+    # What nbchat would write for it now differs only in the version: its messages are already canonical.
+    assert records.header_line(conversation) == header.replace(b'{"version":1,', b'{"version":2,', 1)
+    assert [records.message_line(m) for m in messages] == lines
+
+
+def test_the_version_1_example_opens_in_a_store_and_is_left_as_it_is(tmp_path: Path) -> None:
+    """Listing and reading an old file neither fails nor rewrites it."""
+    conversation_id = records.parse_header(example_lines(EXAMPLE_V1)[0]).id
+    folder = tmp_path / "conversations" / "alice"
+    folder.mkdir(parents=True)
+    path = folder / f"{conversation_id}.jsonl"
+    shutil.copy(EXAMPLE_V1, path)
+    store = nbchat.ConversationStore(tmp_path, "alice")
+    assert [summary.title for summary in store.list()] == ["Soft-boiled eggs"]
     assert len(store.get(conversation_id).messages) == 4
+    assert path.read_bytes() == EXAMPLE_V1.read_bytes()
 
 
 # -- files written by nbchat itself -------------------------------------------------------------
@@ -281,7 +381,7 @@ def test_the_example_conversation_opens_in_a_store(tmp_path: Path) -> None:
 @pytest.fixture
 def written(tmp_path: Path) -> Path:
     """A data dir after a realistic session: two accounts, a failed and a good login, two
-    conversations with thinking and statistics, a rename, a settings change, a new password."""
+    conversations with thinking, statistics and context, a rename, a settings change, a new password."""
     data_dir = tmp_path / "data"
     accounts = nbchat.Accounts(nbchat.Config(data_dir=data_dir), bcrypt_rounds=4)
     accounts.register("Alice", "alice-secret-1")
@@ -311,7 +411,13 @@ def written(tmp_path: Path) -> Path:
     )
     store.rename(eggs.id, "  Eggs, soft-boiled  ")
     store.update_settings(eggs.id, temperature=0.2, max_new_tokens=2048, system="Be brief.\nUse grams.")
-    store.append(eggs.id, Message("user", "Et pour 6 œufs ? 🥚\u2028Merci\x85"))
+    eggs_list = ContextItem("object", "eggs", "list of 6", "list, 6 items: ['œuf 1', 'œuf 2', …]")
+    error = ContextItem(
+        "error", "KeyError", "KeyError", "Traceback (most recent call last):\n  …\nKeyError: 'yolk'"
+    )
+    store.append(
+        eggs.id, Message("user", "Et pour 6 œufs ? 🥚\u2028Merci\x85 @eggs", context=(eggs_list, error))
+    )
     store.create()  # a new conversation: no model chosen yet
 
     accounts.change_password("bob.smith", "bob-secret-12", "bob-secret-34")
@@ -331,6 +437,8 @@ def test_conversation_files_written_by_nbchat_validate_line_by_line(written: Pat
     assert len(files) == 2
     for path in files:
         assert_conversation_file_valid(path)
+        assert json.loads(lines_of(path)[0])["version"] == records.FORMAT_VERSION
+    assert sum(b'"context":[' in line for path in files for line in lines_of(path)) == 1
     line_counts = sorted(len(lines_of(path)) for path in files)
     assert line_counts == [1, 4]
 
@@ -385,6 +493,18 @@ def message_with(change: Callable[[dict[str, Any]], object]) -> object:
     return changed(json.loads(example_lines()[2]), change)  # the assistant turn: every field is set
 
 
+def question_with(change: Callable[[dict[str, Any]], object]) -> object:
+    return changed(json.loads(example_lines()[1]), change)  # the first question: it carries context
+
+
+def first_item(record: dict[str, Any]) -> dict[str, Any]:
+    item: dict[str, Any] = record["context"][0]
+    return item
+
+
+AN_ITEM = {"kind": "object", "name": "nums", "label": "list of 3", "summary": "list, 3 items: [1, 2, 3]"}
+
+
 HEADER_FAULTS: dict[str, tuple[Callable[[dict[str, Any]], object], type[Exception]]] = {
     "an unknown field": (lambda r: r.update(colour="blue"), RecordError),
     "a missing field": (lambda r: drop(r, "updated"), RecordError),
@@ -416,7 +536,10 @@ HEADER_FAULTS: dict[str, tuple[Callable[[dict[str, Any]], object], type[Exceptio
     "a time without a timezone": (lambda r: r.update(created="2025-05-03T09:30:00.118204"), RecordError),
     "a time that is not a time": (lambda r: r.update(updated="yesterday"), RecordError),
     "a time as a number": (lambda r: r.update(updated=1746264600), RecordError),
-    "version 2": (lambda r: r.update(version=2), UnsupportedVersion),
+    "a version newer than nbchat's": (
+        lambda r: r.update(version=records.FORMAT_VERSION + 1),
+        UnsupportedVersion,
+    ),
     "version 0": (lambda r: r.update(version=0), RecordError),
     "version as text": (lambda r: r.update(version="1"), RecordError),
     "no version": (lambda r: drop(r, "version"), RecordError),
@@ -439,6 +562,32 @@ MESSAGE_FAULTS: dict[str, tuple[Callable[[dict[str, Any]], object], type[Excepti
     "stats as a list": (lambda r: r.update(stats=[38, 112]), RecordError),
     "a nested stat": (lambda r: r.update(stats={"usage": {"prompt_tokens": 38}}), RecordError),
     "a list stat": (lambda r: r.update(stats={"tokens": [38, 112]}), RecordError),
+    "context on an assistant message": (lambda r: r.update(context=[AN_ITEM]), RecordError),
+    "context on a system message": (
+        lambda r: r.update(role="system", model=None, context=[AN_ITEM]),
+        RecordError,
+    ),
+}
+
+# Faults in the context of the example's first question (a user message, where context belongs).
+CONTEXT_FAULTS: dict[str, Callable[[dict[str, Any]], object]] = {
+    "context that is not a list": lambda r: r.update(context=AN_ITEM),
+    "an item that is not an object": lambda r: r["context"].append("@nums"),
+    "an item without a summary": lambda r: drop(first_item(r), "summary"),
+    "an item without a kind": lambda r: drop(first_item(r), "kind"),
+    "an item with an unknown field": lambda r: first_item(r).update(rows=6),
+    "kind 'variable'": lambda r: first_item(r).update(kind="variable"),
+    "a kind in capitals": lambda r: first_item(r).update(kind="Object"),
+    "kind null": lambda r: first_item(r).update(kind=None),
+    "a name on two lines": lambda r: first_item(r).update(name="df\nimport os"),
+    "a name of 301 characters": lambda r: first_item(r).update(name="n" * 301),
+    "a name as a number": lambda r: first_item(r).update(name=42),
+    "a label with a bidi override": lambda r: first_item(r).update(label="DataFrame \u202e5 × 6"),
+    "a label of 201 characters": lambda r: first_item(r).update(label="l" * 201),
+    "a summary over 100000 characters": lambda r: first_item(r).update(summary="s" * 100_001),
+    "a summary with a lone surrogate": lambda r: first_item(r).update(summary="half \ud83e"),
+    "a summary null": lambda r: first_item(r).update(summary=None),
+    f"{MAX_CONTEXT_ITEMS + 1} items": lambda r: r.update(context=[AN_ITEM] * (MAX_CONTEXT_ITEMS + 1)),
 }
 
 
@@ -464,9 +613,47 @@ def test_a_message_nbchat_refuses_is_refused_by_the_schema(
         records.parse_message(encode(record))
 
 
+@pytest.mark.parametrize("change", CONTEXT_FAULTS.values(), ids=CONTEXT_FAULTS.keys())
+def test_a_context_nbchat_refuses_is_refused_by_the_schema(
+    change: Callable[[dict[str, Any]], object],
+) -> None:
+    """A user message's context: a list of whole, well-formed items of a known kind, refused twice."""
+    record = question_with(change)
+    assert not message_validator().is_valid(record)
+    with pytest.raises(RecordError):
+        records.parse_message(encode(record))
+
+
+def test_the_example_question_with_its_context_is_valid_and_so_is_a_full_context() -> None:
+    """The positive side of the faults above: the question itself, and 50 items, pass both."""
+    for record in (question_with(lambda r: None), question_with(lambda r: r.update(context=[AN_ITEM] * 50))):
+        assert_valid(message_validator(), record)
+        assert len(records.parse_message(encode(record)).context) in (2, MAX_CONTEXT_ITEMS)
+
+
+def test_a_version_1_message_with_context_is_refused_by_the_parser_and_the_version_1_schema() -> None:
+    """Version 1 had no context: such a line is damage in a version 1 file, valid in a version 2 one."""
+    question = question_with(lambda r: None)
+    assert not version1_message_validator().is_valid(question)
+    with pytest.raises(RecordError, match="version 1"):
+        records.parse_message(encode(question), 1)
+    assert message_validator().is_valid(question)
+    assert records.parse_message(encode(question), 2).context
+
+
+def test_the_version_1_schema_refuses_whatever_the_message_schema_refuses() -> None:
+    """version1Message is the message schema and one more rule, not a looser copy of it."""
+    for change, _ in MESSAGE_FAULTS.values():
+        record = message_with(change)
+        assert not version1_message_validator().is_valid(record)
+        with pytest.raises(RecordError):
+            records.parse_message(encode(record), 1)
+    assert version1_message_validator().is_valid(message_with(lambda r: None))
+
+
 def test_a_newer_format_is_reported_as_such_not_as_damage() -> None:
     """A higher version wins over any other fault: the file is left for a newer nbchat."""
-    record = header_with(lambda r: r.update(version=2, something_new=True))
+    record = header_with(lambda r: r.update(version=records.FORMAT_VERSION + 1, something_new=True))
     with pytest.raises(UnsupportedVersion, match="newer nbchat"):
         records.parse_header(encode(record))
 
@@ -517,6 +704,20 @@ def test_nbchat_strips_spaces_around_a_title_while_the_schema_wants_the_stripped
     record = header_with(lambda r: r.update(title="  Soft-boiled eggs "))
     assert not header_validator().is_valid(record)
     assert records.parse_header(encode(record)).title == "Soft-boiled eggs"
+
+
+@pytest.mark.parametrize("empty", [None, []], ids=["null", "an empty list"])
+def test_nbchat_reads_an_empty_context_as_none_while_the_schema_wants_it_left_out(empty: object) -> None:
+    """nbchat writes context only when there is some, but takes null or [] in a hand-edited file
+    as none, on any role; the schema keeps to what nbchat writes."""
+    for record in (
+        question_with(lambda r: r.update(context=empty)),
+        message_with(lambda r: r.update(context=empty)),
+    ):
+        assert not message_validator().is_valid(record)
+        message = records.parse_message(encode(record))
+        assert message.context == ()
+        assert b'"context"' not in records.message_line(message)
 
 
 def test_json_schema_cannot_refuse_a_token_count_written_with_a_fraction() -> None:
@@ -628,17 +829,36 @@ def accepted_conversations(draw: st.DrawFn) -> Conversation:
         reject()
 
 
+# Valid kinds and near misses, for the property that the schema and ContextItem agree.
+KINDS = st.sampled_from([*CONTEXT_KINDS, "Object", "cell", "errors", "", " error"])
+
+
+@st.composite
+def context_items(draw: st.DrawFn) -> ContextItem:
+    try:
+        return ContextItem(
+            kind=draw(st.sampled_from(CONTEXT_KINDS)),
+            name=draw(mostly_one_line(max_size=310)),
+            label=draw(mostly_one_line(max_size=210)),
+            summary=draw(st.text()),
+        )
+    except InvalidValue:
+        reject()
+
+
 @st.composite
 def accepted_messages(draw: st.DrawFn) -> Message:
+    role = draw(st.sampled_from(ROLES))
     try:
         return Message(
             id=draw(IDS),
-            role=draw(st.sampled_from(ROLES)),
+            role=role,
             content=draw(st.text()),
             thinking=draw(st.none() | st.text()),
             time=draw(TIMES),
             model=draw(st.none() | mostly_one_line(max_size=310)),
             stats=draw(st.none() | st.dictionaries(st.text(), STAT_VALUES)),
+            context=tuple(draw(st.lists(context_items(), max_size=3))) if role == "user" else (),
         )
     except InvalidValue:
         reject()
@@ -657,7 +877,7 @@ def test_any_conversation_nbchat_accepts_has_a_valid_header_that_reads_back_equa
 
 @given(accepted_messages())
 def test_any_message_nbchat_accepts_is_a_valid_line_that_reads_back_equal(message: Message) -> None:
-    """Generated roles, text, times, models and flat stats."""
+    """Generated roles, text, times, models, flat stats and a user's context."""
     line = records.message_line(message)
     assert line.count(b"\n") == 1 and line.endswith(b"\n")
     assert_valid(message_validator(), json.loads(line))
@@ -682,6 +902,40 @@ def test_the_schema_accepts_a_title_exactly_when_nbchat_would_write_it_unchanged
     """Valid titles are the fixed points of check_title: one line, 1-200 characters, trimmed."""
     record = header_with(lambda r: r.update(title=title))
     assert header_validator().is_valid(record) == title_is_canonical(title)
+
+
+def context_item_accepted(item: dict[str, Any]) -> bool:
+    try:
+        ContextItem(item["kind"], item["name"], item["label"], item["summary"])
+    except InvalidValue:
+        return False
+    return True
+
+
+@given(
+    st.fixed_dictionaries(
+        {
+            "kind": KINDS,
+            "name": mostly_one_line(max_size=310),
+            "label": mostly_one_line(max_size=210),
+            "summary": st.text() | st.text().map(lambda text: text + "\udc80"),  # a lone surrogate
+        }
+    )
+)
+@example({"kind": "cells", "name": "", "label": "", "summary": ""})
+@example({"kind": "object", "name": "n" * 300, "label": "l" * 200, "summary": "s" * 100_000})
+@example({"kind": "object", "name": "n" * 301, "label": "l", "summary": "s"})
+@example({"kind": "object", "name": "n", "label": "l" * 201, "summary": "s"})
+@example({"kind": "object", "name": "n", "label": "l", "summary": "s" * 100_001})
+def test_the_schema_accepts_a_context_item_exactly_when_nbchat_does(item: dict[str, Any]) -> None:
+    """Kinds, one-line names and labels, lengths and surrogates: the schema and ContextItem agree."""
+    record = question_with(lambda r: r.update(context=[item]))
+    assert message_validator().is_valid(record) == context_item_accepted(item)
+    if context_item_accepted(item):
+        assert records.parse_message(encode(record)).context[0].to_dict() == item
+    else:
+        with pytest.raises(RecordError):
+            records.parse_message(encode(record))
 
 
 # Pieces that build valid names, device names (CON, com1.txt) and near misses (a Kelvin sign K).
