@@ -46,12 +46,21 @@ def current_shell() -> Any:
 
 
 class CellRecorder:
-    """A ``post_run_cell`` hook: the error (type and message, bounded) each cell ended with."""
+    """``pre_run_cell``/``post_run_cell`` hooks: the cell running now, and each cell's error."""
 
-    def __init__(self) -> None:
+    def __init__(self, shell: Any) -> None:
         self.errors: OrderedDict[int, str] = OrderedDict()
+        self.running: int | None = None
+        self._shell = weakref.ref(shell)
+
+    def started(self, info: Any) -> None:
+        shell = self._shell()
+        # IPython has already counted the cell that starts: its number is one less.
+        if shell is not None and getattr(info, "store_history", False):
+            self.running = int(shell.execution_count) - 1
 
     def __call__(self, result: Any) -> None:
+        self.running = None
         number = getattr(result, "execution_count", None)
         error = getattr(result, "error_before_exec", None) or getattr(result, "error_in_exec", None)
         if not isinstance(number, int) or error is None:
@@ -72,9 +81,28 @@ def install_cell_recorder(shell: Any) -> None:
     """Register this shell's recorder once (calling it again changes nothing)."""
     if shell is None or shell in _recorders:
         return
-    recorder = CellRecorder()
+    recorder = CellRecorder(shell)
+    shell.events.register("pre_run_cell", recorder.started)
     shell.events.register("post_run_cell", recorder)
     _recorders[shell] = recorder
+
+
+def _asking_cells(shell: Any, recorder: CellRecorder | None) -> set[int]:
+    """The numbers of the cells running now: their code is on this thread's stack.
+
+    IPython names each cell's compiled code and maps the name to its number
+    (``compile._filename_map``); the recorder's ``pre_run_cell`` hook covers IPythons without it.
+    """
+    numbers = {recorder.running} if recorder is not None and recorder.running is not None else set()
+    names = getattr(getattr(shell, "compile", None), "_filename_map", None)
+    if isinstance(names, dict):
+        frame = sys._getframe()
+        while frame is not None:
+            number = names.get(frame.f_code.co_filename)
+            if isinstance(number, int):
+                numbers.add(number)
+            frame = frame.f_back  # type: ignore[assignment]
+    return numbers
 
 
 def _is_chat_cell(source: str) -> bool:
@@ -95,15 +123,18 @@ def recent_cells(count: int, shell: Any = None) -> ContextItem | None:
     if count == 0 or shell is None:
         return None
     install_cell_recorder(shell)
+    recorder = _recorders.get(shell)
     history = shell.history_manager
     sources: list[str] = list(history.input_hist_raw)
-    # While a cell runs, execution_count is its number; between cells, the next one's.
-    before = min(len(sources), int(shell.execution_count))
-    numbers = [n for n in range(before - 1, 0, -1) if sources[n].strip() and not _is_chat_cell(sources[n])]
+    asking = _asking_cells(shell, recorder)
+    numbers = [
+        n
+        for n in range(len(sources) - 1, 0, -1)
+        if n not in asking and sources[n].strip() and not _is_chat_cell(sources[n])
+    ]
     numbers = numbers[:count][::-1]
     if not numbers:
         return None
-    recorder = _recorders.get(shell)
     outputs = getattr(history, "output_hist", {})
     per_cell = max(300, min(MAX_CELL_SOURCE_CHARS, MAX_CELLS_CHARS // len(numbers) - MAX_RESULT_CHARS))
     lines = Lines(MAX_CELLS_CHARS)
