@@ -52,9 +52,12 @@ def send(panel: ChatPanel, text: str) -> None:
 
 
 def shown_messages(panel: ChatPanel) -> list[str]:
-    """Each message as the panel shows it: user text, or the assistant's Markdown."""
+    """Each message as the panel shows it: user text, or the assistant's Markdown (a reply's code
+    actions, the row under it, are not a message)."""
     shown = []
     for child in panel.messages.children:
+        if "nbchat-code-actions" in child._dom_classes:
+            continue
         if "nbchat-message-assistant" in child._dom_classes:
             shown.append(child.outputs[0]["data"]["text/markdown"])
         else:
