@@ -46,6 +46,7 @@ from nbchat.types import (
     Conversation,
     ConversationSettings,
     Message,
+    Role,
     check_text,
     check_title,
 )
@@ -848,7 +849,7 @@ def context_items(draw: st.DrawFn) -> ContextItem:
 
 @st.composite
 def accepted_messages(draw: st.DrawFn) -> Message:
-    role = draw(st.sampled_from(ROLES))
+    role: Role = draw(st.sampled_from(ROLES))
     try:
         return Message(
             id=draw(IDS),
