@@ -173,15 +173,20 @@ class NotebookBridge:
             commands.execute(RUN_CELL)  # a Markdown cell is rendered, not executed
 
     def _has_commands(self) -> bool:
+        """Whether the front end listed JupyterLab's notebook commands (it does so before ``lab_ready``).
+
+        ipylab's model loaded outside JupyterLab (VS Code fetches widget code from a CDN) still
+        says ``lab_ready`` but lists no commands: that is no front end the bridge can drive.
+        """
         known = set(self._frontend.commands.list_commands()) if self._frontend is not None else set()
-        return not known or all(command in known for command in COMMANDS)  # an empty list: not synced yet
+        return all(command in known for command in COMMANDS)
 
     def _unavailable_reason(self, run: bool) -> str:
         action = "Run" if run else "Insert"
         if self._frontend is None:
             where = "this is not a Jupyter kernel with a front end (a plain IPython shell or script)"
         elif self._ready.is_set():
-            where = "this front end lacks JupyterLab's notebook commands"
+            where = "this front end answered but has none of JupyterLab's notebook commands"
         else:
             where = (
                 "no JupyterLab 4 or Notebook 7 answered this kernel (VS Code, the classic notebook and "
