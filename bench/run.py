@@ -6,7 +6,8 @@
 Each figure is measured side by side with its reference in this one run on this machine (see
 each module's docstring): ``engines.py`` (import time, Ollama client, Qwen3 streaming),
 ``ui.py`` (the panel in a real kernel), ``store.py`` (appends, listing), ``memory.py``
-(``unload()``). Targets are checked and shown; the run does not stop at a miss.
+(``unload()``), ``context.py`` (summaries of the kernel's objects, what attaching costs a send).
+Targets are checked and shown; the run does not stop at a miss.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
 
+import context
 import engines
 import memory
 import store
@@ -75,6 +77,16 @@ TARGETS: dict[str, tuple[str, str, Callable[[object], bool] | None]] = {
         lambda v: float(v) >= 0.9,
     ),
     "memory_kernel_kept_mb": ("MB the kernel keeps after unloading (tokenizer, modules)", "—", None),
+    "context_summary_s": (
+        "summary of a 1,000,000 × 20 DataFrame or a 10,000,000-element array, the slower",
+        "< 0.1 s",
+        lambda v: float(v) < 0.1,
+    ),
+    "context_overhead_fraction": (
+        "kernel CPU building the context of a send (2 @mentions, 2 cells) ÷ reply time",
+        "< 0.05",
+        lambda v: float(v) < 0.05,
+    ),
 }
 
 
@@ -129,6 +141,7 @@ def main() -> int:
         ("store", store.measure_in_scratch),
         ("ui", ui.measure),
         ("memory", lambda: memory.measure(768, 12)),
+        ("context", context.measure),
         ("qwen", lambda: engines.bench_qwen(args.quick)),
     ):
         print(f"-- {name}", flush=True)

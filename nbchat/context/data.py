@@ -39,7 +39,8 @@ def describe_data(obj: Any, lines: Lines) -> str | None:
 
 
 def cell(value: object) -> str:
-    return one_line(str(value), CELL_CHARS).replace("|", "\\|")
+    text = str(float(f"{value:.6g}")) if isinstance(value, float) else str(value)  # numpy's too
+    return one_line(text, CELL_CHARS).replace("|", "\\|")
 
 
 def markdown_table(header: Sequence[object], rows: Sequence[Sequence[object]]) -> list[str]:
@@ -71,6 +72,21 @@ def _pandas_index(index: Any) -> str:
 
 
 def _nulls(values: Any) -> int:
+    """A pandas column's missing values, the cheapest way its storage allows."""
+    numpy = sys.modules["numpy"]
+    dtype = values.dtype
+    if isinstance(dtype, numpy.dtype):
+        if dtype.kind in "iub":
+            return 0  # plain integers and booleans cannot be missing
+        if dtype.kind in "fc":
+            return int(numpy.count_nonzero(numpy.isnan(values.to_numpy())))
+    array = values.array
+    arrow = getattr(array, "_pa_array", None)  # Arrow-backed: the count is in the metadata
+    if arrow is not None and isinstance(getattr(arrow, "null_count", None), int):
+        return int(arrow.null_count)
+    mask = getattr(array, "_mask", None)  # nullable Int64/boolean/Float64: a mask of the missing
+    if isinstance(mask, numpy.ndarray) and mask.dtype == bool:
+        return int(numpy.count_nonzero(mask))
     return int(values.isna().sum())
 
 
