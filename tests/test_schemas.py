@@ -242,6 +242,22 @@ def test_the_one_line_rule_refuses_exactly_the_characters_nbchat_refuses() -> No
 
 
 @pytest.mark.slow
+def test_the_title_rule_refuses_exactly_the_characters_nbchat_refuses_in_a_title() -> None:
+    """Checked for every code point inside a title: the one-line rule, less the joiners and
+    direction marks nbchat keeps in titles (emoji sequences, right-to-left text)."""
+    title = validator("conversation-header.schema.json").evolve(
+        schema=schema("conversation-header.schema.json")["properties"]["title"]
+    )
+    wrong = [
+        f"U+{code:04X}"
+        for code in range(sys.maxunicode + 1)
+        if title.is_valid(text := f"x{chr(code)}x") != title_is_canonical(text)
+        and unicodedata.category(chr(code)) != "Cn"
+    ]
+    assert not wrong
+
+
+@pytest.mark.slow
 def test_a_trimmed_line_may_neither_begin_nor_end_with_what_str_strip_removes() -> None:
     """Checked for every code point allowed on a line, at either end of a title."""
     one_line = pattern("message.schema.json", "oneLineText")
@@ -784,6 +800,7 @@ LINE_CHARS = st.characters(exclude_categories=("Cc", "Cf", "Zl", "Zp", "Cs"))
 AWKWARD_CHARS = st.sampled_from(
     [" ", "\u00a0", "\u3000", "\t", "\n", "\r", "\x00", "\x7f", "\x85", "\u200b", "\u2028", "\ufeff"]
     + ["\U000e0001", ".", "-", "é", "🥚", "x"]
+    + ["\u200c", "\u200d", "\u200e", "\u200f", "\u061c", "\u202e"]  # joiners and bidi marks: text in titles
 )
 # Any offset, seconds included: nbchat writes every time in UTC.
 ZONES = st.integers(min_value=-(24 * 3600 - 1), max_value=24 * 3600 - 1).map(
@@ -899,6 +916,8 @@ def title_is_canonical(title: str) -> bool:
 @example(" Eggs")
 @example("Eggs\u3000")
 @example("Eggs\n")
+@example("Family 👨\u200d👩\u200d👧")
+@example("\u200fשקשוקה\u200f")
 def test_the_schema_accepts_a_title_exactly_when_nbchat_would_write_it_unchanged(title: str) -> None:
     """Valid titles are the fixed points of check_title: one line, 1-200 characters, trimmed."""
     record = header_with(lambda r: r.update(title=title))
