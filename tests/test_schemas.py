@@ -745,6 +745,14 @@ def test_json_schema_cannot_refuse_a_token_count_written_with_a_fraction() -> No
         records.parse_header(encode(record))
 
 
+def test_json_schema_cannot_refuse_a_version_written_with_a_fraction() -> None:
+    """In JSON Schema 2.0 equals 2; nbchat wants the integer and calls 2.0 damage."""
+    record = header_with(lambda r: r.update(version=float(records.FORMAT_VERSION)))
+    assert header_validator().is_valid(record)
+    with pytest.raises(RecordError, match="version"):
+        records.parse_header(encode(record))
+
+
 def test_the_schema_wants_an_offset_on_account_times_which_nbchat_does_not_check() -> None:
     """nbchat writes offsets in users.json but reads times without one; the schema keeps to what it writes."""
     users = json.loads((EXAMPLES / "users.json").read_text(encoding="utf-8"))
