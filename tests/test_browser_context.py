@@ -93,6 +93,7 @@ def test_mentioned_data_goes_to_the_model_and_the_reply_code_comes_back_into_the
     ollama.reply_words = REPLY
     page.fill(".nbchat-prompt textarea", "what is in @df and @nums?")
     page.click("button.nbchat-send")
+    expect(page.locator(".nbchat-message-assistant")).to_have_count(1)
     expect(page.locator(".nbchat-streaming")).to_have_count(0, timeout=30_000)
     chats = [r["body"] for r in ollama.requests if r["path"] == "/api/chat"]
     sent = chats[-1]["messages"][-1]["content"]
@@ -112,22 +113,26 @@ def test_mentioned_data_goes_to_the_model_and_the_reply_code_comes_back_into_the
     # Code out: one row of actions for the reply's one block.
     actions = page.locator(".nbchat-code-actions")
     expect(actions.locator(".nbchat-code-block")).to_have_count(1)
+    expect(actions.locator(".nbchat-code-run button")).to_have_count(1)
     before = len(cell_texts(page))
-    actions.locator("button.nbchat-code-insert").click()
+    actions.locator(".nbchat-code-insert button").click()
     expect(page.locator(".jp-Notebook .jp-Cell")).to_have_count(before + 1)
     expect(page.locator(".nbchat-status")).to_contain_text("Inserted a new code cell")
     texts = cell_texts(page)
     assert texts.count(CODE) == 1, texts
     inserted = texts.index(CODE)
-    assert inserted == 2  # right below the panel's cell, the one the click was in
+    assert inserted == 2  # right below the panel's cell (active since the prompt was typed in it)
+    page.locator(".jp-Notebook .jp-Cell").nth(inserted).scroll_into_view_if_needed()
     shot(page, "context-3-inserted")
 
-    actions.locator("button.nbchat-code-run").click()
+    actions.locator(".nbchat-code-run button").click()
     expect(page.locator(".jp-Notebook .jp-Cell")).to_have_count(before + 2)
-    ran = page.locator(".jp-Notebook .jp-Cell", has=page.locator(".jp-OutputArea-output:has-text('total=')"))
+    ran = page.locator(".jp-Notebook .jp-Cell .jp-OutputArea-output", has_text="total=67.5 over 3 cities")
     expect(ran).to_have_count(1)
-    expect(ran.locator(".jp-OutputArea-output")).to_have_text("total=67.5 over 3 cities")
-    assert cell_texts(page).count(CODE) == 2
+    expect(ran).to_have_text("total=67.5 over 3 cities")
+    texts = cell_texts(page)
+    assert texts.count(CODE) == 2 and texts[inserted + 1] == CODE  # below the first: the order kept
+    ran.scroll_into_view_if_needed()
     shot(page, "context-4-ran")
 
     # Saved as an ordinary edit: the file holds both new cells, exactly the code, the output with one.

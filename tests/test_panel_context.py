@@ -22,7 +22,7 @@ from conftest import PASSWORD
 from nbchat import ChatSession
 from nbchat.panel import ChatPanel
 from nbchat.panel.code_actions import blocks_of
-from nbchat.panel.copy_button import CopyButton
+from nbchat.panel.code_buttons import CopyButton
 from nbchat.testing.ollama_server import OllamaTestServer
 
 MODEL = "ollama:llama3.2:1b"

@@ -27,7 +27,7 @@ for tests and users' own styles.
 
 The modules: ``controller`` (``ChatPanel``: the session wired to the parts),
 the parts ``login_form``, ``conversation_bar``, ``settings_row``,
-``pull_row``, ``message_list`` (with ``code_actions`` and its ``copy_button``),
+``pull_row``, ``message_list`` (with ``code_actions`` and its ``code_buttons``),
 ``live_reply``, ``context_row`` and ``composer`` (each knows nothing of the
 others or of the session), ``cells`` (one panel per notebook
 cell) and ``kit`` (what the parts share).

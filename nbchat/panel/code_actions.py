@@ -2,7 +2,8 @@
 
 The blocks are ``nbchat.notebook.code_blocks`` of the finished message (a
 reply streaming now gets none until it ends and is redrawn as saved). Copy
-works in the browser alone (``CopyButton``); Insert and Run are reported to
+works in the browser alone (``CopyButton``); Insert and Run (``ActionButton``s,
+which leave the notebook's active cell alone) are reported to
 the controller, which asks the notebook's front end and says in the status
 line when it cannot be reached.
 """
@@ -15,7 +16,7 @@ from collections.abc import Callable, Sequence
 import ipywidgets as widgets
 
 from nbchat.notebook import CodeBlock, code_blocks
-from nbchat.panel.copy_button import CopyButton
+from nbchat.panel.code_buttons import ActionButton, CopyButton
 from nbchat.panel.kit import classed
 from nbchat.types import Message
 
@@ -61,21 +62,11 @@ def _row(
     if on_copied is not None:
         copy.on_copied(on_copied)
     insert = classed(
-        widgets.Button(
-            description="Insert",
-            icon="plus",
-            tooltip="A new cell below the active one, holding exactly this code",
-            layout={"width": "auto"},
-        ),
+        ActionButton(label="Insert", hint="A new cell below the active one, holding exactly this code"),
         "nbchat-code-insert",
     )
     run = classed(
-        widgets.Button(
-            description="Run",
-            icon="play",
-            tooltip="Insert this code as a new cell, then run it in this kernel",
-            layout={"width": "auto"},
-        ),
+        ActionButton(label="Run", hint="Insert this code as a new cell below the active one, then run it"),
         "nbchat-code-run",
     )
     insert.on_click(lambda _: on_insert(block))

@@ -1,6 +1,12 @@
-"""Copy, for a reply's code block: a button whose click copies its text in the browser.
+"""The buttons under a reply's code block: Copy, Insert and Run, as tiny ``anywidget`` buttons.
 
-Only the page can reach the clipboard (the kernel may run on another machine),
+Why not ipywidgets' ``Button``: a click on it focuses it, and JupyterLab makes
+the cell holding whatever gets focus the active cell, so every Insert would go
+right below the panel's own cell and successive inserts would come out in
+reverse order. These buttons take no focus from a mouse click and keep focus
+events from the notebook, so the active cell stays the one Insert made last.
+
+Copy: only the page can reach the clipboard (the kernel may run on another machine),
 so the button is a tiny ``anywidget`` (a front-end module shipped as a string,
 no build step): its click calls ``navigator.clipboard.writeText``, falling back
 to a hidden text area and ``document.execCommand("copy")`` where the
@@ -19,7 +25,17 @@ import traitlets
 #: How long the button says "Copied" before its label comes back.
 COPIED_SHOWN_MS = 1500
 
-_ESM = """
+#: Keeps a click on a button from making the panel's cell the active one (see the module's note).
+_KEEP_ACTIVE_CELL = """
+function keepActiveCell(button) {
+  button.addEventListener("mousedown", (event) => { event.preventDefault(); event.stopPropagation(); });
+  button.addEventListener("focusin", (event) => event.stopPropagation());
+}
+"""
+
+_ESM = (
+    _KEEP_ACTIVE_CELL
+    + """
 function fallbackCopy(text) {
   const area = document.createElement("textarea");
   area.value = text;
@@ -45,6 +61,7 @@ function render({ model, el }) {
   const label = () => { button.textContent = model.get("label"); };
   label();
   button.title = "Copy this code to the clipboard";
+  keepActiveCell(button);
   let timer = null;
   button.addEventListener("click", async () => {
     const ok = await copy(model.get("text"));
@@ -59,9 +76,10 @@ function render({ model, el }) {
 }
 export default { render };
 """.replace("__SHOWN_MS__", str(COPIED_SHOWN_MS))
+)
 
 _CSS = """
-.nbchat-copy-button { width: auto; padding: 0 10px; }
+.nbchat-copy-button, .nbchat-action-button { width: auto; padding: 0 10px; }
 .nbchat-copy-button.nbchat-copied { color: var(--jp-success-color1, #388e3c); }
 """
 
@@ -87,3 +105,56 @@ class CopyButton(anywidget.AnyWidget):
             ok = content.get("ok") is True
             for callback in list(self._copied_callbacks):
                 callback(ok)
+
+
+_ACTION_ESM = (
+    _KEEP_ACTIVE_CELL
+    + """
+function render({ model, el }) {
+  const button = document.createElement("button");
+  button.className = "jupyter-button widget-button nbchat-action-button";
+  const sync = () => {
+    button.textContent = model.get("label");
+    button.title = model.get("hint");
+    button.disabled = model.get("disabled");
+  };
+  sync();
+  keepActiveCell(button);
+  button.addEventListener("click", () => model.send({ event: "click" }));
+  model.on("change:label", sync);
+  model.on("change:hint", sync);
+  model.on("change:disabled", sync);
+  el.appendChild(button);
+}
+export default { render };
+"""
+)
+
+
+class ActionButton(anywidget.AnyWidget):
+    """A button that leaves the notebook's active cell alone; ``on_click(callback)`` as ipywidgets'."""
+
+    _esm = _ACTION_ESM
+    _css = _CSS
+    label = traitlets.Unicode("").tag(sync=True)
+    hint = traitlets.Unicode("").tag(sync=True)
+    disabled = traitlets.Bool(False).tag(sync=True)
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self._click_callbacks: list[Callable[[ActionButton], None]] = []
+        self.on_msg(self._on_message)
+
+    def on_click(self, callback: Callable[[ActionButton], None]) -> None:
+        self._click_callbacks.append(callback)
+
+    def click(self) -> None:
+        """What a click in the browser does (also callable from code and tests)."""
+        if self.disabled:
+            return
+        for callback in list(self._click_callbacks):
+            callback(self)
+
+    def _on_message(self, _widget: object, content: object, _buffers: object) -> None:
+        if isinstance(content, dict) and content.get("event") == "click":
+            self.click()
