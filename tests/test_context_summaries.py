@@ -36,8 +36,8 @@ def test_a_dataframe_gives_shape_index_dtypes_nulls_and_its_head_as_a_table() ->
     lines = lines_of(item)
     assert lines[0] == "pandas DataFrame: 6 rows × 2 columns"
     assert lines[1].startswith("index: RangeIndex 'id'") and "10 to 15" in lines[1]
-    assert "- city: str, 1 nulls" in lines or "- city: object, 1 nulls" in lines
-    assert "- temp: float64, 1 nulls" in lines
+    assert "- city: str, 1 null" in lines or "- city: object, 1 null" in lines
+    assert "- temp: float64, 1 null" in lines
     table = lines[lines.index("head (5 rows):") + 1 :]
     assert table[0] == "| id | city | temp |" and table[1] == "| --- | --- | --- |"
     assert table[2] == "| 10 | Oslo | 3.5 |" and len(table) == 7  # header, rule, 5 rows
@@ -68,7 +68,7 @@ def test_a_series_gives_length_dtype_nulls_statistics_and_head() -> None:
     series = pd.Series([1.0, 2.0, None, 4.0], name="x")
     item = summarize("s", series)
     assert item.label == "Series 4 float64"
-    assert lines_of(item)[0] == "pandas Series 'x': 4 values, dtype float64, 1 nulls"
+    assert lines_of(item)[0] == "pandas Series 'x': 4 values, dtype float64, 1 null"
     assert "min 1.0, max 4.0, mean 2.3333333333333335" in item.summary
     assert "| 0 | 1.0 |" in item.summary
 
@@ -87,7 +87,7 @@ def test_an_array_of_ten_million_gives_statistics_computed_on_the_array() -> Non
 
 def test_arrays_with_nans_booleans_and_no_numbers_say_what_they_can() -> None:
     with_nan = summarize("a", np.array([1.0, np.nan, 3.0]))
-    assert "1 NaN values; without them: min 1.0, max 3.0, mean 2.0" in with_nan.summary
+    assert "1 NaN value; without them: min 1.0, max 3.0, mean 2.0" in with_nan.summary
     flags = summarize("b", np.array([[True, False], [True, True]]))
     assert flags.label == "ndarray 2 × 2 bool" and "3 True" in flags.summary
     words = summarize("w", np.array(["a", "b"]))

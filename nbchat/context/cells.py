@@ -127,12 +127,13 @@ def recent_cells(count: int, shell: Any = None) -> ContextItem | None:
     history = shell.history_manager
     sources: list[str] = list(history.input_hist_raw)
     asking = _asking_cells(shell, recorder)
-    numbers = [
-        n
-        for n in range(len(sources) - 1, 0, -1)
-        if n not in asking and sources[n].strip() and not _is_chat_cell(sources[n])
-    ]
-    numbers = numbers[:count][::-1]
+    numbers: list[int] = []
+    for number in range(len(sources) - 1, 0, -1):  # newest first, stopping once enough are found
+        if len(numbers) == count:
+            break
+        source = sources[number]
+        if number not in asking and source.strip() and not _is_chat_cell(source):
+            numbers.insert(0, number)
     if not numbers:
         return None
     outputs = getattr(history, "output_hist", {})

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
-from nbchat.context.text import Lines, count, one_line
+from nbchat.context.text import Lines, count, counted, one_line
 
 #: Columns listed with dtype and nulls; columns shown in the head's table; rows in the head.
 MAX_COLUMNS = 40
@@ -66,7 +66,7 @@ def _pandas_index(index: Any) -> str:
     if len(index) == 0:
         return f"index: {kind}{name}, empty"
     return (
-        f"index: {kind}{name}, dtype {index.dtype}, {count(len(index))} entries, "
+        f"index: {kind}{name}, dtype {index.dtype}, {counted(len(index), 'entry', 'entries')}, "
         f"{cell(index[0])} to {cell(index[-1])}"
     )
 
@@ -92,19 +92,19 @@ def _nulls(values: Any) -> int:
 
 def _pandas_frame(frame: Any, lines: Lines) -> str:
     rows, columns = frame.shape
-    lines.add(f"pandas DataFrame: {count(rows)} rows × {count(columns)} columns")
+    lines.add(f"pandas DataFrame: {counted(rows, 'row')} × {counted(columns, 'column')}")
     lines.add(_pandas_index(frame.index))
     lines.add("columns (dtype, nulls):")
     for position in range(min(columns, MAX_COLUMNS)):
         column = frame.iloc[:, position]
         nulls = _attempt(lines, "null count", partial(_nulls, column))
-        if not lines.add(f"- {cell(frame.columns[position])}: {column.dtype}, {count(nulls or 0)} nulls"):
+        if not lines.add(f"- {cell(frame.columns[position])}: {column.dtype}, {counted(nulls or 0, 'null')}"):
             break
     if columns > MAX_COLUMNS:
-        lines.add(f"- … and {count(columns - MAX_COLUMNS)} more columns")
+        lines.add(f"- … and {counted(columns - MAX_COLUMNS, 'more column')}")
     head = frame.iloc[:HEAD_ROWS, :MAX_TABLE_COLUMNS]
     shown = "" if columns <= MAX_TABLE_COLUMNS else f", first {MAX_TABLE_COLUMNS} columns"
-    lines.add(f"head ({min(rows, HEAD_ROWS)} rows{shown}):")
+    lines.add(f"head ({counted(min(rows, HEAD_ROWS), 'row')}{shown}):")
     header = [head.index.name or "", *head.columns]
     table = [[label, *values] for label, values in zip(head.index, head.itertuples(index=False), strict=True)]
     for line in markdown_table(header, table):
@@ -115,15 +115,15 @@ def _pandas_frame(frame: Any, lines: Lines) -> str:
 def _pandas_series(series: Any, lines: Lines) -> str:
     name = f" {series.name!r}" if series.name is not None else ""
     nulls = _attempt(lines, "null count", partial(_nulls, series))
-    size = count(len(series))
-    lines.add(f"pandas Series{name}: {size} values, dtype {series.dtype}, {count(nulls or 0)} nulls")
+    size = counted(len(series), "value")
+    lines.add(f"pandas Series{name}: {size}, dtype {series.dtype}, {counted(nulls or 0, 'null')}")
     lines.add(_pandas_index(series.index))
     if series.dtype.kind in "iufb" and len(series):
         stats = _attempt(lines, "statistics", lambda: (series.min(), series.max(), series.mean()))
         if isinstance(stats, tuple):
             lines.add(f"min {stats[0]}, max {stats[1]}, mean {stats[2]}")
     head = series.iloc[:HEAD_ROWS]
-    lines.add(f"head ({len(head)} values):")
+    lines.add(f"head ({counted(len(head), 'value')}):")
     for line in markdown_table([series.index.name or "", series.name or "value"], list(head.items())):
         lines.add(line)
     return f"Series {count(len(series))} {series.dtype}"
@@ -134,16 +134,16 @@ def _pandas_series(series: Any, lines: Lines) -> str:
 
 def _polars_frame(frame: Any, lines: Lines) -> str:
     rows, columns = frame.shape
-    lines.add(f"polars DataFrame: {count(rows)} rows × {count(columns)} columns")
+    lines.add(f"polars DataFrame: {counted(rows, 'row')} × {counted(columns, 'column')}")
     nulls = frame.null_count().row(0) if columns else ()
     lines.add("columns (dtype, nulls):")
     for (name, dtype), missing in list(zip(frame.schema.items(), nulls, strict=True))[:MAX_COLUMNS]:
-        if not lines.add(f"- {cell(name)}: {dtype}, {count(missing)} nulls"):
+        if not lines.add(f"- {cell(name)}: {dtype}, {counted(missing, 'null')}"):
             break
     if columns > MAX_COLUMNS:
-        lines.add(f"- … and {count(columns - MAX_COLUMNS)} more columns")
+        lines.add(f"- … and {counted(columns - MAX_COLUMNS, 'more column')}")
     head = frame.head(HEAD_ROWS).select(frame.columns[:MAX_TABLE_COLUMNS])
-    lines.add(f"head ({head.height} rows):")
+    lines.add(f"head ({counted(head.height, 'row')}):")
     for line in markdown_table(head.columns, head.rows()):
         lines.add(line)
     return f"DataFrame {count(rows)} × {count(columns)}"
@@ -151,8 +151,8 @@ def _polars_frame(frame: Any, lines: Lines) -> str:
 
 def _polars_series(series: Any, lines: Lines) -> str:
     lines.add(
-        f"polars Series {series.name!r}: {count(len(series))} values, dtype {series.dtype}, "
-        f"{count(series.null_count())} nulls"
+        f"polars Series {series.name!r}: {counted(len(series), 'value')}, dtype {series.dtype}, "
+        f"{counted(series.null_count(), 'null')}"
     )
     if series.dtype.is_numeric() and len(series):
         lines.add(f"min {series.min()}, max {series.max()}, mean {series.mean()}")
@@ -168,7 +168,7 @@ def _numpy_array(array: Any, lines: Lines) -> str:
     shape = " × ".join(count(n) for n in array.shape) or "scalar"
     lines.add(
         f"numpy ndarray: shape {tuple(array.shape)}, dtype {array.dtype}, "
-        f"{count(array.size)} elements ({array.nbytes / 1e6:,.1f} MB)"
+        f"{counted(array.size, 'element')} ({array.nbytes / 1e6:,.1f} MB)"
     )
     kind = array.dtype.kind
     if array.size and kind in "iufcbmM":
@@ -196,7 +196,7 @@ def _numpy_stats(numpy: Any, array: Any, kind: str) -> str:
         if nans == array.size:
             return f"all {count(nans)} values are NaN"
         return (
-            f"{count(nans)} NaN values; without them: min {numpy.nanmin(array)}, "
+            f"{counted(nans, 'NaN value')}; without them: min {numpy.nanmin(array)}, "
             f"max {numpy.nanmax(array)}, mean {numpy.nanmean(array)}"
         )
     return f"min {low}, max {high}, mean {array.mean()}"

@@ -17,8 +17,8 @@ from typing import Any
 
 from nbchat.context.data import describe_data
 from nbchat.context.guard import call_capped, too_many_stuck
-from nbchat.context.text import Lines, count, fenced, one_line
-from nbchat.types import MAX_TITLE_CHARS, ContextItem
+from nbchat.context.text import Lines, count, counted, fenced, one_line
+from nbchat.types import MAX_MODEL_ID_CHARS, MAX_TITLE_CHARS, ContextItem
 
 #: One object's summary at most (about 750 tokens): enough for a frame's columns and head.
 MAX_SUMMARY_CHARS = 3_000
@@ -56,25 +56,26 @@ def summarize(name: str, obj: object, timeout: float = SUMMARY_TIME_S) -> Contex
     label = [one_line(type(obj).__name__, 60)]
     if too_many_stuck():
         lines.add(f"{type_name(obj)} (not summarised: earlier summaries of slow objects are still running)")
-        return _item(name, label[0], lines)
+        return _item(name, label[0], lines.text())
 
     def describe() -> None:
         label[0] = _describe(obj, lines)
 
     outcome = call_capped(describe, timeout)
+    text, shown_label = lines.text(), label[0]  # a worker left behind may still write to both
     if outcome.timed_out:
-        lines.note(
-            f"(the summary stopped after {timeout:g} s: this object's own code, e.g. its __repr__, "
+        text += (
+            f"\n(the summary stopped after {timeout:g} s: this object's own code, e.g. its __repr__, "
             "was too slow; it was left running in the background)"
         )
     elif outcome.error is not None:
-        lines.note(f"(summarising it raised {type(outcome.error).__name__})")
-    return _item(name, label[0], lines)
+        text += f"\n(summarising it raised {type(outcome.error).__name__})"
+    return _item(name, shown_label, text)
 
 
-def _item(name: str, label: str, lines: Lines) -> ContextItem:
-    summary = lines.text()[:MAX_SUMMARY_CHARS]
-    return ContextItem("object", name, one_line(label, MAX_TITLE_CHARS), summary)
+def _item(name: str, label: str, text: str) -> ContextItem:
+    name, label = one_line(name, MAX_MODEL_ID_CHARS), one_line(label, MAX_TITLE_CHARS)
+    return ContextItem("object", name, label, text[:MAX_SUMMARY_CHARS])
 
 
 def _describe(obj: object, lines: Lines) -> str:
@@ -97,7 +98,7 @@ def _describe(obj: object, lines: Lines) -> str:
 
 
 def _text(text: str, lines: Lines) -> str:
-    lines.add(f"str of {count(len(text))} characters, {count(text.count(chr(10)) + 1)} lines")
+    lines.add(f"str of {counted(len(text), 'character')}, {counted(text.count(chr(10)) + 1, 'line')}")
     shown = text[:TEXT_START_CHARS]
     lines.add(("starts:\n" if len(text) > len(shown) else "text:\n") + fenced(shown))
     return f"str of {count(len(text))} chars"
@@ -106,7 +107,7 @@ def _text(text: str, lines: Lines) -> str:
 def _binary(data: bytes | bytearray | memoryview, lines: Lines) -> str:
     kind = type(data).__name__
     size = data.nbytes if isinstance(data, memoryview) else len(data)
-    lines.add(f"{type_name(data)}, {count(size)} bytes")
+    lines.add(f"{type_name(data)}, {counted(size, 'byte')}")
     lines.add("starts: " + repr(bytes(data[:300])))
     return f"{kind} of {count(size)}"
 
@@ -116,8 +117,8 @@ Container = dict[Any, Any] | list[Any] | tuple[Any, ...] | set[Any] | frozenset[
 
 def _container(items: Container, lines: Lines) -> str:
     kind, size = type_name(items), len(items)
-    noun = "keys" if isinstance(items, dict) else "items"
-    lines.add(f"{kind} of {count(size)} {noun}")
+    noun = "key" if isinstance(items, dict) else "item"
+    lines.add(f"{kind} of {counted(size, noun)}")
     first = []
     for index, item in enumerate(items):
         if index == 20:
@@ -126,7 +127,7 @@ def _container(items: Container, lines: Lines) -> str:
     if first:
         types_seen = Counter(type(item).__name__ for item in first)
         shown = ", ".join(f"{name} ×{n}" for name, n in types_seen.most_common(5))
-        lines.add(f"{noun[:-1]} types (first {len(first)}): {shown}")
+        lines.add(f"{noun} types (first {len(first)}): {shown}")
     lines.add("first items: " + _ITEMS.repr(items))
     return f"{type(items).__name__} of {count(size)}"
 
@@ -199,6 +200,7 @@ def _other(obj: object, lines: Lines) -> str:
         text = f"(its __repr__ returned a {type(text).__name__}, not a str)"
     lines.add("repr: " + (text if len(text) <= OBJECT_REPR_CHARS else text[:OBJECT_REPR_CHARS] + "…"))
     attributes = getattr(obj, "__dict__", None)
-    if isinstance(attributes, dict) and attributes:
-        lines.add("attributes: " + _names(list(attributes)))
+    public = _names(list(attributes)) if isinstance(attributes, dict) else ""
+    if public:
+        lines.add("attributes: " + public)
     return type(obj).__name__

@@ -33,11 +33,6 @@ class Lines:
         self.size += len(text) + 1
         return not self.cut
 
-    def note(self, text: str) -> None:
-        """Add a short note past the budget (the caller keeps room for it)."""
-        self.parts.append(text)
-        self.size += len(text) + 1
-
     def text(self) -> str:
         return "\n".join(list(self.parts))
 
@@ -67,3 +62,9 @@ def cut_head(text: str, limit: int) -> str:
 
 def count(number: int) -> str:
     return f"{number:,}"
+
+
+def counted(number: int, singular: str, plural: str | None = None) -> str:
+    """ "1 row", "2 rows", "1,000 entries" (``plural`` when adding "s" is wrong)."""
+    noun = singular if number == 1 else (plural or singular + "s")
+    return f"{number:,} {noun}"
