@@ -16,6 +16,10 @@ from browser import KERNEL_IDLE, shot
 from polling import wait_until
 from test_browser import lab  # noqa: F401  (the JupyterLab fixture: loopback, scratch dirs, token)
 
+from nbchat.testing.ollama_server import OllamaTestServer
+
+#: The cells of the notebook in view (JupyterLab may keep an earlier test's notebook open, hidden).
+CELLS = ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell"
 SETUP = "import nbchat.notebook as nb\nbridge = nb.notebook_bridge()\nprint('made the bridge')"
 INSERTS = (
     "print('available:', bridge.available())\n"
@@ -58,7 +62,7 @@ def _text(source: str | list[str]) -> str:
 
 def _run_cell(page: Any, index: int) -> None:
     """Run one cell with Ctrl+Enter (run, stay): it stays the active cell, as a clicked panel's does."""
-    page.locator(".jp-Notebook .jp-Cell").nth(index).locator(".jp-InputArea-editor").click()
+    page.locator(CELLS).nth(index).locator(".jp-InputArea-editor").click()
     page.keyboard.press("Control+Enter")
 
 
@@ -77,9 +81,9 @@ def test_insert_and_run_make_real_cells_below_the_active_one_in_jupyterlab(
     ).raise_for_status()
     page = browser.new_page(viewport={"width": 1280, "height": 1000})
     page.set_default_timeout(30_000)
-    page.goto(f"{lab['url']}/lab/tree/{name}?token={lab['token']}")
+    page.goto(f"{lab['url']}/lab/tree/{name}?reset&token={lab['token']}")  # reset: no earlier tabs
     page.wait_for_selector(KERNEL_IDLE, timeout=90_000)
-    cells = page.locator(".jp-Notebook .jp-Cell")
+    cells = page.locator(CELLS)
 
     _run_cell(page, 0)
     expect(cells.nth(0).locator(".jp-OutputArea-output")).to_contain_text("made the bridge")
@@ -108,9 +112,58 @@ def test_insert_and_run_make_real_cells_below_the_active_one_in_jupyterlab(
 
     # The new cells are ordinary edits: JupyterLab's undo (z) takes them back (a quick burst of edits
     # is one undo step in JupyterLab).
-    page.locator(".jp-Notebook .jp-Cell").nth(4).locator(".jp-InputPrompt").click()
+    page.locator(CELLS).nth(4).locator(".jp-InputPrompt").click()
     page.keyboard.press("Escape")
     page.keyboard.press("z")
     wait_until(lambda: cells.count() < 5 or "%%bash" not in cells.nth(4).inner_text(), seconds=10)
     shot(page, "bridge-2-undone")
     page.close()
+
+
+CHAT_SETUP = (
+    "import nbchat\n"
+    "session = nbchat.get_session()\n"
+    "session.register('carol', 'correct horse')\n"
+    "session.login('carol', 'correct horse')\n"
+    "%load_ext nbchat"
+)
+
+
+def test_chat_cell_puts_the_replys_code_into_a_new_cell_below_in_jupyterlab(
+    lab: dict[str, object],  # noqa: F811
+    browser: Any,
+    ollama: OllamaTestServer,
+) -> None:
+    from playwright.sync_api import expect
+
+    name = "cell-magic.ipynb"
+    magic = "%chat --new Code -m ollama:llama3.2:1b --cell how do I add two numbers?"
+    httpx.put(
+        f"{lab['url']}/api/contents/{name}",
+        params={"token": lab["token"]},
+        json={"type": "notebook", "format": "json", "content": _notebook([CHAT_SETUP, magic])},
+        timeout=10,
+    ).raise_for_status()
+    ollama.reply_words = ["Like this:\n\n", "```python\n", "total = 2 + 3\n", "print(total)\n", "```\n"]
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.set_default_timeout(30_000)
+        page.goto(f"{lab['url']}/lab/tree/{name}?reset&token={lab['token']}")  # reset: no earlier tabs
+        page.wait_for_selector(KERNEL_IDLE, timeout=90_000)
+        cells = page.locator(CELLS)
+        _run_cell(page, 0)
+        expect(cells.nth(0).locator(".jp-InputPrompt")).to_contain_text("[1]")
+        page.wait_for_selector(KERNEL_IDLE)
+        _run_cell(page, 1)
+        expect(cells.nth(1).locator(".jp-OutputArea-output").first).to_contain_text("Like this:")
+        expect(cells).to_have_count(3)
+        expect(cells.nth(1)).to_contain_text("The reply's code is in a new cell below.")
+        shot(page, "bridge-3-chat-cell")
+        page.keyboard.press("Escape")
+        page.keyboard.press("Control+s")
+        wait_until(lambda: len(_saved_cells(lab, name)) == 3, seconds=20)
+        new = _saved_cells(lab, name)[2]
+        assert (new["cell_type"], _text(new["source"])) == ("code", "total = 2 + 3\nprint(total)")
+        page.close()
+    finally:
+        ollama.reply_words = None
