@@ -40,6 +40,13 @@ def test_an_unclosed_fence_runs_to_the_end_and_unmatched_backticks_are_text() ->
     assert find_mentions("a stray ` then @x") == ["x"]
 
 
+def test_a_long_prompt_full_of_backticks_is_parsed_quickly() -> None:
+    prompt = "`a ``b " * 20_000 + "@df"
+    started = time.perf_counter()
+    assert find_mentions(prompt) == ["df"]
+    assert time.perf_counter() - started < 1.0
+
+
 def test_double_at_is_a_literal_and_is_sent_as_one_at() -> None:
     prompt = "tell @@alice about @df, `@@keep` in code"
     assert find_mentions(prompt) == ["df"]

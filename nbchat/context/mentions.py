@@ -11,6 +11,7 @@ inline code span only if a run of exactly N closes it.
 
 from __future__ import annotations
 
+import bisect
 import keyword
 import re
 
@@ -48,16 +49,18 @@ def _code_spans(text: str) -> list[tuple[int, int]]:
 def _inline_code(text: str, start: int, end: int) -> list[tuple[int, int]]:
     spans: list[tuple[int, int]] = []
     runs = list(_TICKS.finditer(text, start, end))
+    by_length: dict[int, list[int]] = {}
+    for index, run in enumerate(runs):
+        by_length.setdefault(len(run.group()), []).append(index)
     index = 0
     while index < len(runs):
         opening = runs[index]
-        closing = next(
-            (j for j in range(index + 1, len(runs)) if len(runs[j].group()) == len(opening.group())),
-            None,
-        )
-        if closing is None:  # an unmatched run is literal backticks
+        same = by_length[len(opening.group())]
+        after = bisect.bisect_right(same, index)  # the first later run of exactly this length closes
+        if after == len(same):  # an unmatched run is literal backticks
             index += 1
             continue
+        closing = same[after]
         spans.append((opening.start(), runs[closing].end()))
         index = closing + 1
     return spans
