@@ -198,6 +198,16 @@ def test_a_repr_of_fifty_megabytes_is_cut_to_the_cap() -> None:
     assert len(alone.summary) <= MAX_SUMMARY_CHARS and alone.summary.endswith("x…")
 
 
+def test_summarising_never_raises_even_for_an_odd_name() -> None:
+    class Broken(list[int]):
+        def __len__(self) -> int:
+            raise OSError("gone")
+
+    item = summarize("x\n" * 500, Broken())
+    assert item.name.startswith("x x x") and len(item.name) <= 300
+    assert item.label == "Broken" and item.summary.endswith("Broken\n(summarising it raised OSError)")
+
+
 @pytest.fixture
 def blocked() -> Iterator[threading.Event]:
     release = threading.Event()

@@ -9,6 +9,7 @@ shows a traceback), formatted as text and never ``str.format``-ed: braces stay b
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 import weakref
@@ -163,7 +164,7 @@ def _bounded_repr(value: object) -> str:
 def _ipython_dir() -> str | None:
     module = sys.modules.get("IPython")
     file = getattr(module, "__file__", None)
-    return str(Path(file).parent) if isinstance(file, str) else None
+    return str(Path(file).parent) + os.sep if isinstance(file, str) else None
 
 
 def last_error(shell: Any = None) -> ContextItem | None:

@@ -63,6 +63,7 @@ def summarize(name: str, obj: object, timeout: float = SUMMARY_TIME_S) -> Contex
 
     outcome = call_capped(describe, timeout)
     text, shown_label = lines.text(), label[0]  # a worker left behind may still write to both
+    text = text or f"type: {type_name(obj)}"
     if outcome.timed_out:
         text += (
             f"\n(the summary stopped after {timeout:g} s: this object's own code, e.g. its __repr__, "
