@@ -56,6 +56,14 @@ def _saved_cells(server: dict[str, object], name: str) -> list[dict[str, Any]]:
     return list(response.json()["content"]["cells"])
 
 
+def _saved_count(server: dict[str, object], name: str) -> int:
+    """How many cells the saved file has; -1 while it cannot be read (JupyterLab is writing it)."""
+    try:
+        return len(_saved_cells(server, name))
+    except httpx.HTTPStatusError:
+        return -1
+
+
 def _text(source: str | list[str]) -> str:
     return source if isinstance(source, str) else "".join(source)
 
@@ -99,7 +107,7 @@ def test_insert_and_run_make_real_cells_below_the_active_one_in_jupyterlab(
 
     page.keyboard.press("Escape")
     page.keyboard.press("Control+s")
-    wait_until(lambda: len(_saved_cells(lab, name)) == 5, seconds=20)
+    wait_until(lambda: _saved_count(lab, name) == 5, seconds=20)
     saved = _saved_cells(lab, name)
     assert [(c["cell_type"], _text(c["source"])) for c in saved[2:]] == [
         ("code", 'x = 6 * 7\nprint("inserted", x)'),
@@ -161,9 +169,45 @@ def test_chat_cell_puts_the_replys_code_into_a_new_cell_below_in_jupyterlab(
         shot(page, "bridge-3-chat-cell")
         page.keyboard.press("Escape")
         page.keyboard.press("Control+s")
-        wait_until(lambda: len(_saved_cells(lab, name)) == 3, seconds=20)
+        wait_until(lambda: _saved_count(lab, name) == 3, seconds=20)
         new = _saved_cells(lab, name)[2]
         assert (new["cell_type"], _text(new["source"])) == ("code", "total = 2 + 3\nprint(total)")
         page.close()
     finally:
         ollama.reply_words = None
+
+
+WAIT_IN_A_THREAD = (
+    "import threading\n"
+    "import nbchat.notebook as nb\n"
+    "answers = []\n"
+    "waiter = threading.Thread(target=lambda: answers.append(nb.NotebookBridge().available(timeout=20)))\n"
+    "waiter.start()  # the front end's answer is read once this cell ends; the thread waits for it"
+)
+
+
+def test_off_the_kernels_main_thread_available_waits_for_the_front_ends_answer(
+    lab: dict[str, object],  # noqa: F811
+    browser: Any,
+) -> None:
+    from playwright.sync_api import expect
+
+    name = "bridge-thread.ipynb"
+    check = "waiter.join(30)\nprint('answered:', answers)"
+    httpx.put(
+        f"{lab['url']}/api/contents/{name}",
+        params={"token": lab["token"]},
+        json={"type": "notebook", "format": "json", "content": _notebook([WAIT_IN_A_THREAD, check])},
+        timeout=10,
+    ).raise_for_status()
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.set_default_timeout(30_000)
+    page.goto(f"{lab['url']}/lab/tree/{name}?reset&token={lab['token']}")  # reset: no earlier tabs
+    page.wait_for_selector(KERNEL_IDLE, timeout=90_000)
+    cells = page.locator(CELLS)
+    _run_cell(page, 0)
+    expect(cells.nth(0).locator(".jp-InputPrompt")).to_contain_text("[1]")
+    page.wait_for_selector(KERNEL_IDLE)
+    _run_cell(page, 1)
+    expect(cells.nth(1).locator(".jp-OutputArea-output")).to_contain_text("answered: [True]")
+    page.close()
