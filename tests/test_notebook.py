@@ -7,13 +7,18 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
+from polling import wait_until
 
 import nbchat.notebook
+from conftest import chatting
+from nbchat import ChatSession
 from nbchat.errors import FrontEndUnavailable, NbchatError
 from nbchat.notebook import CodeBlock, NotebookBridge, cell_for, code_blocks, notebook_bridge
+from nbchat.testing.ollama_server import OllamaTestServer
 from nbchat.types import Message
 
 REPLY = """Here is how:
@@ -153,3 +158,35 @@ def test_the_bridge_from_another_thread_does_not_wait_where_there_is_no_kernel(
     worker.start()
     worker.join(10)
     assert results == [False] and time.monotonic() - started < 1
+
+
+# -- a reply as it streams -------------------------------------------------------------------------
+
+
+def test_a_streaming_replys_open_fence_is_left_out_until_the_reply_ends(
+    make_session: Callable[..., ChatSession], server: OllamaTestServer
+) -> None:
+    session = chatting(make_session(server, "alice"), model="ollama:llama3.2:1b")
+    server.reply_words = ["```python\n", "done = 1\n", "```\n\n", "```python\n", "half = ", "2\n", "```\n"]
+    server.chunk_delay_s = 0.15
+    reply = session.send("two blocks please")
+    wait_until(lambda: "half = " in reply.text, seconds=10)
+    assert code_blocks(reply) == [CodeBlock("python", "done = 1\n")]  # the second is still being written
+    reply.wait(10)
+    assert code_blocks(reply) == [CodeBlock("python", "done = 1\n"), CodeBlock("python", "half = 2\n")]
+    assert code_blocks(session.history()[-1]) == code_blocks(reply)  # the saved message: the same blocks
+
+
+def test_a_reply_stopped_inside_a_block_never_offers_that_half_block(
+    make_session: Callable[..., ChatSession], server: OllamaTestServer
+) -> None:
+    session = chatting(make_session(server, "alice"), model="ollama:llama3.2:1b")
+    server.reply_words = ["```python\n", "done = 1\n", "```\n\n", "```python\n", "rm_all(", *["x, "] * 40]
+    server.chunk_delay_s = 0.05
+    reply = session.send("two blocks please")
+    wait_until(lambda: "rm_all(" in reply.text, seconds=10)
+    session.stop()
+    reply.wait(10)
+    assert reply.partial
+    assert code_blocks(reply) == [CodeBlock("python", "done = 1\n")]
+    assert code_blocks(session.history()[-1]) == [CodeBlock("python", "done = 1\n")]
