@@ -522,7 +522,7 @@ def _attach(
         if last is None:
             raise NoContext("No error has happened in this kernel yet, so there is none to explain.")
         items.append(last)
-    return tuple(items)
+    return tuple(context.bound_context(items))  # one message's whole context is bounded too
 
 
 def _as_sent(message: Message) -> Message:
