@@ -31,6 +31,7 @@ DATA = (
     "df = pd.DataFrame({'city': ['Oslo', 'Lima', 'Pune'], 'temp': [4.5, 19.0, 31.25]})\n"
     "nums = np.arange(10) * 1.5"
 )
+FAILING = "units = {'celsius': 1}\nunits['kelvin']"
 CODE = "total = float(nums.sum())\nprint(f'total={total:.1f} over {len(df)} cities')"
 REPLY = [
     "Sum ",
@@ -157,4 +158,42 @@ def test_mentioned_data_goes_to_the_model_and_the_reply_code_comes_back_into_the
     assert page.evaluate("navigator.clipboard.readText()") == CODE + "\n"
     expect(page.locator(".nbchat-status")).to_contain_text("Copied the code")
     shot(page, "context-5-copied")
+
+    # The last error, explained: a failing cell, then the panel's button sends its traceback.
+    ollama.reply_words = None  # the server echoes the question
+    page.locator(".jp-Notebook .jp-Cell").last.locator(".jp-InputArea-editor").click()
+    page.keyboard.insert_text(FAILING)
+    page.keyboard.press("Control+Enter")
+    expect(page.locator(".jp-OutputArea-output", has_text="KeyError")).to_have_count(1)
+    asked = len(ollama.requests)
+    page.click("button.nbchat-explain-error")
+    expect(page.locator(".nbchat-message-user details.nbchat-context")).to_have_count(2)
+    expect(page.locator(".nbchat-streaming")).to_have_count(0, timeout=30_000)
+    sent = [r["body"] for r in ollama.requests[asked:] if r["path"] == "/api/chat"][-1]["messages"][-1][
+        "content"
+    ]
+    assert sent.startswith("Explain this error and how to fix it") and "KeyError: 'kelvin'" in sent, sent
+    expect(page.locator(".nbchat-message-user details.nbchat-context").last).to_contain_text("last error")
+
+    # Recent cells: the failing cell's source goes with the next question.
+    page.fill(".nbchat-include-cells input", "1")
+    page.fill(".nbchat-prompt textarea", "what did that cell do?")
+    asked = len(ollama.requests)
+    page.click("button.nbchat-send")
+    expect(page.locator(".nbchat-message-user details.nbchat-context")).to_have_count(3)
+    expect(page.locator(".nbchat-streaming")).to_have_count(0, timeout=30_000)
+    sent = [r["body"] for r in ollama.requests[asked:] if r["path"] == "/api/chat"][-1]["messages"][-1][
+        "content"
+    ]
+    assert sent.startswith("what did that cell do?") and FAILING in sent, sent
+    expect(page.locator(".nbchat-message-user details.nbchat-context").last).to_contain_text("1 cell")
+    # The earlier reply keeps its row (the echoed questions hold fenced context: rows of their own).
+    expect(actions.first.locator(".nbchat-code-label")).to_contain_text("python · 2 lines")
+    expect(actions.first.locator(".nbchat-code-run button")).to_be_visible()
+    squashed = page.eval_on_selector_all(  # a full list scrolls; none of its items shrinks to fit
+        ".nbchat-messages > *", "items => items.filter(i => i.offsetHeight < 20).map(i => i.className)"
+    )
+    assert squashed == []
+    page.locator(".nbchat-messages").evaluate("el => { el.scrollTop = el.scrollHeight; }")
+    shot(page, "context-6-error-and-cells")
     context.close()

@@ -261,3 +261,17 @@ def test_code_actions_are_closed_with_their_message(panel: ChatPanel, server: Ol
     copy = box.children[0].children[1]  # type: ignore[attr-defined]
     panel.new_button.click()  # another conversation: the old messages are let go
     assert box.comm is None and copy.comm is None
+
+
+def test_a_reply_keeps_its_code_actions_when_later_messages_arrive(
+    panel: ChatPanel, server: OllamaTestServer
+) -> None:
+    server.reply_words = FENCED
+    answered(panel, "show me code")
+    (box,) = action_boxes(panel)
+    server.reply_words = None
+    answered(panel, "thanks")
+    assert action_boxes(panel) == [box] and box.comm is not None
+    assert all(button.comm is not None for row in box.children for button in row.children)
+    children = list(panel.messages.children)
+    assert children.index(box) == 2 and len(children) == 5  # question, reply, its actions, question, reply

@@ -16,6 +16,7 @@ STYLE = """
 <style>
 .nbchat-panel { max-width: 920px; }
 .nbchat-messages { max-height: 560px; overflow-y: auto; padding: 4px 0; }
+.nbchat-messages > * { flex-shrink: 0; }  /* a full list scrolls; its messages never squash to fit */
 .nbchat-message-user .nbchat-bubble {
   background: var(--jp-brand-color3, #e3f2fd); border-radius: 8px; padding: 6px 10px;
   margin: 4px 0 4px 15%; white-space: pre-wrap; }
