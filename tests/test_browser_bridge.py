@@ -9,13 +9,15 @@ Screenshots go to ``test-artifacts/``.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
-from browser import KERNEL_IDLE, shot
+import pytest
+from browser import KERNEL_IDLE, notebook, running_lab, shot
 from polling import wait_until
-from test_browser import lab  # noqa: F401  (the JupyterLab fixture: loopback, scratch dirs, token)
 
+from conftest import PASSWORD
 from nbchat.testing.ollama_server import OllamaTestServer
 
 #: The cells of the notebook in view (JupyterLab may keep an earlier test's notebook open, hidden).
@@ -27,28 +29,47 @@ INSERTS = (
     "bridge.insert(nb.CodeBlock('markdown', '# Heading from the bridge\\n'))\n"
     "bridge.run(nb.CodeBlock('bash', 'echo ran-by-bridge\\n'))"
 )
+WAIT_IN_A_THREAD = (
+    "import threading\n"
+    "import nbchat.notebook as nb\n"
+    "answers = []\n"
+    "waiter = threading.Thread(target=lambda: answers.append(nb.NotebookBridge().available(timeout=20)))\n"
+    "waiter.start()  # the front end's answer is read once this cell ends; the thread waits for it"
+)
+CHAT_SETUP = (
+    "import nbchat\n"
+    "session = nbchat.get_session()\n"
+    f"session.register('carol', {PASSWORD!r})\n"
+    f"session.login('carol', {PASSWORD!r})\n"
+    "%load_ext nbchat"
+)
+CHAT_CELL = "%chat --new Code -m ollama:llama3.2:1b --cell how do I add two numbers?"
 
 
-def _notebook(cells: list[str]) -> dict[str, Any]:
-    return {
-        "cells": [
-            {
-                "cell_type": "code",
-                "execution_count": None,
-                "id": f"c{i}",
-                "metadata": {},
-                "outputs": [],
-                "source": source,
-            }
-            for i, source in enumerate(cells)
-        ],
-        "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}},
-        "nbformat": 4,
-        "nbformat_minor": 5,
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory, ollama: OllamaTestServer) -> Iterator[dict[str, Any]]:
+    """JupyterLab on loopback (token, scratch dirs) with this module's notebooks; kernels reach ``ollama``."""
+    scratch = tmp_path_factory.mktemp("lab-bridge")
+    notebooks = {
+        "bridge.ipynb": notebook(SETUP, INSERTS),
+        "bridge-thread.ipynb": notebook(WAIT_IN_A_THREAD, "waiter.join(30)\nprint('answered:', answers)"),
+        "cell-magic.ipynb": notebook(CHAT_SETUP, CHAT_CELL),
     }
+    env = {"NBCHAT_DATA_DIR": str(scratch / "nbchat-data"), "OLLAMA_HOST": ollama.url}
+    with running_lab(scratch, notebooks, env) as running:
+        yield running
 
 
-def _saved_cells(server: dict[str, object], name: str) -> list[dict[str, Any]]:
+def _open(browser: Any, lab: dict[str, Any], name: str) -> Any:
+    """A new page on notebook ``name``, its kernel idle (reset: no tabs of an earlier test)."""
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.set_default_timeout(30_000)
+    page.goto(f"{lab['url']}/lab/tree/{name}?reset&token={lab['token']}")
+    page.wait_for_selector(KERNEL_IDLE, timeout=90_000)
+    return page
+
+
+def _saved_cells(server: dict[str, Any], name: str) -> list[dict[str, Any]]:
     response = httpx.get(
         f"{server['url']}/api/contents/{name}", params={"token": server["token"], "content": 1}, timeout=10
     )
@@ -56,7 +77,7 @@ def _saved_cells(server: dict[str, object], name: str) -> list[dict[str, Any]]:
     return list(response.json()["content"]["cells"])
 
 
-def _saved_count(server: dict[str, object], name: str) -> int:
+def _saved_count(server: dict[str, Any], name: str) -> int:
     """How many cells the saved file has; -1 while it cannot be read (JupyterLab is writing it)."""
     try:
         return len(_saved_cells(server, name))
@@ -75,22 +96,13 @@ def _run_cell(page: Any, index: int) -> None:
 
 
 def test_insert_and_run_make_real_cells_below_the_active_one_in_jupyterlab(
-    lab: dict[str, object],  # noqa: F811
+    lab: dict[str, Any],
     browser: Any,
 ) -> None:
     from playwright.sync_api import expect
 
     name = "bridge.ipynb"
-    httpx.put(
-        f"{lab['url']}/api/contents/{name}",
-        params={"token": lab["token"]},
-        json={"type": "notebook", "format": "json", "content": _notebook([SETUP, INSERTS])},
-        timeout=10,
-    ).raise_for_status()
-    page = browser.new_page(viewport={"width": 1280, "height": 1000})
-    page.set_default_timeout(30_000)
-    page.goto(f"{lab['url']}/lab/tree/{name}?reset&token={lab['token']}")  # reset: no earlier tabs
-    page.wait_for_selector(KERNEL_IDLE, timeout=90_000)
+    page = _open(browser, lab, name)
     cells = page.locator(CELLS)
 
     _run_cell(page, 0)
@@ -128,36 +140,17 @@ def test_insert_and_run_make_real_cells_below_the_active_one_in_jupyterlab(
     page.close()
 
 
-CHAT_SETUP = (
-    "import nbchat\n"
-    "session = nbchat.get_session()\n"
-    "session.register('carol', 'correct horse')\n"
-    "session.login('carol', 'correct horse')\n"
-    "%load_ext nbchat"
-)
-
-
 def test_chat_cell_puts_the_replys_code_into_a_new_cell_below_in_jupyterlab(
-    lab: dict[str, object],  # noqa: F811
+    lab: dict[str, Any],
     browser: Any,
     ollama: OllamaTestServer,
 ) -> None:
     from playwright.sync_api import expect
 
     name = "cell-magic.ipynb"
-    magic = "%chat --new Code -m ollama:llama3.2:1b --cell how do I add two numbers?"
-    httpx.put(
-        f"{lab['url']}/api/contents/{name}",
-        params={"token": lab["token"]},
-        json={"type": "notebook", "format": "json", "content": _notebook([CHAT_SETUP, magic])},
-        timeout=10,
-    ).raise_for_status()
     ollama.reply_words = ["Like this:\n\n", "```python\n", "total = 2 + 3\n", "print(total)\n", "```\n"]
     try:
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        page.set_default_timeout(30_000)
-        page.goto(f"{lab['url']}/lab/tree/{name}?reset&token={lab['token']}")  # reset: no earlier tabs
-        page.wait_for_selector(KERNEL_IDLE, timeout=90_000)
+        page = _open(browser, lab, name)
         cells = page.locator(CELLS)
         _run_cell(page, 0)
         expect(cells.nth(0).locator(".jp-InputPrompt")).to_contain_text("[1]")
@@ -177,33 +170,14 @@ def test_chat_cell_puts_the_replys_code_into_a_new_cell_below_in_jupyterlab(
         ollama.reply_words = None
 
 
-WAIT_IN_A_THREAD = (
-    "import threading\n"
-    "import nbchat.notebook as nb\n"
-    "answers = []\n"
-    "waiter = threading.Thread(target=lambda: answers.append(nb.NotebookBridge().available(timeout=20)))\n"
-    "waiter.start()  # the front end's answer is read once this cell ends; the thread waits for it"
-)
-
-
 def test_off_the_kernels_main_thread_available_waits_for_the_front_ends_answer(
-    lab: dict[str, object],  # noqa: F811
+    lab: dict[str, Any],
     browser: Any,
 ) -> None:
     from playwright.sync_api import expect
 
     name = "bridge-thread.ipynb"
-    check = "waiter.join(30)\nprint('answered:', answers)"
-    httpx.put(
-        f"{lab['url']}/api/contents/{name}",
-        params={"token": lab["token"]},
-        json={"type": "notebook", "format": "json", "content": _notebook([WAIT_IN_A_THREAD, check])},
-        timeout=10,
-    ).raise_for_status()
-    page = browser.new_page(viewport={"width": 1280, "height": 1000})
-    page.set_default_timeout(30_000)
-    page.goto(f"{lab['url']}/lab/tree/{name}?reset&token={lab['token']}")  # reset: no earlier tabs
-    page.wait_for_selector(KERNEL_IDLE, timeout=90_000)
+    page = _open(browser, lab, name)
     cells = page.locator(CELLS)
     _run_cell(page, 0)
     expect(cells.nth(0).locator(".jp-InputPrompt")).to_contain_text("[1]")
