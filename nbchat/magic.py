@@ -465,13 +465,12 @@ def _keep_values_out_of_mentions(text: str, filled: list[tuple[int, int]]) -> st
     """``text`` with every mention that starts inside a filled-in value escaped as ``@@``."""
     if not any("@" in text[start:end] for start, end in filled):
         return text  # the common case: nbchat.context is not even imported
-    from nbchat.context.mentions import _MENTION, _outside_code
+    from nbchat.context.mentions import mention_spans
 
     starts = [
-        match.start()
-        for start, end in _outside_code(text)
-        for match in _MENTION.finditer(text, start, end)
-        if any(value_start <= match.start() < value_end for value_start, value_end in filled)
+        at
+        for at, _ in mention_spans(text)
+        if any(value_start <= at < value_end for value_start, value_end in filled)
     ]
     for at in reversed(starts):
         text = text[:at] + "@" + text[at:]

@@ -77,15 +77,23 @@ def _outside_code(text: str) -> list[tuple[int, int]]:
     return stretches
 
 
-def find_mentions(prompt: str) -> list[str]:
-    """The names ``prompt`` mentions (without "@"), in order of first appearance, each once."""
-    found: dict[str, None] = {}
+def mention_spans(prompt: str) -> list[tuple[int, int]]:
+    """The (start, end) offsets of every real mention in ``prompt``, "@" included, in order.
+
+    Every occurrence counts (``find_mentions`` keeps each name once): the ``%chat`` magic uses
+    the offsets to tell the user's own mentions from those a filled-in ``{value}`` brought.
+    """
+    spans = []
     for start, end in _outside_code(prompt):
         for match in _MENTION.finditer(prompt, start, end):
-            name = match.group(1)
-            if not keyword.iskeyword(name.split(".", 1)[0]):
-                found.setdefault(name, None)
-    return list(found)
+            if not keyword.iskeyword(match.group(1).split(".", 1)[0]):
+                spans.append(match.span())
+    return spans
+
+
+def find_mentions(prompt: str) -> list[str]:
+    """The names ``prompt`` mentions (without "@"), in order of first appearance, each once."""
+    return list(dict.fromkeys(prompt[start + 1 : end] for start, end in mention_spans(prompt)))
 
 
 def unescape_mentions(prompt: str) -> str:
