@@ -81,10 +81,11 @@ def notebook(*cells: str, ids: Sequence[str] = ()) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def running_lab(
-    scratch: Path, notebooks: Mapping[str, dict[str, Any]], env: Mapping[str, str]
+    scratch: Path, notebooks: Mapping[str, dict[str, Any]], env: Mapping[str, str], *, app: str = "jupyterlab"
 ) -> Iterator[dict[str, Any]]:
     """JupyterLab on loopback with token auth, scratch Jupyter dirs and ``notebooks`` in its root;
-    ``env`` reaches its kernels. Yields its ``url``, ``token`` and ``root``."""
+    ``env`` reaches its kernels. ``app="notebook"`` starts Notebook 7 instead (same server, same
+    settings dir). Yields its ``url``, ``token`` and ``root``."""
     root, jupyter = scratch / "root", scratch / "jupyter"
     root.mkdir()
     for name, content in notebooks.items():
@@ -112,7 +113,7 @@ def running_lab(
             [
                 sys.executable,
                 "-m",
-                "jupyterlab",
+                app,
                 "--no-browser",
                 "--allow-root",
                 "--ip",
@@ -132,7 +133,7 @@ def running_lab(
         process.kill()
         process.wait()
     else:
-        raise RuntimeError(f"JupyterLab did not start; see {scratch}/lab-*.log")
+        raise RuntimeError(f"{app} did not start; see {scratch}/lab-*.log")
     try:
         yield {"url": url, "token": token, "root": root}
     finally:
