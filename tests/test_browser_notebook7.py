@@ -4,7 +4,8 @@ Notebook 7 is JupyterLab's shell with fewer parts: its notebook page takes the
 notebook commands from JupyterLab's notebook extension, which is why
 ``NotebookBridge`` claims to drive it. These tests prove it there: a cell makes the
 bridge and inserts a Python block, a Markdown block and runs a ``%%bash`` block;
-then the panel's Insert and Run buttons put a reply's code below the panel. Each
+then the panel's Insert and Run buttons put a reply's code below the panel, and
+``%chat --cell`` puts it in the next cell. Each
 check reads the notebook back as Notebook 7 saved it (the contents API). Notebook 7
 has no status bar; the kernel is ready once the top bar shows the kernel's logo
 (drawn after the session is ready) and the toolbar's indicator says idle.
@@ -38,6 +39,14 @@ INSERTS = (
     "bridge.run(nb.CodeBlock('bash', 'echo ran-by-bridge\\n'))"
 )
 MODEL = "ollama:llama3.2:1b"
+CHAT_SETUP = (
+    "import nbchat\n"
+    "session = nbchat.get_session()\n"
+    f"session.register('dave', {PASSWORD!r})\n"
+    f"session.login('dave', {PASSWORD!r})\n"
+    "%load_ext nbchat"
+)
+CHAT_CELL = f"%chat --new Code -m {MODEL} --cell how do I add up 0 to 4?"
 CODE = "total = sum(range(5))\nprint(f'total={total}')"
 REPLY = ["Add ", "them:\n\n", "```python\n", *(line + "\n" for line in CODE.split("\n")), "```\n"]
 
@@ -49,6 +58,7 @@ def nb7(tmp_path_factory: pytest.TempPathFactory, ollama: OllamaTestServer) -> I
     notebooks = {
         "bridge.ipynb": notebook(SETUP, INSERTS),
         "panel.ipynb": notebook("import nbchat\nnbchat.panel()", ids=["panel"]),
+        "cell-magic.ipynb": notebook(CHAT_SETUP, CHAT_CELL),
     }
     env = {"NBCHAT_DATA_DIR": str(scratch / "nbchat-data"), "OLLAMA_HOST": ollama.url}
     with running_lab(scratch, notebooks, env, app="notebook") as running:
@@ -175,4 +185,30 @@ def test_the_panels_insert_and_run_put_a_replys_code_below_the_panel_in_notebook
     assert [(c["cell_type"], _text(c["source"])) for c in saved[1:]] == [("code", CODE), ("code", CODE)]
     assert saved[1]["outputs"] == []
     assert [_text(o.get("text", "")) for o in saved[2]["outputs"]] == ["total=10\n"]
+    context.close()
+
+
+def test_chat_cell_puts_the_replys_code_into_a_new_cell_below_in_notebook_7(
+    nb7: dict[str, Any], browser: Any, ollama: OllamaTestServer
+) -> None:
+    from playwright.sync_api import expect
+
+    name = "cell-magic.ipynb"
+    context, page = _open(browser, nb7, name)
+    cells = page.locator(CELLS)
+    _run_cell(page, 0)
+    expect(cells.nth(0).locator(".jp-InputPrompt")).to_contain_text("[1]")
+    page.wait_for_selector(KERNEL_IDLE)
+    ollama.reply_words = REPLY
+    try:
+        _run_cell(page, 1)
+        expect(cells.nth(1).locator(".jp-OutputArea-output").first).to_contain_text("Add them:")
+        expect(cells).to_have_count(3)
+    finally:
+        ollama.reply_words = None
+    expect(cells.nth(1)).to_contain_text("The reply's code is in a new cell below.")
+    shot(page, "nb7-3-chat-cell")
+    saved = _save(page, nb7, name, 3)
+    assert (saved[2]["cell_type"], _text(saved[2]["source"])) == ("code", CODE)
+    assert saved[2]["outputs"] == []
     context.close()
