@@ -12,6 +12,7 @@ from nbchat.context import (
     resolve_mentions,
     unescape_mentions,
 )
+from nbchat.context.mentions import mention_spans
 from nbchat.errors import InvalidValue, UnknownMention
 from nbchat.magic import interpolate
 
@@ -157,3 +158,10 @@ def test_too_many_mentions_are_refused() -> None:
     names = [f"v{i}" for i in range(MAX_MENTIONS + 1)]
     with pytest.raises(InvalidValue, match=f"at most {MAX_MENTIONS} objects"):
         resolve_mentions(" ".join("@" + n for n in names), dict.fromkeys(names, 0))
+
+
+def test_mention_spans_are_where_each_real_mention_stands_repeats_included() -> None:
+    """What the magic uses to keep a filled-in value's "@" out of the mentions: offsets with the "@"."""
+    prompt = "ask @df and @if, bob@x.com, `@no`, @@lit, @df.a again @df"
+    assert mention_spans(prompt) == [(4, 7), (42, 47), (54, 57)]
+    assert [prompt[start:end] for start, end in mention_spans(prompt)] == ["@df", "@df.a", "@df"]
