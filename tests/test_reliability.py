@@ -33,6 +33,7 @@ from nbchat import (
     NbchatError,
     NbchatWarning,
 )
+from nbchat.errors import UnknownMention
 from nbchat.testing.ollama_server import OllamaTestServer
 
 pytestmark = pytest.mark.reliability
@@ -160,10 +161,14 @@ def test_any_title_and_prompt_is_saved_or_refused_clearly_and_nothing_is_lost(
         session.rename(session.current.id, title)  # type: ignore[union-attr]
     except InvalidValue as exc:
         assert "title" in str(exc).lower()
+    saved = len(session.history())
     try:
-        reply = session.send(prompt)
+        reply = session.send(prompt, namespace={})
+    except UnknownMention as exc:  # "@A" names no variable: refused, saying how to write a literal @
+        assert "@@" in str(exc) and len(session.history()) == saved
     except InvalidValue as exc:
         assert "message" in str(exc).lower() or "text" in str(exc).lower()
+        assert len(session.history()) == saved
     else:
         reply.wait(30)
         assert session.history()[-2].content == prompt

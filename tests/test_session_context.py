@@ -9,6 +9,8 @@ counted against the context window.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import pytest
 
 from conftest import chatting
 from nbchat import ChatSession, ContextOverflow
-from nbchat.errors import NoContext, UnknownMention
+from nbchat.errors import UnknownMention
 from nbchat.testing.ollama_server import FakeModel, OllamaTestServer
 
 
@@ -84,16 +86,45 @@ def test_a_doubled_at_sign_is_sent_as_a_literal_at_sign_and_attaches_nothing(
     assert sent_user_messages(server) == [["Reply to @alice, or mail bob@example.com"]]
 
 
+FRESH_KERNEL = """
+import json, sys
+from pathlib import Path
+from nbchat import Accounts, ChatSession, Config
+from nbchat.errors import InvalidValue, NoContext
+
+config = Config(data_dir=Path(sys.argv[1]), max_users=10, ollama_host=sys.argv[2])
+session = ChatSession(config, accounts=Accounts(config, bcrypt_rounds=4))
+session.register("alice", "correct horse")
+session.login("alice", "correct horse")
+session.new_conversation()
+session.configure(model="ollama:qwen3:1.7b")
+said = []
+for attempt in (lambda: session.send("What did I just do?", cells=2), session.explain_last_error,
+                lambda: session.send("hm", cells=-1)):
+    try:
+        attempt()
+        said.append("sent")
+    except InvalidValue as exc:
+        said.append(f"{type(exc).__name__}: {exc}")
+print(json.dumps({"said": said, "saved": len(session.history())}))
+"""
+
+
 def test_asking_for_cells_or_the_last_error_when_there_is_none_is_refused_before_saving(
-    session: ChatSession,
+    server: OllamaTestServer, tmp_path: Path
 ) -> None:
-    with pytest.raises(NoContext, match="No cell has run"):
-        session.send("What did I just do?", cells=2)
-    with pytest.raises(NoContext, match="No error has happened"):
-        session.explain_last_error()
-    with pytest.raises(Exception, match="whole number"):
-        session.send("hm", cells=-1)
-    assert session.history() == []
+    """In a fresh interpreter, where no cell has run and nothing has failed yet."""
+    done = subprocess.run(
+        [sys.executable, "-c", FRESH_KERNEL, str(tmp_path / "data"), server.url],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    cells, error, negative = result["said"]
+    assert cells.startswith("NoContext: No cell has run")
+    assert error.startswith("NoContext: No error has happened")
+    assert negative.startswith("InvalidValue:") and "whole number" in negative
+    assert result["saved"] == 0 and sent_user_messages(server) == []
 
 
 def test_context_too_big_for_the_model_says_what_it_took(session: ChatSession) -> None:
