@@ -63,6 +63,8 @@ class Reply:
         self.error: NbchatError | None = None
         self.message: Message | None = None
         self.dropped_messages = 0  # older messages left out so the prompt fits the context
+        self.context_window: int | None = None  # the model's, once known (the reply has started)
+        self.prompt_tokens: int | None = None  # what the prompt sent takes of it (the engine's count)
         self.status = ""  # what happens before the first token (loading a local model), for views
         self.save_error: NbchatError | None = None  # why the reply is not on disk, if saving failed
         self._start: Start | None = start

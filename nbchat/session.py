@@ -491,6 +491,7 @@ def _start_reply(
         ) from None
     system_kept, turns = sendable(everything)
     reply.dropped_messages = len(system_kept) + sum(map(len, turns)) - len(kept)
+    reply.context_window, reply.prompt_tokens = window, count(kept)  # how full the context is
     params = GenerationParams(
         temperature=settings.temperature,
         max_new_tokens=settings.max_new_tokens,

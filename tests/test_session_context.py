@@ -155,3 +155,12 @@ def test_a_question_with_context_upgrades_an_old_conversation_file_once(
     assert json.loads(path.read_bytes().splitlines()[0])["version"] == 2
     contents = [m.content for m in session.history()]
     assert contents[:3] == ["plain question", "You said: plain question", "now with @x"]
+
+
+def test_a_reply_says_how_full_the_context_was(session: ChatSession) -> None:
+    session.configure(model="ollama:tiny:ctx", max_new_tokens=100)
+    for n in range(8):
+        reply = session.send(f"question {n}: " + "words " * 30, namespace={}).wait(30)
+    assert reply.context_window == 300
+    assert reply.prompt_tokens is not None and 0 < reply.prompt_tokens <= 300 - 100
+    assert reply.dropped_messages > 0
