@@ -54,7 +54,7 @@ class ChatPanel(widgets.VBox):
         self.conversation_bar = ConversationBar(
             on_logout=lambda: self._act(self.session.logout),
             on_pick=self._pick,
-            on_new=lambda: self._act(self.session.new_conversation),
+            on_new=self._new_conversation,
             on_rename=lambda conversation_id, title: bool(
                 self._act(lambda: self.session.rename(conversation_id, title))
             ),
@@ -78,7 +78,7 @@ class ChatPanel(widgets.VBox):
                     *self.conversation_bar.rows,
                     *self.settings_row.rows,
                     *self.pull_row.rows,
-                    self.message_list.view,
+                    *self.message_list.rows,
                     *self.context_row.rows,
                     *self.composer.rows,
                 ]
@@ -291,7 +291,12 @@ class ChatPanel(widgets.VBox):
     def _pick(self, conversation_id: str) -> None:
         current = self.session.current
         if current is None or current.id != conversation_id:
+            self.message_list.jump()
             self._act(lambda: self.session.select(conversation_id))
+
+    def _new_conversation(self) -> None:
+        self.message_list.jump()
+        self._act(self.session.new_conversation)
 
     def _choose_model(self, model: str | None) -> None:
         def choose() -> None:
@@ -315,10 +320,12 @@ class ChatPanel(widgets.VBox):
         """Send with the recent cells asked for; ``@name`` mentions are the session's to resolve
         (an unknown one is refused before anything is saved, and the prompt stays to fix it)."""
         cells = self.context_row.cells
+        self.message_list.jump()  # the user wants to see the question and its reply, even if scrolled up
         if self._act(lambda: self.session.send(text, cells=cells)) is not None:
             self.composer.sent()
 
     def _explain_last_error(self) -> None:
+        self.message_list.jump()
         self._act(self.session.explain_last_error)
 
     def _to_notebook(self, block: CodeBlock, *, run: bool) -> None:

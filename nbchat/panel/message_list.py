@@ -10,6 +10,7 @@ import ipywidgets as widgets
 
 from nbchat.notebook import CodeBlock
 from nbchat.panel.code_actions import code_actions
+from nbchat.panel.follow_newest import FollowNewest
 from nbchat.panel.kit import classed, close_widgets, markdown_output
 from nbchat.render import context_html, message_markdown
 from nbchat.types import Message
@@ -22,6 +23,7 @@ def _ignore(_block: CodeBlock) -> None:
 class MessageList:
     """Saved messages, a reply that could not be saved after the question it answers, then the
     reply streaming now. A message keeps its widgets while shown; one no longer shown is closed.
+    ``rows`` are the list and, under it, its scroll keeper (the browser follows the newest text).
 
     ``on_insert(block)`` and ``on_run(block)`` hear a code block's Insert and Run;
     ``on_copied(ok)`` hears that the browser copied one (or could not).
@@ -35,6 +37,8 @@ class MessageList:
         on_copied: Callable[[bool], None] | None = None,
     ) -> None:
         self.view = classed(widgets.VBox(), "nbchat-messages")
+        self.follower = FollowNewest()
+        self.rows: tuple[widgets.Widget, ...] = (self.view, self.follower)
         self._on_insert, self._on_run, self._on_copied = on_insert, on_run, on_copied
         self._shown: dict[str, tuple[widgets.Widget, ...]] = {}  # by message id ("unsaved:" + question id)
 
@@ -77,8 +81,12 @@ class MessageList:
     def clear(self) -> None:
         self.show(())
 
+    def jump(self) -> None:
+        """Scroll the browser's list to the newest text and follow it again (the user sent, or switched)."""
+        self.follower.jump()
+
     def close(self) -> None:
-        close_widgets(self.view)
+        close_widgets(self.view, self.follower)
 
     def _widgets(self, item: str | Message) -> tuple[widgets.Widget, ...]:
         """A message's widget, followed by its code actions when it is a reply holding code."""
