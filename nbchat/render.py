@@ -72,6 +72,28 @@ def reply_facts(reply: Reply) -> list[str]:
     return facts
 
 
+def context_facts(reply: Reply) -> list[str]:
+    """How full the model's context was: ``context 1,234 / 8,192 tokens (15%)``, then how many older
+    messages were left out to fit; nothing before the reply has started (neither is known yet).
+
+    The tokens are the count the prompt was fitted by (the same while streaming and after), and
+    the engine's reported count only without it: Ollama's ``prompt_eval_count`` leaves out, or in
+    some versions omits, what its cache already held, so a long chat would look nearly empty.
+    """
+    facts = []
+    reported = reply.stats.prompt_tokens if reply.stats is not None else None
+    sent = reply.prompt_tokens if reply.prompt_tokens is not None else reported
+    window = reply.context_window
+    if sent is not None and window:
+        share = round(100 * sent / window)
+        percent = "<1%" if sent and not share else f"{share}%"
+        facts.append(f"context {sent:,} / {window:,} tokens ({percent})")
+    dropped = reply.dropped_messages
+    if dropped:
+        facts.append(f"{dropped:,} older message{'s' if dropped != 1 else ''} left out")
+    return facts
+
+
 def token_facts(stats: GenerationStats) -> list[str]:
     """``N tokens`` and ``X tokens/s``, marked when counted from the stream rather than reported."""
     estimated = " (estimated)" if stats.tokens_estimated else ""

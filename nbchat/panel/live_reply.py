@@ -9,7 +9,7 @@ from collections.abc import Callable
 import ipywidgets as widgets
 
 from nbchat.panel.kit import classed, close_widgets, error_html, markdown_output
-from nbchat.render import reply_facts, reply_markdown
+from nbchat.render import context_facts, reply_markdown, token_facts
 from nbchat.reply import Reply
 
 #: At most about 12 redraws a second while a reply streams (not once per token).
@@ -20,8 +20,9 @@ class LiveReply:
     """Follows one reply until it ends or ``stop()``; after ``stop()`` it calls nothing back.
 
     ``on_status(html)`` hears what happens before the first token (a local
-    model loading); ``on_end(reply)`` is called once, from the redraw thread,
-    when the reply has ended and its final form is drawn.
+    model loading), then how full the context is once that is known;
+    ``on_end(reply)`` is called once, from the redraw thread, when the reply
+    has ended and its final form is drawn.
     """
 
     def __init__(
@@ -45,7 +46,7 @@ class LiveReply:
         close_widgets(self.output)
 
     def _redraw(self) -> None:
-        reply, shown, said = self.reply, "", ""
+        reply, shown, said, sized = self.reply, "", "", False
         while not reply.join(REDRAW_INTERVAL_S):
             if self._stop.is_set():
                 return
@@ -53,7 +54,10 @@ class LiveReply:
             if text != shown and text.strip():
                 self.output.outputs = markdown_output(text)
                 shown = text
-            if reply.status and reply.status != said:  # loading a local model: say how far
+            if not sized and reply.context_window is not None:  # the prompt is fitted: say how full
+                self._on_status(generating_status(reply))
+                sized = True
+            elif not sized and reply.status and reply.status != said:  # loading a local model: how far
                 self._on_status(html.escape(reply.status))
                 said = reply.status
         if self._stop.is_set():
@@ -63,10 +67,15 @@ class LiveReply:
 
 
 def generating_status(reply: Reply) -> str:
-    """The status line while ``reply`` streams (a local model can take a minute to load first)."""
+    """The status line while ``reply`` streams (a local model can take a minute to load first),
+    with how full the context is once the prompt has been fitted into it."""
+    generating = f"Generating with <code>{html.escape(reply.model)}</code>…"
+    facts = context_facts(reply)
+    if facts:
+        return " · ".join([generating, *map(html.escape, facts)])
     local = reply.model == "qwen3" or reply.model.startswith("transformers:")
     first_use = " (the local model loads on first use: this can take a minute)" if local else ""
-    return f"Generating with <code>{html.escape(reply.model)}</code>…{first_use}"
+    return generating + first_use
 
 
 def ended_status(reply: Reply) -> str:
@@ -82,7 +91,8 @@ def ended_status(reply: Reply) -> str:
     parts = [f"<code>{html.escape(reply.model)}</code>"]
     if reply.stats is not None and reply.stats.finish_reason == "cancelled":
         parts.append("stopped")
-    parts.extend(html.escape(fact) for fact in reply_facts(reply))
+    facts = [*(token_facts(reply.stats) if reply.stats is not None else ()), *context_facts(reply)]
+    parts.extend(html.escape(fact) for fact in facts)
     return " · ".join(parts)
 
 
