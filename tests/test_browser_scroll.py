@@ -1,5 +1,5 @@
-"""A long conversation in a real JupyterLab: the message box follows a streaming reply to its end,
-stays where the user scrolled up to read, and "↓ newest" brings it back (headless Chromium)."""
+"""A long conversation in a real JupyterLab and Notebook 7: the message box follows a streaming reply
+to its end, stays where the user scrolled up to read, and "↓ newest" brings it back (headless Chromium)."""
 
 from __future__ import annotations
 
@@ -34,14 +34,25 @@ TOP = f"() => {LIST}.scrollTop"
 HEIGHT = f"() => {LIST}.scrollHeight"
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory, ollama: OllamaTestServer) -> Iterator[dict[str, object]]:
-    scratch = tmp_path_factory.mktemp("lab")
+#: Each front end: its page for a notebook, and what shows that its kernel is connected and idle.
+FRONT_ENDS = {
+    "jupyterlab": ("/lab/tree/chat.ipynb", (KERNEL_IDLE,)),
+    "notebook": (
+        "/notebooks/chat.ipynb",
+        (".jp-NotebookKernelLogo img", ".jp-Notebook-ExecutionIndicator[data-status='idle']"),
+    ),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(FRONT_ENDS))
+def lab(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, ollama: OllamaTestServer
+) -> Iterator[dict[str, object]]:
+    scratch = tmp_path_factory.mktemp(request.param)
     chat = notebook(SEED, "nbchat.panel()", ids=["seed", "panel"])
-    with running_lab(
-        scratch, {"chat.ipynb": chat}, {"NBCHAT_DATA_DIR": str(scratch / "data"), "OLLAMA_HOST": ollama.url}
-    ) as lab:
-        yield lab
+    env = {"NBCHAT_DATA_DIR": str(scratch / "data"), "OLLAMA_HOST": ollama.url}
+    with running_lab(scratch, {"chat.ipynb": chat}, env, app=request.param) as lab:
+        yield {**lab, "app": request.param}
 
 
 def streaming(page: object) -> bool:
@@ -56,8 +67,10 @@ def test_the_message_box_follows_a_streaming_reply_unless_the_user_scrolls_up(
     ollama.reply_words = [f"answer line {i}\n\n" for i in range(3)]
     page = browser.new_page(viewport={"width": 1280, "height": 1000})  # type: ignore[attr-defined]
     page.set_default_timeout(30_000)
-    page.goto(f"{lab['url']}/lab/tree/chat.ipynb?token={lab['token']}")
-    page.wait_for_selector(KERNEL_IDLE, timeout=90_000)
+    path, ready = FRONT_ENDS[str(lab["app"])]
+    page.goto(f"{lab['url']}{path}?token={lab['token']}")
+    for selector in ready:
+        page.wait_for_selector(selector, timeout=90_000)
     page.click(".jp-Notebook .jp-Cell .jp-InputArea-editor")
     page.keyboard.press("Shift+Enter")
     expect(page.locator(".jp-Cell").nth(0).locator(".jp-OutputArea-output")).to_have_text("seeded 40")
@@ -66,7 +79,7 @@ def test_the_message_box_follows_a_streaming_reply_unless_the_user_scrolls_up(
     expect(messages).to_have_count(40, timeout=60_000)
     assert page.evaluate(HEIGHT) > 3 * page.evaluate(f"() => {LIST}.clientHeight")  # far longer than the box
     page.wait_for_function(f"() => ({GAP})() <= 2")  # opened at the newest message
-    shot(page, "scroll-1-opened")
+    shot(page, f"scroll-{lab['app']}-1-opened")
 
     # A long reply streams: the box keeps showing its newest text all along.
     ollama.reply_words = [f"streamed line {i} " + ("\n\n" if i % 4 == 3 else "") for i in range(400)]
@@ -84,7 +97,7 @@ def test_the_message_box_follows_a_streaming_reply_unless_the_user_scrolls_up(
     assert max(gaps) <= 2, gaps  # each redraw followed before the page does anything else
     page.wait_for_function(f"() => ({GAP})() <= 2")
     expect(page.locator(".nbchat-follow-newest")).to_be_hidden()
-    shot(page, "scroll-2-following")
+    shot(page, f"scroll-{lab['app']}-2-following")
 
     # The user scrolls up to read: the box stays there while the reply grows, and "↓ newest" shows.
     page.locator(".nbchat-messages").hover()
@@ -97,7 +110,7 @@ def test_the_message_box_follows_a_streaming_reply_unless_the_user_scrolls_up(
     assert streaming(page)
     assert page.evaluate(HEIGHT) > grown_from  # the reply went on growing below
     assert abs(page.evaluate(TOP) - top) <= 2  # still where the user is reading
-    shot(page, "scroll-3-reading-above")
+    shot(page, f"scroll-{lab['app']}-3-reading-above")
 
     # "↓ newest": back at the bottom, following again to the end of the reply.
     page.click(".nbchat-follow-newest")
@@ -109,7 +122,7 @@ def test_the_message_box_follows_a_streaming_reply_unless_the_user_scrolls_up(
     page.wait_for_function(f"() => ({GAP})() <= 2")  # the saved reply, at the very end
     fill = re.compile(r"context [\d,]+ / [\d,]+ tokens \(\d+%\)")
     expect(page.locator(".nbchat-status")).to_contain_text(fill)  # how full the context is
-    shot(page, "scroll-4-ended")
+    shot(page, f"scroll-{lab['app']}-4-ended")
 
     # Scrolled up, the user sends again: the box jumps to the question and follows its reply.
     ollama.reply_words = [f"second story line {i}\n\n" for i in range(40)]
@@ -121,7 +134,7 @@ def test_the_message_box_follows_a_streaming_reply_unless_the_user_scrolls_up(
     expect(page.locator(".nbchat-message-assistant").last).to_contain_text("second story line 39")
     page.wait_for_function(f"() => ({GAP})() <= 2")
     expect(page.locator(".nbchat-follow-newest")).to_be_hidden()
-    shot(page, "scroll-5-sent-from-above")
+    shot(page, f"scroll-{lab['app']}-5-sent-from-above")
     ollama.chunk_delay_s = 0.0
     ollama.reply_words = None
     page.close()
