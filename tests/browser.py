@@ -155,3 +155,44 @@ def _wait_for_lab(url: str, token: str, process: subprocess.Popen[bytes]) -> boo
             pass
         time.sleep(0.3)
     return False
+
+
+# -- shared steps of the browser suites ------------------------------------------------------
+
+
+def log_in(page: Any, name: str, *, register: bool) -> None:
+    """Log ``name`` in through the panel's form (registering first when ``register``)."""
+    from conftest import PASSWORD
+
+    page.fill(".nbchat-username input", name)
+    page.fill(".nbchat-password input", PASSWORD)
+    page.click("button.nbchat-register" if register else "button.nbchat-login")
+    page.wait_for_selector(".nbchat-user:has-text('Logged in as')")
+
+
+def run_cell(page: Any, cells: str, index: int) -> None:
+    """Run one cell with Ctrl+Enter (run, stay): it stays the active cell, as a clicked panel's does."""
+    page.locator(cells).nth(index).locator(".jp-InputArea-editor").click()
+    page.keyboard.press("Control+Enter")
+
+
+def saved_cells(server: Mapping[str, Any], name: str) -> list[dict[str, Any]]:
+    """The cells of notebook ``name`` as the server has it saved (the contents API)."""
+    response = httpx.get(
+        f"{server['url']}/api/contents/{name}", params={"token": server["token"], "content": 1}, timeout=10
+    )
+    response.raise_for_status()
+    return list(response.json()["content"]["cells"])
+
+
+def saved_count(server: Mapping[str, Any], name: str) -> int:
+    """How many cells the saved file has; -1 while it cannot be read (the server is writing it)."""
+    try:
+        return len(saved_cells(server, name))
+    except httpx.HTTPStatusError:
+        return -1
+
+
+def cell_text(source: str | list[str]) -> str:
+    """A saved cell's source (or an output's text) as one string, however the file stores it."""
+    return source if isinstance(source, str) else "".join(source)

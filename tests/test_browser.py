@@ -17,9 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from browser import KERNEL_IDLE, choose, notebook, option_labels, running_lab, selected_label, shot
+from browser import KERNEL_IDLE, choose, log_in, notebook, option_labels, running_lab, selected_label, shot
 
-from conftest import PASSWORD
 from nbchat.testing.ollama_server import OllamaTestServer
 
 MODEL = "ollama:llama3.2:1b"
@@ -50,11 +49,6 @@ def conversation_header(data: Path, user: str) -> list[dict]:
     ]
 
 
-def log_in(page: object, name: str, *, register: bool) -> None:
-    page.fill(".nbchat-username input", name)  # type: ignore[attr-defined]
-    page.fill(".nbchat-password input", PASSWORD)  # type: ignore[attr-defined]
-    page.click("button.nbchat-register" if register else "button.nbchat-login")  # type: ignore[attr-defined]
-    page.wait_for_selector(".nbchat-user:has-text('Logged in as')")  # type: ignore[attr-defined]
 
 
 def log_out(page: object) -> None:

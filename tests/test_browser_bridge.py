@@ -12,9 +12,8 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
-from browser import KERNEL_IDLE, notebook, running_lab, shot
+from browser import KERNEL_IDLE, cell_text, notebook, run_cell, running_lab, saved_cells, saved_count, shot
 from polling import wait_until
 
 from conftest import PASSWORD
@@ -69,30 +68,12 @@ def _open(browser: Any, lab: dict[str, Any], name: str) -> Any:
     return page
 
 
-def _saved_cells(server: dict[str, Any], name: str) -> list[dict[str, Any]]:
-    response = httpx.get(
-        f"{server['url']}/api/contents/{name}", params={"token": server["token"], "content": 1}, timeout=10
-    )
-    response.raise_for_status()
-    return list(response.json()["content"]["cells"])
 
 
-def _saved_count(server: dict[str, Any], name: str) -> int:
-    """How many cells the saved file has; -1 while it cannot be read (JupyterLab is writing it)."""
-    try:
-        return len(_saved_cells(server, name))
-    except httpx.HTTPStatusError:
-        return -1
 
 
-def _text(source: str | list[str]) -> str:
-    return source if isinstance(source, str) else "".join(source)
 
 
-def _run_cell(page: Any, index: int) -> None:
-    """Run one cell with Ctrl+Enter (run, stay): it stays the active cell, as a clicked panel's does."""
-    page.locator(CELLS).nth(index).locator(".jp-InputArea-editor").click()
-    page.keyboard.press("Control+Enter")
 
 
 def test_insert_and_run_make_real_cells_below_the_active_one_in_jupyterlab(
@@ -105,10 +86,10 @@ def test_insert_and_run_make_real_cells_below_the_active_one_in_jupyterlab(
     page = _open(browser, lab, name)
     cells = page.locator(CELLS)
 
-    _run_cell(page, 0)
+    run_cell(page, CELLS, 0)
     expect(cells.nth(0).locator(".jp-OutputArea-output")).to_contain_text("made the bridge")
     page.wait_for_selector(KERNEL_IDLE)
-    _run_cell(page, 1)
+    run_cell(page, CELLS, 1)
     expect(cells.nth(1).locator(".jp-OutputArea-output")).to_contain_text("available: True")
     expect(cells).to_have_count(5)
     # The run cell's output: %%bash ran in this kernel.
@@ -119,16 +100,16 @@ def test_insert_and_run_make_real_cells_below_the_active_one_in_jupyterlab(
 
     page.keyboard.press("Escape")
     page.keyboard.press("Control+s")
-    wait_until(lambda: _saved_count(lab, name) == 5, seconds=20)
-    saved = _saved_cells(lab, name)
-    assert [(c["cell_type"], _text(c["source"])) for c in saved[2:]] == [
+    wait_until(lambda: saved_count(lab, name) == 5, seconds=20)
+    saved = saved_cells(lab, name)
+    assert [(c["cell_type"], cell_text(c["source"])) for c in saved[2:]] == [
         ("code", 'x = 6 * 7\nprint("inserted", x)'),
         ("markdown", "# Heading from the bridge"),
         ("code", "%%bash\necho ran-by-bridge"),
     ]
     assert saved[2]["outputs"] == []  # inserted, not run
     ran = saved[4]["outputs"]
-    assert any("ran-by-bridge" in _text(o.get("text", "")) for o in ran), json.dumps(ran)
+    assert any("ran-by-bridge" in cell_text(o.get("text", "")) for o in ran), json.dumps(ran)
 
     # The new cells are ordinary edits: JupyterLab's undo (z) takes them back (a quick burst of edits
     # is one undo step in JupyterLab).
@@ -152,19 +133,19 @@ def test_chat_cell_puts_the_replys_code_into_a_new_cell_below_in_jupyterlab(
     try:
         page = _open(browser, lab, name)
         cells = page.locator(CELLS)
-        _run_cell(page, 0)
+        run_cell(page, CELLS, 0)
         expect(cells.nth(0).locator(".jp-InputPrompt")).to_contain_text("[1]")
         page.wait_for_selector(KERNEL_IDLE)
-        _run_cell(page, 1)
+        run_cell(page, CELLS, 1)
         expect(cells.nth(1).locator(".jp-OutputArea-output").first).to_contain_text("Like this:")
         expect(cells).to_have_count(3)
         expect(cells.nth(1)).to_contain_text("The reply's code is in a new cell below.")
         shot(page, "bridge-3-chat-cell")
         page.keyboard.press("Escape")
         page.keyboard.press("Control+s")
-        wait_until(lambda: _saved_count(lab, name) == 3, seconds=20)
-        new = _saved_cells(lab, name)[2]
-        assert (new["cell_type"], _text(new["source"])) == ("code", "total = 2 + 3\nprint(total)")
+        wait_until(lambda: saved_count(lab, name) == 3, seconds=20)
+        new = saved_cells(lab, name)[2]
+        assert (new["cell_type"], cell_text(new["source"])) == ("code", "total = 2 + 3\nprint(total)")
         page.close()
     finally:
         ollama.reply_words = None
@@ -179,9 +160,9 @@ def test_off_the_kernels_main_thread_available_waits_for_the_front_ends_answer(
     name = "bridge-thread.ipynb"
     page = _open(browser, lab, name)
     cells = page.locator(CELLS)
-    _run_cell(page, 0)
+    run_cell(page, CELLS, 0)
     expect(cells.nth(0).locator(".jp-InputPrompt")).to_contain_text("[1]")
     page.wait_for_selector(KERNEL_IDLE)
-    _run_cell(page, 1)
+    run_cell(page, CELLS, 1)
     expect(cells.nth(1).locator(".jp-OutputArea-output")).to_contain_text("answered: [True]")
     page.close()

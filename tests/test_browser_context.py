@@ -18,9 +18,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from browser import KERNEL_IDLE, choose, notebook, running_lab, shot
+from browser import KERNEL_IDLE, choose, log_in, notebook, running_lab, shot
 
-from conftest import PASSWORD
 from nbchat.testing.ollama_server import OllamaTestServer
 
 MODEL = "ollama:llama3.2:1b"
@@ -83,10 +82,7 @@ def test_mentioned_data_goes_to_the_model_and_the_reply_code_comes_back_into_the
     page.keyboard.press("Shift+Enter")  # the data
     page.keyboard.press("Shift+Enter")  # the panel
     page.wait_for_selector(".nbchat-username input", timeout=60_000)
-    page.fill(".nbchat-username input", "carol")
-    page.fill(".nbchat-password input", PASSWORD)
-    page.click("button.nbchat-register")
-    page.wait_for_selector(".nbchat-user:has-text('Logged in as')")
+    log_in(page, "carol", register=True)
     choose(page, ".nbchat-model", MODEL)
     expect(page.locator(".nbchat-include-cells input")).to_have_value("0")
 

@@ -18,9 +18,8 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
-from browser import choose, notebook, running_lab, shot
+from browser import cell_text, choose, log_in, notebook, run_cell, running_lab, saved_cells, saved_count, shot
 from polling import wait_until
 
 from conftest import PASSWORD
@@ -79,37 +78,19 @@ def _open(browser: Any, server: dict[str, Any], name: str) -> tuple[Any, Any]:
     return context, page
 
 
-def _saved_cells(server: dict[str, Any], name: str) -> list[dict[str, Any]]:
-    response = httpx.get(
-        f"{server['url']}/api/contents/{name}", params={"token": server["token"], "content": 1}, timeout=10
-    )
-    response.raise_for_status()
-    return list(response.json()["content"]["cells"])
 
 
-def _saved_count(server: dict[str, Any], name: str) -> int:
-    """How many cells the saved file has; -1 while it cannot be read (the server is writing it)."""
-    try:
-        return len(_saved_cells(server, name))
-    except httpx.HTTPStatusError:
-        return -1
 
 
-def _text(source: str | list[str]) -> str:
-    return source if isinstance(source, str) else "".join(source)
 
 
-def _run_cell(page: Any, index: int) -> None:
-    """Run one cell with Ctrl+Enter (run, stay): it stays the active cell."""
-    page.locator(CELLS).nth(index).locator(".jp-InputArea-editor").click()
-    page.keyboard.press("Control+Enter")
 
 
 def _save(page: Any, server: dict[str, Any], name: str, count: int) -> list[dict[str, Any]]:
     page.keyboard.press("Escape")
     page.keyboard.press("Control+s")
-    wait_until(lambda: _saved_count(server, name) == count, seconds=20)
-    return _saved_cells(server, name)
+    wait_until(lambda: saved_count(server, name) == count, seconds=20)
+    return saved_cells(server, name)
 
 
 def test_insert_and_run_make_real_cells_below_the_active_one_in_notebook_7(
@@ -120,10 +101,10 @@ def test_insert_and_run_make_real_cells_below_the_active_one_in_notebook_7(
     name = "bridge.ipynb"
     context, page = _open(browser, nb7, name)
     cells = page.locator(CELLS)
-    _run_cell(page, 0)
+    run_cell(page, CELLS, 0)
     expect(cells.nth(0).locator(".jp-OutputArea-output")).to_contain_text("made the bridge")
     page.wait_for_selector(KERNEL_IDLE)
-    _run_cell(page, 1)
+    run_cell(page, CELLS, 1)
     expect(cells.nth(1).locator(".jp-OutputArea-output")).to_contain_text("available: True")
     expect(cells).to_have_count(5)
     expect(cells.nth(4).locator(".jp-OutputArea-output")).to_contain_text("ran-by-bridge")
@@ -131,7 +112,7 @@ def test_insert_and_run_make_real_cells_below_the_active_one_in_notebook_7(
     shot(page, "nb7-1-bridge-inserted-and-run")
 
     saved = _save(page, nb7, name, 5)
-    assert [(c["cell_type"], _text(c["source"])) for c in saved] == [
+    assert [(c["cell_type"], cell_text(c["source"])) for c in saved] == [
         ("code", SETUP),
         ("code", INSERTS),
         ("code", 'x = 6 * 7\nprint("inserted", x)'),
@@ -140,7 +121,7 @@ def test_insert_and_run_make_real_cells_below_the_active_one_in_notebook_7(
     ]
     assert saved[2]["outputs"] == []  # inserted, not run
     ran = saved[4]["outputs"]
-    assert [_text(o.get("text", "")) for o in ran] == ["ran-by-bridge\n"], json.dumps(ran)
+    assert [cell_text(o.get("text", "")) for o in ran] == ["ran-by-bridge\n"], json.dumps(ran)
     context.close()
 
 
@@ -152,12 +133,9 @@ def test_the_panels_insert_and_run_put_a_replys_code_below_the_panel_in_notebook
     name = "panel.ipynb"
     context, page = _open(browser, nb7, name)
     cells = page.locator(CELLS)
-    _run_cell(page, 0)
+    run_cell(page, CELLS, 0)
     page.wait_for_selector(".nbchat-username input", timeout=60_000)
-    page.fill(".nbchat-username input", "carol")
-    page.fill(".nbchat-password input", PASSWORD)
-    page.click("button.nbchat-register")
-    page.wait_for_selector(".nbchat-user:has-text('Logged in as')")
+    log_in(page, "carol", register=True)
     choose(page, ".nbchat-model", MODEL)
     ollama.reply_words = REPLY
     try:
@@ -182,9 +160,9 @@ def test_the_panels_insert_and_run_put_a_replys_code_below_the_panel_in_notebook
     shot(page, "nb7-2-panel-inserted-and-ran")
 
     saved = _save(page, nb7, name, 3)
-    assert [(c["cell_type"], _text(c["source"])) for c in saved[1:]] == [("code", CODE), ("code", CODE)]
+    assert [(c["cell_type"], cell_text(c["source"])) for c in saved[1:]] == [("code", CODE), ("code", CODE)]
     assert saved[1]["outputs"] == []
-    assert [_text(o.get("text", "")) for o in saved[2]["outputs"]] == ["total=10\n"]
+    assert [cell_text(o.get("text", "")) for o in saved[2]["outputs"]] == ["total=10\n"]
     context.close()
 
 
@@ -196,12 +174,12 @@ def test_chat_cell_puts_the_replys_code_into_a_new_cell_below_in_notebook_7(
     name = "cell-magic.ipynb"
     context, page = _open(browser, nb7, name)
     cells = page.locator(CELLS)
-    _run_cell(page, 0)
+    run_cell(page, CELLS, 0)
     expect(cells.nth(0).locator(".jp-InputPrompt")).to_contain_text("[1]")
     page.wait_for_selector(KERNEL_IDLE)
     ollama.reply_words = REPLY
     try:
-        _run_cell(page, 1)
+        run_cell(page, CELLS, 1)
         expect(cells.nth(1).locator(".jp-OutputArea-output").first).to_contain_text("Add them:")
         expect(cells).to_have_count(3)
     finally:
@@ -209,6 +187,6 @@ def test_chat_cell_puts_the_replys_code_into_a_new_cell_below_in_notebook_7(
     expect(cells.nth(1)).to_contain_text("The reply's code is in a new cell below.")
     shot(page, "nb7-3-chat-cell")
     saved = _save(page, nb7, name, 3)
-    assert (saved[2]["cell_type"], _text(saved[2]["source"])) == ("code", CODE)
+    assert (saved[2]["cell_type"], cell_text(saved[2]["source"])) == ("code", CODE)
     assert saved[2]["outputs"] == []
     context.close()
