@@ -7,6 +7,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -133,3 +134,25 @@ def browser() -> Iterator[object]:
         chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
+
+
+@pytest.fixture
+def shell(session: ChatSession) -> Iterator[Any]:
+    """A real IPython shell with the extension loaded, on the module's ``session`` (the kernel's one)."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    shell.run_cell("%load_ext nbchat", store_history=False)
+    yield shell
+    shell.run_cell("%reset -f", store_history=False)
+
+
+@pytest.fixture
+def passwords(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What the user types at the password prompts, in order (getpass never echoes)."""
+    import getpass
+
+    typed: list[str] = []
+    monkeypatch.setattr(getpass, "getpass", lambda prompt="Password: ", stream=None: typed.pop(0))
+    return typed
+

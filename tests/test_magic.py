@@ -8,9 +8,8 @@ IPython's own output capture.
 from __future__ import annotations
 
 import _thread
-import getpass
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
@@ -35,28 +34,6 @@ def session(
     session = make_session(server, "alice", "bob")
     monkeypatch.setattr(nbchat.session, "_session", session)
     return session
-
-
-@pytest.fixture
-def shell(session: ChatSession) -> Iterator[InteractiveShell]:
-    shell = InteractiveShell.instance()
-    shell.run_cell("%load_ext nbchat", store_history=False)
-    yield shell
-    shell.run_cell("%reset -f", store_history=False)
-
-
-@pytest.fixture
-def passwords(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """What the user types at the password prompts, in order (getpass never echoes)."""
-    typed: list[str] = []
-    asked: list[str] = []
-
-    def fake_getpass(prompt: str = "Password: ", stream: object = None) -> str:
-        asked.append(prompt)
-        return typed.pop(0)
-
-    monkeypatch.setattr(getpass, "getpass", fake_getpass)
-    return typed
 
 
 def run(shell: InteractiveShell, cell: str) -> CapturedIO:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
-from test_magic import logged_in_chat, markdown_shown, passwords, run, session, shell  # noqa: F401
+from test_magic import logged_in_chat, markdown_shown, run, session  # noqa: F401
 
 from nbchat import ChatSession
 from nbchat.magic import interpolate, next_cell_code
@@ -32,10 +32,10 @@ def sent_contents(server: OllamaTestServer) -> list[str]:
 
 
 def test_a_mention_sends_the_objects_summary_with_the_question(
-    shell: InteractiveShell,  # noqa: F811
+    shell: InteractiveShell,
     session: ChatSession,  # noqa: F811
     server: OllamaTestServer,
-    passwords: list[str],  # noqa: F811
+    passwords: list[str],
 ) -> None:
     logged_in_chat(shell, passwords)
     run(shell, "import numpy as np\nnums = np.arange(1, 101, dtype=np.int64)")
@@ -50,10 +50,10 @@ def test_a_mention_sends_the_objects_summary_with_the_question(
 
 
 def test_an_unknown_mention_is_one_clear_line_naming_close_names_and_nothing_is_sent(
-    shell: InteractiveShell,  # noqa: F811
+    shell: InteractiveShell,
     session: ChatSession,  # noqa: F811
     server: OllamaTestServer,
-    passwords: list[str],  # noqa: F811
+    passwords: list[str],
 ) -> None:
     logged_in_chat(shell, passwords)
     shell.user_ns["df"] = {"a": 1}
@@ -64,10 +64,10 @@ def test_an_unknown_mention_is_one_clear_line_naming_close_names_and_nothing_is_
 
 
 def test_braces_are_filled_first_and_the_users_own_mentions_then_attach(
-    shell: InteractiveShell,  # noqa: F811
+    shell: InteractiveShell,
     session: ChatSession,  # noqa: F811
     server: OllamaTestServer,
-    passwords: list[str],  # noqa: F811
+    passwords: list[str],
 ) -> None:
     logged_in_chat(shell, passwords)
     shell.user_ns.update(n=3, nums=[4, 5, 6])
@@ -79,10 +79,10 @@ def test_braces_are_filled_first_and_the_users_own_mentions_then_attach(
 
 
 def test_an_at_sign_inside_a_filled_in_value_is_text_not_a_mention(
-    shell: InteractiveShell,  # noqa: F811
+    shell: InteractiveShell,
     session: ChatSession,  # noqa: F811
     server: OllamaTestServer,
-    passwords: list[str],  # noqa: F811
+    passwords: list[str],
 ) -> None:
     logged_in_chat(shell, passwords)
     shell.user_ns.update(note="ask @bob or @carol.smith", deco="@property", nums=[1])
@@ -103,10 +103,10 @@ def test_interpolation_escapes_only_mentions_that_a_value_brings() -> None:
 
 
 def test_a_doubled_at_sign_is_sent_as_a_literal_at_and_attaches_nothing(
-    shell: InteractiveShell,  # noqa: F811
+    shell: InteractiveShell,
     session: ChatSession,  # noqa: F811
     server: OllamaTestServer,
-    passwords: list[str],  # noqa: F811
+    passwords: list[str],
 ) -> None:
     logged_in_chat(shell, passwords)
     run(shell, "%chat what does @@dataclass do?")
@@ -118,10 +118,10 @@ def test_a_doubled_at_sign_is_sent_as_a_literal_at_and_attaches_nothing(
 
 
 def test_cells_attaches_the_last_n_cells_run_with_their_results(
-    shell: InteractiveShell,  # noqa: F811
+    shell: InteractiveShell,
     session: ChatSession,  # noqa: F811
     server: OllamaTestServer,
-    passwords: list[str],  # noqa: F811
+    passwords: list[str],
 ) -> None:
     logged_in_chat(shell, passwords)
     run(shell, "first_cell = 'not attached'")
@@ -137,10 +137,10 @@ def test_cells_attaches_the_last_n_cells_run_with_their_results(
 
 
 def test_cells_and_error_go_together_and_each_is_saved(
-    shell: InteractiveShell,  # noqa: F811
+    shell: InteractiveShell,
     session: ChatSession,  # noqa: F811
     server: OllamaTestServer,
-    passwords: list[str],  # noqa: F811
+    passwords: list[str],
 ) -> None:
     logged_in_chat(shell, passwords)
     run(shell, "total = sum([1, 2])")
@@ -153,10 +153,10 @@ def test_cells_and_error_go_together_and_each_is_saved(
 
 
 def test_error_with_no_error_yet_says_so_and_sends_nothing(
-    shell: InteractiveShell,  # noqa: F811
+    shell: InteractiveShell,
     session: ChatSession,  # noqa: F811
     server: OllamaTestServer,
-    passwords: list[str],  # noqa: F811
+    passwords: list[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     logged_in_chat(shell, passwords)
@@ -169,9 +169,9 @@ def test_error_with_no_error_yet_says_so_and_sends_nothing(
 
 @pytest.mark.parametrize("line", ["%chat --cells 2", "%chat --cell"])
 def test_cells_and_cell_without_a_question_ask_for_one(
-    shell: InteractiveShell,  # noqa: F811
+    shell: InteractiveShell,
     server: OllamaTestServer,
-    passwords: list[str],  # noqa: F811
+    passwords: list[str],
     line: str,
 ) -> None:
     logged_in_chat(shell, passwords)
@@ -181,9 +181,9 @@ def test_cells_and_cell_without_a_question_ask_for_one(
 
 
 def test_a_negative_cell_count_is_refused(
-    shell: InteractiveShell,  # noqa: F811
+    shell: InteractiveShell,
     server: OllamaTestServer,
-    passwords: list[str],  # noqa: F811
+    passwords: list[str],
 ) -> None:
     logged_in_chat(shell, passwords)
     captured = run(shell, "%chat --cells -1 why?")
@@ -195,9 +195,9 @@ def test_a_negative_cell_count_is_refused(
 
 
 def test_cell_makes_the_next_input_the_replys_code(
-    shell: InteractiveShell,  # noqa: F811
+    shell: InteractiveShell,
     server: OllamaTestServer,
-    passwords: list[str],  # noqa: F811
+    passwords: list[str],
 ) -> None:
     logged_in_chat(shell, passwords)
     shell.rl_next_input = None
@@ -210,9 +210,9 @@ def test_cell_makes_the_next_input_the_replys_code(
 
 
 def test_the_cell_magic_with_cell_joins_every_code_block_in_order(
-    shell: InteractiveShell,  # noqa: F811
+    shell: InteractiveShell,
     server: OllamaTestServer,
-    passwords: list[str],  # noqa: F811
+    passwords: list[str],
 ) -> None:
     logged_in_chat(shell, passwords)
     shell.rl_next_input = None
@@ -226,9 +226,9 @@ def test_the_cell_magic_with_cell_joins_every_code_block_in_order(
 
 
 def test_cell_with_a_reply_without_code_says_so_and_adds_no_cell(
-    shell: InteractiveShell,  # noqa: F811
+    shell: InteractiveShell,
     server: OllamaTestServer,
-    passwords: list[str],  # noqa: F811
+    passwords: list[str],
 ) -> None:
     logged_in_chat(shell, passwords)
     shell.rl_next_input = None

@@ -5,7 +5,6 @@ conversation (what stays is the answers' text in ``Out[n]``, the user's own outp
 from __future__ import annotations
 
 import gc
-import getpass
 import threading
 import types
 from collections.abc import Iterator
@@ -43,22 +42,6 @@ def session(
     if session.reply is not None:
         session.stop()
         session.reply.join(10)
-
-
-@pytest.fixture
-def shell(session: ChatSession) -> Iterator[InteractiveShell]:
-    shell = InteractiveShell.instance()
-    shell.run_cell("%load_ext nbchat", store_history=False)
-    yield shell
-    shell.run_cell("%reset -f", store_history=False)
-
-
-@pytest.fixture
-def passwords(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """What the user types at the password prompts, in order."""
-    typed: list[str] = []
-    monkeypatch.setattr(getpass, "getpass", lambda prompt="", stream=None: typed.pop(0))
-    return typed
 
 
 def chat_as_alice(shell: InteractiveShell, passwords: list[str]) -> None:
