@@ -89,6 +89,11 @@ def header_version(line: bytes) -> int:
 
 def parse_header(line: bytes) -> Conversation:
     """A conversation with no messages, from its first line."""
+    return parse_header_and_version(line)[0]
+
+
+def parse_header_and_version(line: bytes) -> tuple[Conversation, int]:
+    """A conversation with no messages, and the format version its file was written in."""
     try:
         return _parse_header(line)
     except RecursionError:  # a value nested deep enough to exhaust the stack while checking it
@@ -106,7 +111,7 @@ def parse_message(line: bytes, version: int = FORMAT_VERSION) -> Message:
 _TOO_DEEP = "the line nests arrays or objects too deeply to be read"
 
 
-def _parse_header(line: bytes) -> Conversation:
+def _parse_header(line: bytes) -> tuple[Conversation, int]:
     record = _object(line)
     version = record.get("version")
     if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
@@ -126,7 +131,7 @@ def _parse_header(line: bytes) -> Conversation:
     _expect_keys(settings, {"model", "temperature", "max_new_tokens", "think", "system"}, "settings")
     _expect_keys(record, {"version", "id", "title", "created", "updated", "settings"}, "header")
     try:
-        return Conversation(
+        conversation = Conversation(
             id=record["id"],
             title=record["title"],
             created=_parse_time(record["created"]),
@@ -135,6 +140,7 @@ def _parse_header(line: bytes) -> Conversation:
         )
     except InvalidValue as exc:
         raise RecordError(_brief(str(exc))) from None
+    return conversation, version
 
 
 def _parse_message(line: bytes, version: int) -> Message:

@@ -109,7 +109,7 @@ class _Cached:
     conversation: Conversation
     messages: list[Message] = field(default_factory=list)
     ids: set[str] = field(default_factory=set)
-    version: int = 0  # the file's format version (read from ``header`` when not given)
+    version: int = 0  # the file's format version (decoded from ``header`` only when not given)
 
     def __post_init__(self) -> None:
         if not self.version:
@@ -483,12 +483,12 @@ class ConversationStore:
                 if not tail:
                     raise records.RecordError("the file is empty")
                 try:
-                    header = self._parse_header(conversation_id, tail)
+                    header, _ = self._parse_header(conversation_id, tail)
                 except records.NotJSON as exc:
                     raise records.RecordError(f"the file has no complete header line ({exc})") from None
                 return _Read(inode, None, tail, header)
-            header = self._parse_header(conversation_id, lines[0])
-            state = _Cached(inode, lines[0] + b"\n", len(lines[0]) + 1, header)
+            header, version = self._parse_header(conversation_id, lines[0])
+            state = _Cached(inode, lines[0] + b"\n", len(lines[0]) + 1, header, version=version)
             lines = lines[1:]
         elif lines or tail:
             state = cached.copy()
@@ -507,12 +507,12 @@ class ConversationStore:
         return _Read(inode, state, tail, last)
 
     @staticmethod
-    def _parse_header(conversation_id: str, line: bytes) -> Conversation:
+    def _parse_header(conversation_id: str, line: bytes) -> tuple[Conversation, int]:
         # A newer format raises UnsupportedVersion here, before anything is repaired.
-        conversation = records.parse_header(line)
+        conversation, version = records.parse_header_and_version(line)
         if conversation.id != conversation_id:
             raise records.RecordError(f"the header's id {conversation.id!r} does not match the file name")
-        return conversation
+        return conversation, version
 
     @staticmethod
     def _parse_message(number: int, line: bytes, version: int) -> Message:
@@ -578,4 +578,5 @@ class ConversationStore:
             conversation=replace(conversation, messages=()),
             messages=messages,
             ids={m.id for m in messages},
+            version=records.FORMAT_VERSION,  # just written at the newest version
         )
