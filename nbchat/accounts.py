@@ -277,7 +277,7 @@ class Accounts:
         owner = record.get("hub_name")
         remedy = (
             f"An administrator can give {hub_name!r} a data dir of its own (NBCHAT_DATA_DIR), or, if "
-            f"the account is really theirs, set \"hub_name\": {json.dumps(hub_name, ensure_ascii=False)} "
+            f'the account is really theirs, set "hub_name": {json.dumps(hub_name, ensure_ascii=False)} '
             f"in its record in {self.config.users_file}."
         )
         if owner is None:

@@ -180,9 +180,7 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
         return names.get(var, var)
 
     hub_user = (merged.get("JUPYTERHUB_USER") or "").strip() or None
-    trust_hub_user = _flag(
-        name("NBCHAT_TRUST_HUB_USER"), merged.get("NBCHAT_TRUST_HUB_USER"), default=True
-    )
+    trust_hub_user = _flag(name("NBCHAT_TRUST_HUB_USER"), merged.get("NBCHAT_TRUST_HUB_USER"), default=True)
     data_dir = _data_dir(name("NBCHAT_DATA_DIR"), merged.get("NBCHAT_DATA_DIR"))
     if hub_user is not None and trust_hub_user and merged.get("NBCHAT_DATA_DIR"):
         data_dir = _hub_user_dir(data_dir, hub_user)

@@ -192,3 +192,15 @@ class NoContext(InvalidValue):
 
 class FrontEndUnavailable(NbchatError):
     """Inserting or running a cell needs JupyterLab 4 or Notebook 7, and no such front end answered."""
+
+
+class MessageNotFound(StoreError):
+    """The conversation has no message with that id (to regenerate, edit or switch to)."""
+
+
+class ExportError(NbchatError):
+    """A conversation could not be exported: unknown format, or a file that already exists."""
+
+
+class SearchError(NbchatError):
+    """A search query nbchat cannot run (empty, or not words); the index itself is never the cause."""

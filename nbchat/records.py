@@ -8,12 +8,14 @@ describe the same format and the tests hold the two together.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 from nbchat import migrations
 from nbchat.errors import InvalidValue, UnsupportedVersion
 from nbchat.types import (
+    MAX_CONTENT_CHARS,
     MAX_MODEL_ID_CHARS,
     MAX_SYSTEM_CHARS,
     MAX_TITLE_CHARS,
@@ -21,12 +23,19 @@ from nbchat.types import (
     Conversation,
     ConversationSettings,
     Message,
+    check_model_id,
+    check_text,
+    is_valid_id,
 )
 
 FORMAT_VERSION = migrations.LATEST  # what nbchat writes; every older version is read (nbchat.migrations)
 OLDEST_VERSION = 1
-MESSAGE_KEYS = frozenset({"id", "role", "content", "thinking", "time", "model", "stats"})
+MESSAGE_KEYS = frozenset({"id", "role", "content", "thinking", "time", "model", "stats", "parent"})
 OPTIONAL_MESSAGE_KEYS = frozenset({"context"})  # written only when there is some
+DRAFT_KEYS = frozenset({"draft", "parent", "model", "time", "text", "thinking"})
+SELECT_KEYS = frozenset({"select", "time"})
+#: The first version whose files may hold ``draft`` and ``select`` lines.
+TREE_VERSION = 3
 # No header nbchat writes is longer: each character takes at most 6 bytes (a \u escape), plus
 # room for the field names, times and numbers. Readers stop there instead of reading a huge line.
 MAX_HEADER_BYTES = 6 * (MAX_SYSTEM_CHARS + MAX_TITLE_CHARS + MAX_MODEL_ID_CHARS) + 4096
@@ -47,6 +56,33 @@ class NotJSON(RecordError):
     line that *is* JSON was written whole (an editor dropped its newline) and
     is not torn; one that is not JSON is.
     """
+
+
+@dataclass(frozen=True)
+class Draft:
+    """A streaming reply's text since its previous draft line (``draft`` is the reply's message id).
+
+    The reply's saved message, when it ends, has the same id and replaces its drafts; drafts
+    with no saved message are a reply whose kernel died: shown as interrupted.
+    """
+
+    id: str
+    parent: str | None
+    model: str | None
+    time: datetime
+    text: str
+    thinking: str
+
+
+@dataclass(frozen=True)
+class Select:
+    """The user switched to the branch through message ``id`` (it becomes the most recently used)."""
+
+    id: str
+    time: datetime
+
+
+Line = Message | Draft | Select
 
 
 def header_line(conversation: Conversation) -> bytes:
@@ -70,15 +106,28 @@ def message_line(message: Message) -> bytes:
         "time": _time(message.time),
         "model": message.model,
         "stats": None if message.stats is None else dict(message.stats),
+        "parent": message.parent,
     }
     if message.context:
         record["context"] = [item.to_dict() for item in message.context]
     return _line(record)
 
 
-def needs_version(message: Message) -> int:
-    """The oldest format version that can hold ``message`` (a file older than that is rewritten)."""
-    return 2 if message.context else 1
+def draft_line(draft: Draft) -> bytes:
+    return _line(
+        {
+            "draft": draft.id,
+            "parent": draft.parent,
+            "model": draft.model,
+            "time": _time(draft.time),
+            "text": draft.text,
+            "thinking": draft.thinking,
+        }
+    )
+
+
+def select_line(select: Select) -> bytes:
+    return _line({"select": select.id, "time": _time(select.time)})
 
 
 def header_version(line: bytes) -> int:
@@ -100,10 +149,25 @@ def parse_header_and_version(line: bytes) -> tuple[Conversation, int]:
         raise RecordError(_TOO_DEEP) from None
 
 
-def parse_message(line: bytes, version: int = FORMAT_VERSION) -> Message:
-    """A message line of a file of format ``version``."""
+def parse_message(line: bytes, version: int = FORMAT_VERSION, previous: str | None = None) -> Message:
+    """A message line of a file of format ``version``; ``previous`` is the message on the line before."""
+    parsed = parse_line(line, version, previous)
+    if not isinstance(parsed, Message):
+        raise RecordError(f"expected a message, found a {type(parsed).__name__.lower()} line")
+    return parsed
+
+
+def parse_line(line: bytes, version: int = FORMAT_VERSION, previous: str | None = None) -> Line:
+    """Any line after the header: a message, or (version 3 on) a draft or a select record."""
     try:
-        return _parse_message(line, version)
+        record = _object(line)
+        if "draft" in record or "select" in record:
+            if version < TREE_VERSION:
+                raise RecordError(
+                    f"a version {version} file holds a draft or select line, which only version 3 knows"
+                )
+            return _parse_draft(record) if "draft" in record else _parse_select(record)
+        return _parse_message(record, version, previous)
     except RecursionError:
         raise RecordError(_TOO_DEEP) from None
 
@@ -143,11 +207,34 @@ def _parse_header(line: bytes) -> tuple[Conversation, int]:
     return conversation, version
 
 
-def _parse_message(line: bytes, version: int) -> Message:
-    record = _object(line)
+def _parse_draft(record: dict[str, Any]) -> Draft:
+    _expect_keys(record, DRAFT_KEYS, "draft")
+    try:
+        for name in ("draft", "parent"):
+            value = record[name]
+            if not (is_valid_id(value) or (name == "parent" and value is None)):
+                raise InvalidValue(f"the draft's {name} is not a message id: {value!r}")
+        model = check_model_id("The draft's model", record["model"])
+        text = check_text("A draft's text", record["text"], max_chars=MAX_CONTENT_CHARS)
+        thinking = check_text("A draft's thinking", record["thinking"], max_chars=MAX_CONTENT_CHARS)
+    except InvalidValue as exc:
+        raise RecordError(_brief(str(exc))) from None
+    return Draft(record["draft"], record["parent"], model, _parse_time(record["time"]), text, thinking)
+
+
+def _parse_select(record: dict[str, Any]) -> Select:
+    _expect_keys(record, SELECT_KEYS, "select record")
+    if not is_valid_id(record["select"]):
+        raise RecordError(_brief(f"the select record names no message id: {record['select']!r}"))
+    return Select(record["select"], _parse_time(record["time"]))
+
+
+def _parse_message(record: dict[str, Any], version: int, previous: str | None) -> Message:
     if version < 2 and "context" in record:
         raise RecordError("a version 1 message has a context field, which only version 2 knows")
-    record = migrations.upgrade_message(record, version)
+    if version < TREE_VERSION and "parent" in record:
+        raise RecordError(f"a version {version} message has a parent field, which only version 3 knows")
+    record = migrations.upgrade_message(record, version, previous)
     _expect_keys(record, MESSAGE_KEYS, "message", optional=OPTIONAL_MESSAGE_KEYS)
     try:
         return Message(
@@ -159,6 +246,7 @@ def _parse_message(line: bytes, version: int) -> Message:
             model=record["model"],
             stats=record["stats"],
             context=_context(record.get("context")),
+            parent=record["parent"],
         )
     except InvalidValue as exc:
         raise RecordError(_brief(str(exc))) from None

@@ -41,7 +41,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -51,11 +51,13 @@ from nbchat.errors import (
     ConversationNotFound,
     CorruptFile,
     InvalidValue,
+    MessageNotFound,
     NbchatWarning,
     NotLoggedIn,
     StorageFailed,
     UnsupportedVersion,
 )
+from nbchat.file_state import FileState
 from nbchat.files import (
     append_bytes,
     atomic_write_bytes,
@@ -100,53 +102,18 @@ def claim_directory(data_dir: Path, username: str, account_id: str) -> Path:
 
 
 @dataclass
-class _Cached:
-    """What this store last read of one file, to read only what was appended since."""
-
-    inode: int
-    header: bytes
-    offset: int
-    conversation: Conversation
-    messages: list[Message] = field(default_factory=list)
-    ids: set[str] = field(default_factory=set)
-    version: int = 0  # the file's format version (decoded from ``header`` only when not given)
-
-    def __post_init__(self) -> None:
-        if not self.version:
-            self.version = records.header_version(self.header)
-
-    def copy(self) -> _Cached:
-        return replace(self, messages=list(self.messages), ids=set(self.ids))
-
-    def view(self) -> Conversation:
-        return replace(self.conversation, messages=tuple(self.messages))
-
-
-@dataclass
 class _Read:
     """One read of a file: its complete lines, and the unterminated last line if any."""
 
     inode: int
-    state: _Cached | None  # the complete lines; None when not even the header line is complete
+    state: FileState | None  # the complete lines; None when not even the header line is complete
     tail: bytes  # the bytes after the last newline
-    last: Conversation | Message | None  # ``tail`` parsed: a whole record that lost its newline
+    whole: FileState | None = None  # with ``tail`` taken: a whole record that lost its newline
 
     @property
     def torn(self) -> bool:
         """``tail`` is not JSON: an interrupted append, never acknowledged."""
-        return bool(self.tail) and self.last is None
-
-    def with_last(self) -> _Cached:
-        """The state once ``last`` has its newline back."""
-        length = len(self.tail) + 1
-        if isinstance(self.last, Conversation):
-            return _Cached(self.inode, self.tail + b"\n", length, self.last)
-        assert self.state is not None and isinstance(self.last, Message)
-        state = self.state.copy()
-        state.messages.append(self.last)
-        state.ids.add(self.last.id)
-        state.offset += length
-        return state
+        return bool(self.tail) and self.whole is None
 
 
 class ConversationStore:
@@ -163,7 +130,8 @@ class ConversationStore:
         self._account_id = account_id
         self._data_dir = Path(data_dir)
         self._dir = self._data_dir / "conversations" / self._user
-        self._cache: dict[str, _Cached] = {}
+        self._cache: dict[str, FileState] = {}
+        self._streaming: set[str] = set()  # ids of replies this store is drafting (shown live, not as drafts)
         self._mutex = threading.RLock()
         self._closed = False
 
@@ -220,34 +188,104 @@ class ConversationStore:
         )
         with self._mutex, self._lock():
             path = self._dir / f"{conversation.id}{SUFFIX}"
-            self._write_whole(path, conversation, [])
+            self._write_whole(path, conversation, None)
             return conversation
 
-    def append(self, conversation_id: str, message: Message) -> Message:
-        """Save one message at the end of the conversation: one write + fsync.
+    def append(self, conversation_id: str, message: Message, *, new_root: bool = False) -> Message:
+        """Save one message at the end of the file: one write + fsync, whatever the length.
+
+        A message without a ``parent`` continues the active path (it answers its last
+        message), unless ``new_root`` (an edited first question). A message with a parent
+        starts a branch there when that message already has an answer (a regenerated reply,
+        an edited question). Returns the message as saved, its parent filled in.
 
         If the disk refuses (``StorageFailed``), the file and this store are as
         before, so the same message can be appended again once there is space.
         """
         if not isinstance(message, Message):
             raise InvalidValue(f"append() takes a Message, not {type(message).__name__}.")
-        line = records.message_line(message)
+        if new_root and message.parent is not None:
+            raise InvalidValue("A new first question has no parent; leave message.parent as None.")
         with self._mutex, self._lock():
             path = self._path(conversation_id)
             self._load(path)
-            cached = self._cache[conversation_id]
-            if message.id in cached.ids:
+            state = self._cache[conversation_id]
+            draft = state.draft(message.id)
+            if message.id in state.entries and draft is None:
                 raise InvalidValue(f"Message {message.id} is already saved in this conversation.")
-            if cached.version < records.needs_version(message):
-                # An older file cannot hold this message: rewrite it once, at the newest version
-                # (an older nbchat then refuses it untouched instead of calling it damaged).
-                self._write_whole(path, cached.conversation, [*cached.messages, message])
-                return message
-            append_bytes(path, line)
-            cached.offset += len(line)
-            cached.messages.append(message)
-            cached.ids.add(message.id)
+            parent = message.parent
+            if draft is not None:
+                parent = draft.parent
+                if message.parent not in (None, draft.parent):
+                    raise InvalidValue(f"Message {message.id} was drafted as an answer to another message.")
+            elif parent is None and not new_root:
+                leaf = state.tree(self._streaming).leaf()
+                parent = leaf.id if leaf is not None else None
+            elif parent is not None and parent not in state.entries:
+                raise MessageNotFound(
+                    f"Message {message.id} answers {parent}, which this conversation lacks."
+                )
+            if parent != message.parent:
+                message = replace(message, parent=parent)
+            self._add_line(path, state, message, records.message_line(message))
+            self._streaming.discard(message.id)
             return message
+
+    def append_draft(self, conversation_id: str, draft: records.Draft) -> None:
+        """Save a streaming reply's text since its last draft (appended: never a rewrite).
+
+        Until its message is appended (same id) this store does not show it; any other
+        reader, or this store after a restart, shows it as an interrupted reply.
+        """
+        with self._mutex, self._lock():
+            path = self._path(conversation_id)
+            self._load(path)
+            state = self._cache[conversation_id]
+            existing = state.entries.get(draft.id)
+            if isinstance(existing, Message):
+                raise InvalidValue(f"Reply {draft.id} is already saved; it takes no more drafts.")
+            if existing is not None and existing.parent != draft.parent:
+                raise InvalidValue(f"Reply {draft.id} was drafted as an answer to another message.")
+            if draft.parent is not None and draft.parent not in state.entries:
+                raise MessageNotFound(
+                    f"Reply {draft.id} answers {draft.parent}, which this conversation lacks."
+                )
+            self._streaming.add(draft.id)
+            self._add_line(path, state, draft, records.draft_line(draft))
+
+    def forget_draft(self, message_id: str) -> None:
+        """A reply this store drafted will not be saved (the save failed): show its drafts from now on."""
+        with self._mutex:
+            self._streaming.discard(message_id)
+
+    def select(self, conversation_id: str, message_id: str) -> Conversation:
+        """Show the branch through ``message_id`` (an alternative reply or question): append a choice.
+
+        Returns the conversation, whose active path now runs through that message. Choosing
+        what the active path already shows writes nothing.
+        """
+        with self._mutex, self._lock():
+            path = self._path(conversation_id)
+            current = self._load(path)
+            state = self._cache[conversation_id]
+            if message_id not in state.tree(self._streaming):
+                raise MessageNotFound(f"This conversation has no message with id {message_id!r}.")
+            if current.tree.path_through(message_id) == current.messages:
+                return current
+            select = records.Select(message_id, utcnow())
+            self._add_line(path, state, select, records.select_line(select))
+            return state.view(self._streaming)
+
+    def _add_line(self, path: Path, state: FileState, item: records.Line, line: bytes) -> None:
+        """Append one line; an older file is first rewritten once at the newest version."""
+        if state.version < records.TREE_VERSION:
+            # An older nbchat then refuses the file untouched instead of calling it damaged.
+            body = self._body(path, state)
+            state = self._write_whole(path, state.conversation, state, body + line)
+            state.offset -= len(line)  # taken below, as for an append
+        else:
+            append_bytes(path, line)
+        state.take(item, len(line))
 
     def rename(self, conversation_id: str, title: str) -> Conversation:
         """Give the conversation a new title (rewrites the file atomically)."""
@@ -458,8 +496,8 @@ class ConversationStore:
                     NbchatWarning,
                     stacklevel=4,
                 )
-        if read.last is not None:
-            whole = read.with_last()
+        whole = read.whole
+        if whole is not None:
             if repair:
                 try:
                     append_bytes(path, b"\n")  # the next append must start on a line of its own
@@ -469,12 +507,12 @@ class ConversationStore:
                         raise
             if state is not None:
                 self._cache[conversation_id] = state
-            return whole.view()
+            return whole.view(self._streaming)
         assert state is not None  # _parse returns a state unless the last line is the header
         self._cache[conversation_id] = state
-        return state.view()
+        return state.view(self._streaming)
 
-    def _parse(self, conversation_id: str, inode: int, cached: _Cached | None, data: bytes) -> _Read:
+    def _parse(self, conversation_id: str, inode: int, cached: FileState | None, data: bytes) -> _Read:
         """Parse bytes read after ``cached`` (or a whole file); the cache itself is left unchanged."""
         complete, newline, tail = data.rpartition(b"\n")
         lines = complete.split(b"\n") if newline else []
@@ -483,28 +521,42 @@ class ConversationStore:
                 if not tail:
                     raise records.RecordError("the file is empty")
                 try:
-                    header, _ = self._parse_header(conversation_id, tail)
+                    header, version = self._parse_header(conversation_id, tail)
                 except records.NotJSON as exc:
                     raise records.RecordError(f"the file has no complete header line ({exc})") from None
-                return _Read(inode, None, tail, header)
+                return _Read(
+                    inode, None, tail, FileState(inode, tail + b"\n", len(tail) + 1, header, version)
+                )
             header, version = self._parse_header(conversation_id, lines[0])
-            state = _Cached(inode, lines[0] + b"\n", len(lines[0]) + 1, header, version=version)
+            state = FileState(inode, lines[0] + b"\n", len(lines[0]) + 1, header, version=version)
             lines = lines[1:]
         elif lines or tail:
             state = cached.copy()
         else:
-            return _Read(inode, cached, b"", None)
-        first = len(state.messages) + 2  # the header is line 1
-        for number, line in enumerate(lines, start=first):
-            message = self._parse_message(number, line, state.version)
-            state.messages.append(message)
-            state.ids.add(message.id)
-            state.offset += len(line) + 1
-        last = None
+            return _Read(inode, cached, b"")
+        for line in lines:
+            self._take_line(state, line, len(line) + 1)
+        whole = None
         if tail:
-            with contextlib.suppress(records.NotJSON):  # not JSON: torn by an interrupted append
-                last = self._parse_message(first + len(lines), tail, state.version)
-        return _Read(inode, state, tail, last)
+            try:  # not JSON: torn by an interrupted append
+                item = self._parse_line(state.lines + 1, tail, state)
+            except records.NotJSON:
+                pass
+            else:
+                whole = state.copy()
+                self._take(whole, item, len(tail) + 1)
+        return _Read(inode, state, tail, whole)
+
+    def _take_line(self, state: FileState, line: bytes, length: int) -> None:
+        self._take(state, self._parse_line(state.lines + 1, line, state), length)
+
+    @staticmethod
+    def _take(state: FileState, item: records.Line, length: int) -> None:
+        number = state.lines + 1
+        try:
+            state.take(item, length)
+        except records.RecordError as exc:
+            raise records.RecordError(f"line {number}: {exc}") from None
 
     @staticmethod
     def _parse_header(conversation_id: str, line: bytes) -> tuple[Conversation, int]:
@@ -515,9 +567,9 @@ class ConversationStore:
         return conversation, version
 
     @staticmethod
-    def _parse_message(number: int, line: bytes, version: int) -> Message:
+    def _parse_line(number: int, line: bytes, state: FileState) -> records.Line:
         try:
-            return records.parse_message(line, version)
+            return records.parse_line(line, state.version, state.last_message)
         except records.NotJSON as exc:
             raise records.NotJSON(f"line {number}: {exc}") from None
         except records.RecordError as exc:
@@ -559,24 +611,48 @@ class ConversationStore:
             return self._rewrite_loaded(current, **changes)
 
     def _rewrite_loaded(self, current: Conversation, **changes: Any) -> Conversation:
+        """A new header over the same body: every message, draft and branch choice is kept."""
         updated = replace(current, updated=utcnow(), **changes)
         path = self._dir / f"{current.id}{SUFFIX}"
-        self._write_whole(path, updated, builtins.list(current.messages))
+        state = self._cache[current.id]
+        self._write_whole(path, updated, state, self._body(path, state))
         return updated
 
-    def _write_whole(self, path: Path, conversation: Conversation, messages: builtins.list[Message]) -> None:
+    def _body(self, path: Path, state: FileState) -> bytes:
+        """The file's lines after the header, at the newest version (an older file's are upgraded)."""
+        if state.version < records.TREE_VERSION:  # only messages, each on one line
+            return b"".join(records.message_line(m) for m in state.saved_messages())
+        with os_errors(path, "read", writing=False), path.open("rb") as handle:
+            handle.seek(len(state.header))
+            body = handle.read(state.offset - len(state.header))
+        if len(body) != state.offset - len(state.header):
+            raise storage_error(OSError(errno.EIO, "it is shorter than what was read of it"), path, "rewrite")
+        return body
+
+    def _write_whole(
+        self, path: Path, conversation: Conversation, state: FileState | None, body: bytes = b""
+    ) -> FileState:
+        """Write header + ``body`` atomically; the cache follows (``state`` holds what ``body`` says)."""
         header = records.header_line(conversation)
-        body = b"".join(records.message_line(m) for m in messages)
         self._cache.pop(conversation.id, None)  # re-read from disk if anything below fails
         atomic_write_bytes(path, header + body)
         with os_errors(path, "read", writing=False):
             inode = path.stat().st_ino
-        self._cache[conversation.id] = _Cached(
-            inode=inode,
-            header=header,
-            offset=len(header) + len(body),
-            conversation=replace(conversation, messages=()),
-            messages=messages,
-            ids={m.id for m in messages},
+        fresh = FileState(
+            inode,
+            header,
+            len(header) + len(body),
+            conversation.without_messages(),
             version=records.FORMAT_VERSION,  # just written at the newest version
         )
+        if state is not None:
+            fresh = replace(
+                state.copy(),
+                inode=fresh.inode,
+                header=header,
+                offset=fresh.offset,
+                conversation=fresh.conversation,
+                version=fresh.version,
+            )
+        self._cache[conversation.id] = fresh
+        return fresh

@@ -15,9 +15,12 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from nbchat.errors import InvalidValue
+
+if TYPE_CHECKING:
+    from nbchat.tree import MessageTree
 
 Role = Literal["system", "user", "assistant"]
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
@@ -221,7 +224,9 @@ class Message:
     """One turn of a conversation, as saved (thinking is kept for display only).
 
     A user message may carry ``context``: what was attached to it (``@df``, recent cells, the
-    last error). ``content`` stays what the user typed; the model is sent both.
+    last error). ``content`` stays what the user typed; the model is sent both. ``parent`` is
+    the message it follows (``None`` for a first question): a regenerated reply and the reply
+    it replaces share a parent, and so do an edited question and the original (``nbchat.tree``).
     """
 
     role: Role
@@ -232,6 +237,7 @@ class Message:
     model: str | None = None
     stats: Mapping[str, Any] | None = None
     context: tuple[ContextItem, ...] = ()
+    parent: str | None = None
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -239,6 +245,10 @@ class Message:
         check_text("A message", self.content, max_chars=MAX_CONTENT_CHARS)
         if not is_valid_id(self.id):
             raise InvalidValue(f"A message id must be 32 lowercase hex digits, not {self.id!r}.")
+        if self.parent is not None and not is_valid_id(self.parent):
+            raise InvalidValue(f"A message's parent must be a message id or None, not {self.parent!r}.")
+        if self.parent == self.id:
+            raise InvalidValue("A message cannot follow itself.")
         _check_time("A message time", self.time)
         if self.thinking is not None:
             check_text("A message's thinking", self.thinking, max_chars=MAX_CONTENT_CHARS)
@@ -271,7 +281,11 @@ class ConversationSummary:
 
 @dataclass(frozen=True)
 class Conversation:
-    """A conversation with its settings and every message, oldest first."""
+    """A conversation with its settings: ``messages`` is the active path (what is shown and sent),
+    oldest first; ``tree`` holds every message of every branch (``nbchat.tree``).
+
+    Given a ``tree``, ``messages`` is its active path; given only ``messages``, they are one branch.
+    """
 
     id: str
     title: str
@@ -279,6 +293,7 @@ class Conversation:
     updated: datetime
     settings: ConversationSettings = field(default_factory=ConversationSettings)
     messages: tuple[Message, ...] = ()
+    tree: MessageTree = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         if not is_valid_id(self.id):
@@ -288,7 +303,23 @@ class Conversation:
         _check_time("The update time", self.updated)
         if not isinstance(self.settings, ConversationSettings):
             raise InvalidValue("Conversation settings must be a ConversationSettings.")
-        object.__setattr__(self, "messages", tuple(self.messages))
+        from nbchat.tree import MessageTree
+
+        tree = self.tree
+        if tree is None:
+            tree = MessageTree.linear(tuple(self.messages))
+        elif not isinstance(tree, MessageTree):
+            raise InvalidValue("A conversation's tree must be a MessageTree.")
+        object.__setattr__(self, "tree", tree)
+        object.__setattr__(self, "messages", tree.path())
+
+    def without_messages(self) -> Conversation:
+        """The header alone: id, title, times and settings."""
+        return replace(self, messages=(), tree=None)  # type: ignore[arg-type]  # None: built empty
+
+    def alternatives(self, message_id: str) -> tuple[Message, ...]:
+        """The message and its alternatives (regenerated replies or edited questions), oldest first."""
+        return self.tree.alternatives(message_id)
 
     @property
     def model(self) -> str | None:
@@ -296,7 +327,7 @@ class Conversation:
 
     @property
     def summary(self) -> ConversationSummary:
-        last = self.messages[-1].time if self.messages else self.updated
+        last = self.tree.messages[-1].time if self.tree.messages else self.updated
         return ConversationSummary(
             self.id, self.title, self.created, max(self.updated, last), self.settings.model
         )

@@ -389,13 +389,15 @@ def test_a_loaded_conversation_picks_up_another_processes_appends_and_renames(
     kernel_a.get(conversation.id)
 
     parsed: list[bytes] = []
-    real_parse = records.parse_message
+    real_parse = records.parse_line
 
-    def counting_parse(line: bytes, version: int = records.FORMAT_VERSION) -> Message:
+    def counting_parse(
+        line: bytes, version: int = records.FORMAT_VERSION, previous: str | None = None
+    ) -> records.Line:
         parsed.append(line)
-        return real_parse(line, version)
+        return real_parse(line, version, previous)
 
-    monkeypatch.setattr(nbchat.store.records, "parse_message", counting_parse)
+    monkeypatch.setattr(nbchat.store.records, "parse_line", counting_parse)
 
     # Another process appends three messages; A reads just those three lines.
     other = run_ops(spawn, data, "alice", conversation.id, appends(2, 3))
@@ -513,7 +515,8 @@ def test_sigkill_in_a_tight_append_loop_never_loses_an_acknowledged_message(tmp_
             real_torn += 1
         elif rng.random() < 0.5:
             line = records.message_line(Message("user", "never acknowledged", id=message_id(tag, 2**40)))
-            torn = line[: rng.randrange(1, len(line))]  # up to the whole line but its newline
+            # Short of the closing brace: a whole line that only lost its newline is a saved message.
+            torn = line[: rng.randrange(1, len(line) - 1)]
             with path.open("ab") as handle:
                 handle.write(torn)
             simulated_torn += 1

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import chatting
-from nbchat import ChatSession, ContextOverflow
+from nbchat import ChatSession, ContextOverflow, records
 from nbchat.errors import UnknownMention
 from nbchat.testing.ollama_server import FakeModel, OllamaTestServer
 
@@ -116,7 +116,9 @@ def test_asking_for_cells_or_the_last_error_when_there_is_none_is_refused_before
     """In a fresh interpreter, where no cell has run and nothing has failed yet."""
     done = subprocess.run(
         [sys.executable, "-c", FRESH_KERNEL, str(tmp_path / "data"), server.url],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.splitlines()[-1])
@@ -140,19 +142,25 @@ def test_context_too_big_for_the_model_says_what_it_took(session: ChatSession) -
 def test_a_question_with_context_upgrades_an_old_conversation_file_once(
     session: ChatSession, server: OllamaTestServer
 ) -> None:
-    """A version 1 file takes a question with context by being rewritten at version 2, keeping all."""
+    """A version 1 file takes a question with context by being rewritten at the newest version."""
     session.send("plain question", namespace={}).wait(30)
     conversation = session.current
     assert conversation is not None
     path = Path(session.config.data_dir) / "conversations" / "alice" / f"{conversation.id}.jsonl"
     lines = path.read_bytes().splitlines()
     header = json.loads(lines[0])
-    header["version"] = 1  # as an earlier nbchat wrote it (nothing else differs)
-    old_header = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode()
-    path.write_bytes(b"\n".join([old_header, *lines[1:]]) + b"\n")
+    header["version"] = 1  # as an earlier nbchat wrote it: no parents, each follows the line before
+
+    def compact(record: dict[str, object]) -> bytes:
+        return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
+
+    old_messages = [
+        compact({k: v for k, v in json.loads(line).items() if k != "parent"}) for line in lines[1:]
+    ]
+    path.write_bytes(b"\n".join([compact(header), *old_messages]) + b"\n")
     session.select(conversation.id)
     session.send("now with @x", namespace={"x": 42}).wait(30)
-    assert json.loads(path.read_bytes().splitlines()[0])["version"] == 2
+    assert json.loads(path.read_bytes().splitlines()[0])["version"] == records.FORMAT_VERSION
     contents = [m.content for m in session.history()]
     assert contents[:3] == ["plain question", "You said: plain question", "now with @x"]
 

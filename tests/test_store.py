@@ -392,7 +392,7 @@ def test_a_torn_line_after_cached_reads_is_repaired_too(store: ConversationStore
         lambda lines: lines[:1] + [b'{"id": "x"}'] + lines[1:],
         lambda lines: [b"[]"] + lines[1:],
         lambda lines: [lines[0].replace(b'"temperature":0.7', b'"temperature":9')] + lines[1:],
-        lambda lines: [lines[0].replace(b'"version":2', b'"version":"2"')] + lines[1:],
+        lambda lines: [lines[0].replace(b'"version":3', b'"version":"3"')] + lines[1:],
         lambda lines: [b""] + lines,
         lambda lines: [],
     ],
@@ -666,7 +666,8 @@ def test_a_reader_that_cannot_lock_leaves_an_unfinished_append_alone_and_sees_it
     lock.mkdir()  # the lock file cannot be opened, as on a read-only disk
     reader = ConversationStore(store.directory.parent.parent, "alice")
     path = file_of(store, conversation.id)
-    line = records.message_line(Message("assistant", "being written by another kernel"))
+    written = Message("assistant", "being written by another kernel", parent=saved.id)
+    line = records.message_line(written)
     with path.open("ab") as handle:
         handle.write(line[:20])
     during = path.read_bytes()
@@ -681,7 +682,7 @@ def test_a_reader_that_cannot_lock_leaves_an_unfinished_append_alone_and_sees_it
         "being written by another kernel",
     ]
     with path.open("ab") as handle:
-        handle.write(b"\n" + records.message_line(Message("user", "and one more")))
+        handle.write(b"\n" + records.message_line(Message("user", "and one more", parent=written.id)))
     assert [m.content for m in reader.get(conversation.id).messages] == [
         "saved",
         "being written by another kernel",

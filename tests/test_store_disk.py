@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -62,11 +63,12 @@ def test_an_append_on_a_full_disk_names_the_file_and_leaves_it_as_it_was(disk: P
     assert store.get(conversation.id).messages == (first,), "the store does not think it was saved"
 
     filler.unlink()  # space is back: the very same message saves, and nothing is lost
-    store.append(conversation.id, reply)
+    saved = store.append(conversation.id, reply)
+    assert saved == replace(reply, parent=first.id)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no torn line to repair
         reloaded = ConversationStore(disk / "data", "alice").get(conversation.id)
-    assert reloaded.messages == (first, reply)
+    assert reloaded.messages == (first, saved)
 
 
 @pytest.mark.parametrize(

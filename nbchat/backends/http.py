@@ -412,7 +412,6 @@ def line_too_long(server: str, max_bytes: int) -> GenerationFailed:
 # -- what a server says, made fit for an error message ------------------------------------
 
 
-
 def parse_json(data: bytes | str) -> Any:
     """Decoded JSON; ValueError for anything else, JSON nested too deeply to decode included."""
     try:

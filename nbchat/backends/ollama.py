@@ -69,6 +69,7 @@ class OllamaBackend(HttpBackend):
     """The models of one Ollama server."""
 
     prefix = PREFIX
+
     def __init__(
         self,
         host: str,

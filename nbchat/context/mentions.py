@@ -29,11 +29,16 @@ def _code_spans(text: str) -> list[tuple[int, int]]:
     offset, fence, fence_start, prose_start = 0, "", 0, 0
     for line in text.splitlines(keepends=True):
         match = _FENCE.match(line)
-        if not fence and match and not (match.group(1)[0] == "`" and "`" in line[match.end():]):
+        if not fence and match and not (match.group(1)[0] == "`" and "`" in line[match.end() :]):
             fence, fence_start = match.group(1), offset
             prose.append((prose_start, offset))
-        elif fence and match and match.group(1)[0] == fence[0] and len(match.group(1)) >= len(fence) \
-                and not line[match.end():].strip():
+        elif (
+            fence
+            and match
+            and match.group(1)[0] == fence[0]
+            and len(match.group(1)) >= len(fence)
+            and not line[match.end() :].strip()
+        ):
             spans.append((fence_start, offset + len(line)))
             fence, prose_start = "", offset + len(line)
         offset += len(line)

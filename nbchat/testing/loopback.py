@@ -77,8 +77,7 @@ def dumps_with(value: dict[str, Any], fields: dict[str, Any] | None) -> bytes:
         return dumps(value)
     merged = {**value, **fields}
     items = [
-        dumps(k) + b":" + (v.encode() if isinstance(v, RawJSON) else dumps(v))
-        for k, v in merged.items()
+        dumps(k) + b":" + (v.encode() if isinstance(v, RawJSON) else dumps(v)) for k, v in merged.items()
     ]
     return b"{" + b",".join(items) + b"}"
 

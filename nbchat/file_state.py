@@ -1,0 +1,149 @@
+"""What has been read of one conversation file: its messages, open drafts and branch choices.
+
+The store keeps one ``FileState`` per file it has read and feeds it each line appended since
+(``take``), so reading a grown file costs only the new lines. The rules a file must keep are
+checked here, line by line: a message's parent is an earlier message, no id is saved twice,
+a select record names a message that exists. A line that breaks them is damage.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+
+from nbchat import records
+from nbchat.tree import MessageTree
+from nbchat.types import MAX_CONTENT_CHARS, Conversation, Message
+
+#: What an interrupted reply (drafts with no saved message: the kernel died) has in its stats.
+INTERRUPTED_STATS = {"partial": True, "interrupted": True}
+
+
+@dataclass
+class OpenDraft:
+    """A reply seen only through its draft lines so far."""
+
+    parent: str | None
+    model: str | None
+    time: datetime
+    text: builtins.list[str] = field(default_factory=list)
+    thinking: builtins.list[str] = field(default_factory=list)
+
+    def copy(self) -> OpenDraft:
+        return replace(self, text=list(self.text), thinking=list(self.thinking))
+
+    def as_message(self, message_id: str) -> Message:
+        """The reply as far as it was written, marked interrupted."""
+        text = "".join(self.text)[:MAX_CONTENT_CHARS]
+        thinking = "".join(self.thinking)[:MAX_CONTENT_CHARS]
+        return Message(
+            "assistant",
+            text,
+            id=message_id,
+            time=self.time,
+            thinking=thinking or None,
+            model=self.model,
+            stats=dict(INTERRUPTED_STATS),
+            parent=self.parent,
+        )
+
+
+@dataclass
+class FileState:
+    """One file as read up to ``offset`` bytes (``lines`` lines, the header being line 1)."""
+
+    inode: int
+    header: bytes
+    offset: int
+    conversation: Conversation  # from the header: no messages
+    version: int = 0  # the file's format version (decoded from ``header`` only when not given)
+    lines: int = 1
+    #: Every message and open draft by id, in the order each first appeared in the file.
+    entries: dict[str, Message | OpenDraft] = field(default_factory=dict)
+    #: When each entry was last used (the line that saved it, drafted it or selected it).
+    last_used: dict[str, int] = field(default_factory=dict)
+    last_message: str | None = None  # the message on the last message line (to upgrade old lines)
+    _tree: tuple[frozenset[str], MessageTree] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.version:
+            self.version = records.header_version(self.header)
+
+    def copy(self) -> FileState:
+        entries = {k: v.copy() if isinstance(v, OpenDraft) else v for k, v in self.entries.items()}
+        return replace(self, entries=entries, last_used=dict(self.last_used), _tree=None)
+
+    @property
+    def ids(self) -> builtins.set[str]:
+        return set(self.entries)
+
+    def draft(self, message_id: str) -> OpenDraft | None:
+        entry = self.entries.get(message_id)
+        return entry if isinstance(entry, OpenDraft) else None
+
+    def take(self, item: records.Line, length: int) -> None:
+        """Add the next line (``length`` bytes with its newline); a line breaking the rules raises."""
+        number = self.lines + 1
+        if isinstance(item, Message):
+            self._take_message(item)
+        elif isinstance(item, records.Draft):
+            self._take_draft(item)
+        else:
+            if item.id not in self.entries:
+                raise records.RecordError(f"it selects message {item.id}, which no earlier line holds")
+        self.last_used[item.id] = number
+        self.lines = number
+        self.offset += length
+        self._tree = None
+
+    def _take_message(self, message: Message) -> None:
+        existing = self.entries.get(message.id)
+        if isinstance(existing, Message):
+            raise records.RecordError(f"it saves message {message.id} a second time")
+        if isinstance(existing, OpenDraft) and existing.parent != message.parent:
+            raise records.RecordError(f"message {message.id} answers another message than its drafts")
+        self._check_parent(message.parent)
+        self.entries[message.id] = message  # a draft's place is kept: children stay after parents
+        self.last_message = message.id
+
+    def _take_draft(self, draft: records.Draft) -> None:
+        existing = self.entries.get(draft.id)
+        if isinstance(existing, Message):
+            return  # the reply was saved already: its message is the reply, late drafts are moot
+        if existing is None:
+            self._check_parent(draft.parent)
+            existing = self.entries[draft.id] = OpenDraft(draft.parent, draft.model, draft.time)
+        elif existing.parent != draft.parent:
+            raise records.RecordError(f"draft {draft.id} changes the message it answers")
+        existing.text.append(draft.text)
+        existing.thinking.append(draft.thinking)
+
+    def _check_parent(self, parent: str | None) -> None:
+        if parent is not None and parent not in self.entries:
+            raise records.RecordError(f"it answers message {parent}, which no earlier line holds")
+
+    def tree(self, hidden: Iterable[str] = ()) -> MessageTree:
+        """Every message; open drafts as interrupted replies, but ``hidden`` ones (streaming here)."""
+        hide = frozenset(hidden) & self.entries.keys()
+        if self._tree is not None and self._tree[0] == hide:
+            return self._tree[1]
+        if hide:  # a reply another kernel answered is shown, whoever is writing it
+            parents = {e.parent for e in self.entries.values()}
+            hide = frozenset(h for h in hide if h not in parents)
+        messages = [
+            entry if isinstance(entry, Message) else entry.as_message(message_id)
+            for message_id, entry in self.entries.items()
+            if message_id not in hide
+        ]
+        tree = MessageTree(messages, self.last_used)
+        self._tree = (hide, tree)
+        return tree
+
+    def view(self, hidden: Iterable[str] = ()) -> Conversation:
+        return replace(self.conversation, messages=(), tree=self.tree(hidden))
+
+    def saved_messages(self) -> builtins.list[Message]:
+        """The messages on their own lines (no drafts), in file order: an old file's body, upgraded."""
+        return [entry for entry in self.entries.values() if isinstance(entry, Message)]
