@@ -155,4 +155,3 @@ def passwords(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     typed: list[str] = []
     monkeypatch.setattr(getpass, "getpass", lambda prompt="Password: ", stream=None: typed.pop(0))
     return typed
-

@@ -49,8 +49,6 @@ def conversation_header(data: Path, user: str) -> list[dict]:
     ]
 
 
-
-
 def log_out(page: object) -> None:
     page.click("button.nbchat-logout")  # type: ignore[attr-defined]
     page.wait_for_selector(".nbchat-username input")  # type: ignore[attr-defined]

@@ -68,14 +68,6 @@ def _open(browser: Any, lab: dict[str, Any], name: str) -> Any:
     return page
 
 
-
-
-
-
-
-
-
-
 def test_insert_and_run_make_real_cells_below_the_active_one_in_jupyterlab(
     lab: dict[str, Any],
     browser: Any,

@@ -78,14 +78,6 @@ def _open(browser: Any, server: dict[str, Any], name: str) -> tuple[Any, Any]:
     return context, page
 
 
-
-
-
-
-
-
-
-
 def _save(page: Any, server: dict[str, Any], name: str, count: int) -> list[dict[str, Any]]:
     page.keyboard.press("Escape")
     page.keyboard.press("Control+s")
