@@ -13,6 +13,7 @@ import threading
 import warnings
 import weakref
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import ipywidgets as widgets
@@ -22,11 +23,13 @@ from nbchat.notebook import CodeBlock
 from nbchat.panel.composer import Composer
 from nbchat.panel.context_row import ContextRow
 from nbchat.panel.conversation_bar import ConversationBar
+from nbchat.panel.export_control import ExportControl
 from nbchat.panel.kit import STYLE, classed, close_widgets
 from nbchat.panel.live_reply import LiveReply, ended_status, generating_status, unsaved
 from nbchat.panel.login_form import LoginForm
 from nbchat.panel.message_list import MessageList
 from nbchat.panel.pull_row import PullRow
+from nbchat.panel.search_box import SearchBox
 from nbchat.panel.settings_row import SettingsRow
 from nbchat.render import reply_markdown
 from nbchat.reply import Reply
@@ -60,6 +63,8 @@ class ChatPanel(widgets.VBox):
             ),
             on_delete=lambda conversation_id: self._act(lambda: self.session.delete(conversation_id)),
         )
+        self.search_box = SearchBox(on_search=self._search, on_open=self._open_hit)
+        self.export_control = ExportControl(on_export=self._export)
         self.settings_row = SettingsRow(
             on_model=self._choose_model, on_setting=self._change_setting, on_refresh_models=self._load_models
         )
@@ -76,6 +81,8 @@ class ChatPanel(widgets.VBox):
             widgets.VBox(
                 [
                     *self.conversation_bar.rows,
+                    *self.search_box.rows,
+                    *self.export_control.rows,
                     *self.settings_row.rows,
                     *self.pull_row.rows,
                     *self.message_list.rows,
@@ -132,6 +139,12 @@ class ChatPanel(widgets.VBox):
         self.status = self.composer.status
         self.include_cells = self.context_row.include_cells
         self.explain_button = self.context_row.explain_button
+        self.search = self.search_box.query
+        self.search_button = self.search_box.search_button
+        self.search_hits = self.search_box.hit_list
+        self.search_close = self.search_box.close_button
+        self.export_format = self.export_control.format
+        self.export_button = self.export_control.button
 
     @property
     def _live(self) -> widgets.Output | None:
@@ -181,6 +194,8 @@ class ChatPanel(widgets.VBox):
         self._unsaved.clear()
         self.message_list.clear()
         self.conversation_bar.clear()
+        self.search_box.clear()
+        self.export_control.clear()
         self.settings_row.clear()
         self.pull_row.clear()
         self.composer.clear()
@@ -219,6 +234,8 @@ class ChatPanel(widgets.VBox):
         self.composer.set_busy(streaming, settings.model)
         self.context_row.set_busy(streaming, settings.model)
         self.conversation_bar.set_busy(streaming)
+        self.search_box.set_busy(streaming)
+        self.export_control.show(current.id if current is not None else None)
         self.settings_row.set_busy(streaming)
 
     def _keep_if_unsaved(self, reply: Reply) -> None:
@@ -297,6 +314,41 @@ class ChatPanel(widgets.VBox):
     def _new_conversation(self) -> None:
         self.message_list.jump()
         self._act(self.session.new_conversation)
+
+    def _search(self, query: str) -> None:
+        """The user's conversations holding ``query``'s words; a query the search refuses says why."""
+        try:
+            hits = self.session.search(query)
+        except NbchatError as exc:
+            self.search_box.failed(str(exc))
+            return
+        self.search_box.show_hits(query, hits)
+
+    def _open_hit(self, conversation_id: str, message_id: str | None) -> None:
+        """Open a hit's conversation on the branch holding its message, and show that message."""
+        try:
+            if message_id is None:  # only the title matched: the conversation, newest text first
+                self.message_list.jump()
+                self.session.select(conversation_id)
+            else:
+                self.session.open_at(conversation_id, message_id)
+        except NbchatError as exc:  # deleted since the search, or a reply streams there
+            self.search_box.failed(str(exc))
+            return
+        if message_id is not None:
+            self.search_box.reveal(message_id)
+
+    def _export(self, format: str) -> None:
+        """Write the conversation shown next to the notebook (the kernel's working directory)."""
+        current = self.session.current
+        if current is None:
+            return
+        try:
+            path = self.session.export(current.id, format)
+        except NbchatError as exc:
+            self.export_control.failed(str(exc))
+            return
+        self.export_control.exported(path, Path.cwd())
 
     def _choose_model(self, model: str | None) -> None:
         def choose() -> None:
