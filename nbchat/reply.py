@@ -12,6 +12,11 @@ A reply ends exactly once: when its stream ends, or at the latest
 ``CANCEL_GRACE_S`` after ``cancel()`` even if the engine has not answered
 (a server still loading a model, a frozen process). What streamed by then is
 what is saved; anything the engine sends later is dropped.
+
+While it streams, the text that arrived is saved as a draft every
+``DRAFT_INTERVAL_S`` (appended to the conversation file), so a kernel that
+dies mid-reply loses at most the last second or two of it; the saved message
+replaces the drafts when the reply ends.
 """
 
 from __future__ import annotations
@@ -24,7 +29,15 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from nbchat.errors import GenerationFailed, NbchatError, StoreError
-from nbchat.types import MAX_MODEL_ID_CHARS, MAX_STAT_TEXT_CHARS, Chunk, GenerationStats, Message
+from nbchat.types import (
+    MAX_MODEL_ID_CHARS,
+    MAX_STAT_TEXT_CHARS,
+    Chunk,
+    GenerationStats,
+    Message,
+    new_id,
+    utcnow,
+)
 
 if TYPE_CHECKING:
     from nbchat.backends.base import ReplyStream
@@ -32,9 +45,13 @@ if TYPE_CHECKING:
 Listener = Callable[["Reply"], None]
 Start = Callable[["Reply"], "ReplyStream | None"]  # None: stopped before there was anything to stream
 Save = Callable[["Reply"], "Message | None"]
+Draft = Callable[["Reply", str, str], None]  # (reply, text since the last draft, thinking since)
 
 #: After ``cancel()``, the reply ends by this time whether or not the engine has let go.
 CANCEL_GRACE_S = 1.0
+#: While a reply streams, its new text is saved as a draft this often, so a dead kernel loses
+#: at most this much (plus one write) of it.
+DRAFT_INTERVAL_S = 1.0
 
 _log = logging.getLogger(__name__)
 
@@ -55,10 +72,20 @@ class Reply:
     its saved message: never the conversation it was part of.
     """
 
-    def __init__(self, conversation_id: str, model: str, prompt: Message, start: Start, save: Save) -> None:
+    def __init__(
+        self,
+        conversation_id: str,
+        model: str,
+        prompt: Message,
+        start: Start,
+        save: Save,
+        draft: Draft | None = None,
+    ) -> None:
         self.conversation_id = conversation_id
         self.model = model
         self.prompt = prompt  # the user message this answers, already saved
+        self.message_id = new_id()  # its saved message's id, known from the start (drafts use it)
+        self.started = utcnow()
         self.stats: GenerationStats | None = None
         self.error: NbchatError | None = None
         self.message: Message | None = None
@@ -69,6 +96,9 @@ class Reply:
         self.save_error: NbchatError | None = None  # why the reply is not on disk, if saving failed
         self._start: Start | None = start
         self._save: Save | None = save
+        self._draft: Draft | None = draft
+        self._drafting = threading.Lock()  # held while a draft is written; the end waits for it
+        self._drafted = (0, 0)  # how many characters of text and thinking the drafts hold
         self._chunks: list[Chunk] = []  # the one record of what streamed; text/thinking derive from it
         self._stream: ReplyStream | None = None
         self._cancelled = threading.Event()
@@ -81,6 +111,8 @@ class Reply:
 
     def _begin(self) -> Reply:
         self._thread.start()
+        if self._draft is not None:
+            threading.Thread(target=self._keep_drafting, name="nbchat-reply-drafts", daemon=True).start()
         return self
 
     # -- reading -----------------------------------------------------------------------------
@@ -249,6 +281,26 @@ class Reply:
             _call(listener, self)
         return True
 
+    def _keep_drafting(self) -> None:
+        """Every ``DRAFT_INTERVAL_S`` while streaming, save the text that arrived since (if any)."""
+        while not self._done.wait(DRAFT_INTERVAL_S):
+            with self._drafting:
+                draft = self._draft
+                if draft is None:
+                    return
+                with self._changed:
+                    text = "".join(c.text for c in self._chunks if c.kind == "text")
+                    thinking = "".join(c.text for c in self._chunks if c.kind == "thinking")
+                done_text, done_thinking = self._drafted
+                if len(text) == done_text and len(thinking) == done_thinking:
+                    continue
+                try:
+                    draft(self, text[done_text:], thinking[done_thinking:])
+                except Exception as exc:  # a draft is insurance: the reply goes on, the end saves it
+                    _log.warning("An nbchat reply's draft was not saved: %s", exc)
+                else:
+                    self._drafted = (len(text), len(thinking))
+
     def _end(self, stats: GenerationStats | None, error: NbchatError | None = None) -> None:
         """Save and finish, exactly once, from whichever thread gets here first."""
         with self._ending:
@@ -256,6 +308,8 @@ class Reply:
                 return
             with self._changed:
                 self._ended = True  # from here on no chunk is added: what is saved is what is shown
+            with self._drafting:  # no draft after the saved message: readers see one reply
+                self._draft = None
             self.stats, self.error = stats, error
             save = self._save
             try:

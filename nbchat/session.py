@@ -14,10 +14,12 @@ without a password. ``NBCHAT_TRUST_HUB_USER=0`` switches this off.
 
 from __future__ import annotations
 
+import os
 import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nbchat.accounts import Accounts, Login
@@ -37,6 +39,7 @@ from nbchat.errors import (
 )
 from nbchat.health import HealthReport, check_health
 from nbchat.history import sendable, truncate_history
+from nbchat.records import Draft
 from nbchat.redact import scrub_secrets
 from nbchat.reply import Reply, stats_record
 from nbchat.types import (
@@ -53,7 +56,9 @@ from nbchat.types import (
 
 if TYPE_CHECKING:
     from nbchat.backends.base import Backend, LoadProgress, ReplyStream
+    from nbchat.search import SearchHit
     from nbchat.store import ConversationStore
+    from nbchat.tree import MessageTree
 
 #: How long ``logout`` waits for a stopped reply to end by itself (it ends within
 #: ``CANCEL_GRACE_S`` of a stop); after that logout saves the partial reply itself.
@@ -222,7 +227,7 @@ class ChatSession:
         self._changed()
 
     def history(self) -> list[Message]:
-        """The current conversation's messages, oldest first (thinking kept for display)."""
+        """The current conversation's active path, oldest first: what is shown and sent (see ``tree()``)."""
         return list(self._require_current().messages)
 
     # -- settings --------------------------------------------------------------------------
@@ -301,55 +306,153 @@ class ChatSession:
         saved to the conversation when it ends, also if it was stopped or failed
         part-way (then marked ``partial``).
         """
-        from nbchat.backends import resolve
-
-        if not isinstance(prompt, str):
-            raise InvalidValue(f"A message must be text, not {type(prompt).__name__}.")
-        if not prompt.strip():
-            raise InvalidValue("The message is empty; type something to send.")
+        _check_prompt(prompt)
         self._require_current()
         attached = _attach(prompt, cells=cells, error=error, namespace=namespace)  # user code: no lock
         with self._mutex:
-            store = self._store()
-            if self._reply is not None and not self._reply.done:
-                raise ReplyInProgress("A reply is still streaming; wait for it or stop it first.")
-            conversation = self._require_current()
-            settings = conversation.settings
-            if settings.model is None:
-                raise ModelNotChosen(
-                    "Choose a model for this conversation first, e.g. "
-                    "configure(model='ollama:qwen3:1.7b') or model='qwen3' for the local Qwen3; "
-                    "nbchat.models() lists what is available."
-                )
-            self.config.policy.check_settings(settings)  # saved before a policy change: still checked
-            backend, name = resolve(settings.model, self.config)
+            store, conversation = self._store(), self._ready_to_reply()
             question = Message("user", prompt, context=attached)  # refused here, before anything is saved
             title = None
-            if conversation.title == DEFAULT_TITLE and not conversation.messages:
+            if conversation.title == DEFAULT_TITLE and not conversation.tree.messages:
                 title = title_from_text(prompt, AUTO_TITLE_CHARS)  # cleaned: never refused
-            store.append(conversation.id, question)
+            question = store.append(conversation.id, question)
             if title is not None and title != DEFAULT_TITLE:
                 try:
                     store.rename(conversation.id, title)
                 except NbchatError as exc:  # the question is saved; a title is not worth failing for
                     warnings.warn(f"The conversation keeps its title: {exc}", NbchatWarning, stacklevel=2)
-            history = [*conversation.messages, question]
+            reply = self._answer(conversation, question)
+        return self._started(reply)
 
-            def start(reply: Reply) -> ReplyStream | None:
-                return _start_reply(reply, backend, name, settings, history)
+    def regenerate(self) -> Reply:
+        """A new reply to the last question shown, with the conversation's settings now.
 
-            secrets = (self.config.openai_api_key,)
+        The reply it replaces is kept: the question then has alternatives (``Conversation.alternatives``),
+        and switching back (``switch_to``) shows it again.
+        """
+        with self._mutex:
+            conversation = self._ready_to_reply()
+            question = next((m for m in reversed(conversation.messages) if m.role == "user"), None)
+            if question is None:
+                raise InvalidValue("There is no question in this conversation to answer again.")
+            reply = self._answer(conversation, question)
+        return self._started(reply)
 
-            def save(reply: Reply) -> Message | None:
-                return _save_reply(store, conversation.id, reply, secrets)
+    def edit(self, message_id: str, new_text: str, *, namespace: Mapping[str, Any] | None = None) -> Reply:
+        """Ask ``new_text`` in place of an earlier question: a new branch from there, the old one kept.
 
-            def ended(reply: Reply) -> None:
-                if reply.done:
-                    self._changed()
+        What the original attached (recent cells, the last error) goes along again; ``@mentions``
+        in the new text are resolved now, from ``namespace`` (by default IPython's).
+        """
+        _check_prompt(new_text)
+        original = self._require_current().tree.get(message_id)
+        if original.role != "user":
+            raise InvalidValue("Only a question can be edited; regenerate a reply instead.")
+        kept = tuple(item for item in original.context if item.kind != "object")
+        mentioned = _attach(new_text, cells=0, error=False, namespace=namespace) if "@" in new_text else ()
+        attached = _bounded((*mentioned, *kept))
+        with self._mutex:
+            store, conversation = self._store(), self._ready_to_reply()
+            question = Message("user", new_text, context=attached, parent=original.parent)
+            question = store.append(conversation.id, question, new_root=original.parent is None)
+            reply = self._answer(conversation, question)
+        return self._started(reply)
 
-            reply = Reply(conversation.id, settings.model, question, start, save)
-            reply.subscribe(ended)
-            self._reply = reply
+    def switch_to(self, message_id: str) -> Conversation:
+        """Show the branch through ``message_id`` (an alternative); it is what is sent from now on."""
+        with self._mutex:
+            conversation = self._require_current()
+            self._refuse_while_streaming(conversation.id)
+            conversation = self._store().select(conversation.id, message_id)
+        self._changed()
+        return conversation
+
+    def open_at(self, conversation_id: str, message_id: str) -> Conversation:
+        """Make a conversation current, showing the branch that holds ``message_id`` (a search hit)."""
+        with self._mutex:
+            conversation = self._store().get(conversation_id)
+            self._current = conversation.id
+            if message_id not in {m.id for m in conversation.messages}:
+                self._refuse_while_streaming(conversation.id)
+                conversation = self._store().select(conversation.id, message_id)
+        self._changed()
+        return conversation
+
+    def tree(self) -> MessageTree:
+        """Every message of the current conversation, all branches (``history()`` is the active path)."""
+        return self._require_current().tree
+
+    def search(self, query: str, limit: int = 20) -> list[SearchHit]:
+        """The logged-in user's conversations and messages holding ``query``'s words, best first."""
+        return self._store().search(query, limit)
+
+    def export(
+        self, conversation_id: str, format: str | None = None, path: str | os.PathLike[str] | None = None
+    ) -> Path:
+        """Write a conversation as ``markdown``, ``ipynb`` or ``json`` next to the notebook; returns the file.
+
+        Without ``path`` the file is named after the title; an existing file is never overwritten.
+        """
+        from nbchat.export import export_conversation
+
+        conversation = self._store().get(conversation_id)
+        return export_conversation(conversation, format, path, directory=Path.cwd())
+
+    def _ready_to_reply(self) -> Conversation:
+        """The current conversation, when a reply can start in it now (a model chosen, none streaming)."""
+        if self._reply is not None and not self._reply.done:
+            raise ReplyInProgress("A reply is still streaming; wait for it or stop it first.")
+        conversation = self._require_current()
+        settings = conversation.settings
+        if settings.model is None:
+            raise ModelNotChosen(
+                "Choose a model for this conversation first, e.g. "
+                "configure(model='ollama:qwen3:1.7b') or model='qwen3' for the local Qwen3; "
+                "nbchat.models() lists what is available."
+            )
+        self.config.policy.check_settings(settings)  # saved before a policy change: still checked
+        return conversation
+
+    def _refuse_while_streaming(self, conversation_id: str) -> None:
+        reply = self._reply
+        if reply is not None and not reply.done and reply.conversation_id == conversation_id:
+            raise ReplyInProgress("A reply is still streaming into this conversation; wait or stop it first.")
+
+    def _answer(self, conversation: Conversation, question: Message) -> Reply:
+        """The reply to ``question`` (saved), to be sent with the path that leads to it; under the lock."""
+        from nbchat.backends import resolve
+
+        store, settings = self._store(), conversation.settings
+        assert settings.model is not None  # _ready_to_reply made sure
+        backend, name = resolve(settings.model, self.config)
+        history = list(store.get(conversation.id).tree.path_through(question.id))
+        history = history[: history.index(question) + 1]  # a regenerated question keeps its old replies out
+
+        def start(reply: Reply) -> ReplyStream | None:
+            return _start_reply(reply, backend, name, settings, history)
+
+        secrets = (self.config.openai_api_key,)
+
+        def save(reply: Reply) -> Message | None:
+            return _save_reply(store, conversation.id, reply, secrets)
+
+        def draft(reply: Reply, text: str, thinking: str) -> None:
+            store.append_draft(
+                conversation.id,
+                Draft(reply.message_id, reply.prompt.id, reply.model, reply.started, text, thinking),
+            )
+
+        def ended(reply: Reply) -> None:
+            if reply.done:
+                self._changed()
+
+        reply = Reply(conversation.id, settings.model, question, start, save, draft)
+        reply.subscribe(ended)
+        self._reply = reply
+        return reply
+
+    def _started(self, reply: Reply) -> Reply:
+        """Tell the views, then let the reply run (outside the session's lock)."""
         self._changed()
         return reply._begin()
 
@@ -501,6 +604,21 @@ def _start_reply(
     return backend.stream(name, kept, params)
 
 
+def _check_prompt(prompt: object) -> None:
+    if not isinstance(prompt, str):
+        raise InvalidValue(f"A message must be text, not {type(prompt).__name__}.")
+    if not prompt.strip():
+        raise InvalidValue("The message is empty; type something to send.")
+
+
+def _bounded(items: Sequence[ContextItem]) -> tuple[ContextItem, ...]:
+    if not items:
+        return ()
+    from nbchat import context
+
+    return tuple(context.bound_context(list(items)))
+
+
 def _attach(
     prompt: str, *, cells: int, error: bool, namespace: Mapping[str, Any] | None
 ) -> tuple[ContextItem, ...]:
@@ -608,7 +726,15 @@ def _save_reply(
     if len(thinking) > MAX_CONTENT_CHARS:
         thinking = thinking[: MAX_CONTENT_CHARS - 1] + "…"
         stats["truncated"] = True
-    message = Message("assistant", text, thinking=thinking or None, model=reply.model, stats=stats)
+    message = Message(
+        "assistant",
+        text,
+        id=reply.message_id,
+        thinking=thinking or None,
+        model=reply.model,
+        stats=stats,
+        parent=reply.prompt.id,
+    )
     return store.append(conversation_id, message)
 
 

@@ -234,8 +234,9 @@ class ConversationStore:
     def append_draft(self, conversation_id: str, draft: records.Draft) -> None:
         """Save a streaming reply's text since its last draft (appended: never a rewrite).
 
-        Until its message is appended (same id) this store does not show it; any other
-        reader, or this store after a restart, shows it as an interrupted reply.
+        Until its message is appended (same id) this store does not show it (the reply is
+        shown live); any other reader, or a store opened after this kernel died, shows it as
+        an interrupted reply.
         """
         with self._mutex, self._lock():
             path = self._path(conversation_id)
@@ -252,11 +253,6 @@ class ConversationStore:
                 )
             self._streaming.add(draft.id)
             self._add_line(path, state, draft, records.draft_line(draft))
-
-    def forget_draft(self, message_id: str) -> None:
-        """A reply this store drafted will not be saved (the save failed): show its drafts from now on."""
-        with self._mutex:
-            self._streaming.discard(message_id)
 
     def select(self, conversation_id: str, message_id: str) -> Conversation:
         """Show the branch through ``message_id`` (an alternative reply or question): append a choice.
