@@ -39,7 +39,7 @@ from nbchat import records
 from nbchat.errors import ExportError
 from nbchat.files import fsync_dir, os_errors
 from nbchat.notebook import code_blocks
-from nbchat.render import context_heading, message_markdown
+from nbchat.render import context_heading, ending_markdown, thinking_markdown
 from nbchat.types import Conversation, Message
 
 #: Format → the extension a file of it gets.
@@ -53,7 +53,7 @@ FALLBACK_NAME = "conversation"
 MAX_NAME_BYTES = 120  # of the stem: room for " (999)" and the extension within any filesystem's 255
 MAX_NUMBERED = 999
 _RESERVED_CHARS = frozenset('<>:"/\\|?*')  # Windows refuses these in names; "/" and "\\" are separators
-_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cs", "Co", "Cn", "Zl", "Zp"})
 _WINDOWS_DEVICES = frozenset(
     {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
 )
@@ -118,16 +118,19 @@ def resolve_format(format: str | None, path: Path | None) -> str:
 
 
 def safe_name(title: str) -> str:
-    """A file name stem from a title: one name (no separators), no control or Windows-reserved
-    characters, no leading dot (a hidden file) or trailing dot or space, at most
+    """A file name stem from a title: one name (no separators), no control, invisible or
+    Windows-reserved characters, no leading dot (a hidden file) or trailing dot or space, at most
     ``MAX_NAME_BYTES`` bytes of UTF-8; ``"conversation"`` when nothing is left."""
     chars = []
     for char in unicodedata.normalize("NFC", title):
-        if char in _RESERVED_CHARS or unicodedata.category(char) in _UNSAFE_CATEGORIES:
-            chars.append("_")
+        category = unicodedata.category(char)
+        if category == "Cf":
+            continue  # joiners and bidi marks: invisible, and a name's direction must not be flipped
+        if char.isspace():
+            chars.append(" ")  # tabs and odd spaces: a plain space (runs are joined below)
         else:
-            chars.append(char)
-    name = " ".join("".join(chars).split())  # tabs, runs of spaces, odd spaces: one plain space
+            chars.append("_" if char in _RESERVED_CHARS or category in _UNSAFE_CATEGORIES else char)
+    name = " ".join("".join(chars).split())
     name = name.lstrip(". ")
     cut = name.encode("utf-8")[:MAX_NAME_BYTES].decode("utf-8", errors="ignore")
     name = cut.rstrip(". ")
@@ -270,7 +273,10 @@ def message_heading(conversation: Conversation, message: Message) -> str:
 def message_body(message: Message) -> str:
     """A reply's Markdown as written (its code blocks exactly); the user's text fenced, as typed."""
     if message.role == "assistant":
-        return close_open_fence(message_markdown(message).strip("\n")) or "*(no text)*"
+        stats = message.stats or {}
+        text = close_open_fence(message.content.rstrip("\n")) or "*(no text)*"
+        ending = ending_markdown(stats.get("finish_reason"), stats.get("error"))
+        return thinking_markdown(message.thinking) + text + ending
     body = fence(message.content, "text")
     if message.context:
         body += "\n\n" + context_markdown(message)
