@@ -42,11 +42,28 @@ def ending_markdown(
     return "".join(parts)
 
 
+#: Under a reply whose kernel died while it streamed (read back from its drafts).
+INTERRUPTED_NOTE = "*(interrupted: the kernel stopped while this reply was being written)*"
+
+
 def message_markdown(message: Message) -> str:
-    """A saved assistant message: thinking folded, then the text, then how it ended."""
+    """A saved assistant message: thinking folded, then the text, then how it ended (an
+    interrupted one says so: it is the text saved before its kernel died, maybe cut mid-word)."""
     stats: Mapping[str, Any] = message.stats or {}
     ending = ending_markdown(stats.get("finish_reason"), stats.get("error"))
+    if stats.get("interrupted"):
+        ending += "\n\n" + INTERRUPTED_NOTE
     return thinking_markdown(message.thinking) + message.content + ending
+
+
+def alternatives_counter(position: int, total: int) -> str:
+    """Which of a message's alternatives is shown, between the panel's ‹ and ›: ``2 / 3``."""
+    return f"{position} / {total}"
+
+
+def earlier_label(hidden: int, page: int) -> str:
+    """The *Show earlier* control of a long conversation: ``Show 50 earlier (950 more)``."""
+    return f"Show {min(hidden, page):,} earlier ({hidden:,} more)"
 
 
 def reply_markdown(reply: Reply) -> str:

@@ -1,10 +1,16 @@
-"""The messages of the conversation shown: the user's as escaped text with what it attached (folded),
-the assistant's as Markdown followed by Copy/Insert/Run for each code block it holds."""
+"""The messages of the conversation shown: the active path's newest ~50 (a *Show earlier* control
+reveals the rest, 50 a click), each a ``message_view`` with its branch tools (‹ 2 / 3 ›, Edit,
+Regenerate), a reply's Copy/Insert/Run under it for each code block it holds.
+
+Widgets are made only for the messages shown: a conversation of 1,000 messages opens as fast
+as one of 50, and a message keeps its widgets while shown (no Markdown is sent again).
+"""
 
 from __future__ import annotations
 
-import html
+import threading
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import ipywidgets as widgets
 
@@ -12,8 +18,13 @@ from nbchat.notebook import CodeBlock
 from nbchat.panel.code_actions import code_actions
 from nbchat.panel.follow_newest import FollowNewest
 from nbchat.panel.kit import classed, close_widgets, markdown_output
-from nbchat.render import context_html, message_markdown
+from nbchat.panel.message_view import TOOLS_STYLE, BranchActions, MessageView, message_view
+from nbchat.render import earlier_label
+from nbchat.tree import MessageTree
 from nbchat.types import Message
+
+#: How many of the newest messages a conversation opens with, and how many more each *Show earlier* adds.
+PAGE = 50
 
 
 def _ignore(_block: CodeBlock) -> None:
@@ -26,7 +37,8 @@ class MessageList:
     ``rows`` are the list and, under it, its scroll keeper (the browser follows the newest text).
 
     ``on_insert(block)`` and ``on_run(block)`` hear a code block's Insert and Run;
-    ``on_copied(ok)`` hears that the browser copied one (or could not).
+    ``on_copied(ok)`` hears that the browser copied one (or could not); ``branches`` hears the
+    branch tools (``BranchActions``).
     """
 
     def __init__(
@@ -35,12 +47,24 @@ class MessageList:
         on_insert: Callable[[CodeBlock], None] = _ignore,
         on_run: Callable[[CodeBlock], None] = _ignore,
         on_copied: Callable[[bool], None] | None = None,
+        branches: BranchActions | None = None,
     ) -> None:
         self.view = classed(widgets.VBox(), "nbchat-messages")
         self.follower = FollowNewest()
-        self.rows: tuple[widgets.Widget, ...] = (self.view, self.follower)
+        self.rows: tuple[widgets.Widget, ...] = (widgets.HTML(TOOLS_STYLE), self.view, self.follower)
         self._on_insert, self._on_run, self._on_copied = on_insert, on_run, on_copied
+        self._branches = branches or BranchActions()
         self._shown: dict[str, tuple[widgets.Widget, ...]] = {}  # by message id ("unsaved:" + question id)
+        self.show_earlier_button = classed(
+            widgets.Button(description="", icon="angle-up", layout={"width": "auto"}), "nbchat-show-earlier"
+        )
+        self.show_earlier_button.on_click(lambda _: self.show_earlier())
+        self._lock = threading.RLock()  # a click (main thread) and a redraw (a reply's thread)
+        self._shown_for: str | None = None  # the conversation shown, to start a new one at its newest
+        self._limit = PAGE  # how many of the newest messages are shown
+        self._anchor: str | None = None  # the oldest shown once the user revealed more: it stays shown
+        self._last: dict[str, Any] = {"messages": ()}
+        self.hidden = 0  # how many older messages of the path are not shown (for scripts and tests)
 
     def show(
         self,
@@ -48,14 +72,73 @@ class MessageList:
         *,
         unsaved: Mapping[str, str] | None = None,
         live: widgets.Widget | None = None,
+        live_after: str | None = None,
+        tree: MessageTree | None = None,
+        conversation_id: str | None = None,
+        busy: bool = False,
     ) -> None:
-        """``unsaved`` maps a question's message id to the Markdown of its unsaved reply;
-        ``live`` (the streaming reply's widget) belongs to whoever follows the reply."""
+        """``messages`` is the path shown (the newest ``PAGE`` of it until *Show earlier*);
+        ``unsaved`` maps a question's message id to the Markdown of its unsaved reply; ``live``
+        (the streaming reply's widget) belongs to whoever follows the reply, and answers
+        ``live_after`` (a regenerated reply: the path is shown up to its question, then it).
+        ``tree`` (every branch) gives each message its alternatives; ``busy`` disables the tools."""
+        with self._lock:
+            self._last = {
+                "messages": messages,
+                "unsaved": unsaved,
+                "live": live,
+                "live_after": live_after,
+                "tree": tree,
+                "conversation_id": conversation_id,
+                "busy": busy,
+            }
+            self._draw(**self._last)
+
+    def show_earlier(self) -> None:
+        """Reveal the next ``PAGE`` older messages (what the *Show earlier* control does)."""
+        with self._lock:
+            path = self._path(self._last["messages"], self._last.get("live"), self._last.get("live_after"))
+            start = max(0, self._start(path) - PAGE)
+            if path:
+                self._anchor = path[start].id
+            self._limit = len(path) - start
+            self._draw(**self._last)
+
+    def clear(self) -> None:
+        self.show(())
+
+    def jump(self) -> None:
+        """Scroll the browser's list to the newest text and follow it again (the user sent, or switched)."""
+        self.follower.jump()
+
+    def close(self) -> None:
+        close_widgets(*self.rows, self.show_earlier_button)
+
+    # -- drawing ------------------------------------------------------------------------------
+
+    def _draw(
+        self,
+        messages: Sequence[Message],
+        unsaved: Mapping[str, str] | None = None,
+        live: widgets.Widget | None = None,
+        live_after: str | None = None,
+        tree: MessageTree | None = None,
+        conversation_id: str | None = None,
+        busy: bool = False,
+    ) -> None:
+        if conversation_id != self._shown_for:  # another conversation opens at its newest messages
+            self._shown_for, self._limit, self._anchor = conversation_id, PAGE, None
+        path = self._path(messages, live, live_after)
+        start = self._start(path)
+        self.hidden = start
         unsaved = dict(unsaved or {})
         kept: dict[str, tuple[widgets.Widget, ...]] = {}
         children: list[widgets.Widget] = []
+        if start:
+            self.show_earlier_button.description = earlier_label(start, PAGE)
+            children.append(self.show_earlier_button)
 
-        def place(key: str, make: str | Message) -> None:
+        def place(key: str, make: str | Message) -> tuple[widgets.Widget, ...]:
             if key in kept:  # the same id twice (a hand-edited file): each shown once, apart
                 key = f"{key}#{len(children)}"
             shown = self._shown.get(key)
@@ -63,9 +146,18 @@ class MessageList:
                 shown = self._widgets(make)
             kept[key] = shown
             children.extend(shown)
+            return shown
 
-        for message in messages:
-            place(message.id, message)
+        last = path[-1].id if path and live is None else None
+        for message in path[:start]:
+            unsaved.pop(message.id, None)  # its question is hidden: so is it
+        for message in path[start:]:
+            view = place(message.id, message)[0]
+            if isinstance(view, MessageView):
+                alternatives = _alternatives(tree, message)
+                view.set_tools(
+                    alternatives, last_reply=message.id == last and message.role == "assistant", busy=busy
+                )
             if message.id in unsaved:
                 place(f"unsaved:{message.id}", unsaved.pop(message.id))
         for question_id, markdown in unsaved.items():  # its question is not shown: at the end
@@ -78,15 +170,25 @@ class MessageList:
             self.view.children = tuple(children)
         close_widgets(*dropped)
 
-    def clear(self) -> None:
-        self.show(())
+    def _path(
+        self, messages: Sequence[Message], live: widgets.Widget | None, live_after: str | None
+    ) -> Sequence[Message]:
+        """What is shown of ``messages``: while a regenerated reply streams, up to its question."""
+        if live is None or live_after is None or not messages or messages[-1].id == live_after:
+            return messages
+        for index in range(len(messages) - 1, -1, -1):
+            if messages[index].id == live_after:
+                return messages[: index + 1]
+        return messages
 
-    def jump(self) -> None:
-        """Scroll the browser's list to the newest text and follow it again (the user sent, or switched)."""
-        self.follower.jump()
-
-    def close(self) -> None:
-        close_widgets(self.view, self.follower)
+    def _start(self, path: Sequence[Message]) -> int:
+        """The first message shown: the one the user revealed up to, while on the path; else the
+        newest ``_limit`` (the newest ``PAGE`` until *Show earlier*)."""
+        if self._anchor is not None:
+            for index, message in enumerate(path):
+                if message.id == self._anchor:
+                    return index
+        return max(0, len(path) - self._limit)
 
     def _widgets(self, item: str | Message) -> tuple[widgets.Widget, ...]:
         """A message's widget, followed by its code actions when it is a reply holding code."""
@@ -94,7 +196,7 @@ class MessageList:
             output = classed(widgets.Output(), "nbchat-message", "nbchat-message-assistant", "nbchat-unsaved")
             output.outputs = markdown_output(item)
             return self._with_actions(output, item)
-        widget = message_widget(item)
+        widget = message_view(item, self._branches)
         return self._with_actions(widget, item) if item.role == "assistant" else (widget,)
 
     def _with_actions(self, widget: widgets.Widget, source: str | Message) -> tuple[widgets.Widget, ...]:
@@ -104,19 +206,8 @@ class MessageList:
         return (widget,) if actions is None else (widget, actions)
 
 
-def message_widget(message: Message) -> widgets.Widget:
-    """One message as shown: a reply as Markdown; a question as escaped text, its context folded."""
-    if message.role == "assistant":
-        output = classed(widgets.Output(), "nbchat-message", "nbchat-message-assistant")
-        output.outputs = markdown_output(message_markdown(message))
-        return output
-    role = "You" if message.role == "user" else message.role.capitalize()
-    body = html.escape(message.content)
-    return classed(
-        widgets.HTML(
-            f"<div class='nbchat-role'>{role}</div><div class='nbchat-bubble'>{body}</div>"
-            + context_html(message.context)
-        ),
-        "nbchat-message",
-        f"nbchat-message-{message.role}",
-    )
+def _alternatives(tree: MessageTree | None, message: Message) -> tuple[str, ...]:
+    """The ids of ``message`` and its alternatives, oldest first (itself alone without a tree)."""
+    if tree is None or message.id not in tree:
+        return (message.id,)
+    return tuple(alternative.id for alternative in tree.alternatives(message.id))

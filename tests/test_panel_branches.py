@@ -1,0 +1,410 @@
+"""Branches and long chats in the panel, widget by widget (the browser's view of them is in
+``test_browser_branches.py``): Regenerate on the last reply, Edit on each question, ‹ 2 / 3 ›
+among alternatives, *Show earlier* for a long path, an interrupted reply marked."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import ipywidgets as widgets
+import pytest
+from polling import wait_until
+
+from conftest import PASSWORD
+from nbchat import Accounts, ChatSession
+from nbchat.panel import ChatPanel
+from nbchat.panel.message_list import PAGE, MessageList
+from nbchat.panel.message_view import BranchActions, MessageView, QuestionView, ReplyView
+from nbchat.records import Draft
+from nbchat.render import INTERRUPTED_NOTE, message_markdown
+from nbchat.testing.ollama_server import OllamaTestServer
+from nbchat.tree import MessageTree
+from nbchat.types import Message, utcnow
+
+MODEL = "ollama:llama3.2:1b"
+
+
+def chat(turns: int) -> list[Message]:
+    """``turns`` questions, each followed by its reply: one branch."""
+    messages: list[Message] = []
+    for i in range(turns):
+        messages.append(Message("user", f"question {i}"))
+        messages.append(Message("assistant", f"answer {i}"))
+    return list(MessageTree.linear(messages).messages)
+
+
+def views(messages: MessageList) -> list[MessageView]:
+    return [child for child in messages.view.children if isinstance(child, MessageView)]
+
+
+def texts(messages: MessageList) -> list[str]:
+    return [view.message.content for view in views(messages)]
+
+
+def tool(view: MessageView, name: str) -> widgets.Button:
+    """The tool of ``view`` with CSS class ``name`` (exactly one)."""
+    assert view.tools is not None, f"{view.message.content!r} has no tools"
+    (found,) = [child for child in view.tools.children if name in child._dom_classes]
+    return found  # type: ignore[no-any-return]
+
+
+def has_tool(view: MessageView, name: str) -> bool:
+    return view.tools is not None and any(name in child._dom_classes for child in view.tools.children)
+
+
+def counter(view: MessageView) -> str:
+    return str(tool(view, "nbchat-alt-counter").value)
+
+
+class Heard:
+    """What the branch tools reported, in order; ``edits_accepted`` is what ``edit`` answers."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.edits_accepted = True
+
+    def actions(self) -> BranchActions:
+        return BranchActions(
+            switch=lambda message_id: self.calls.append(("switch", message_id)),
+            edit=self._edit,
+            regenerate=lambda: self.calls.append(("regenerate",)),
+        )
+
+    def _edit(self, message_id: str, text: str) -> bool:
+        self.calls.append(("edit", message_id, text))
+        return self.edits_accepted
+
+
+# -- Show earlier ---------------------------------------------------------------------------------
+
+
+def test_a_long_path_shows_its_newest_50_and_show_earlier_reveals_50_more_a_click() -> None:
+    path = chat(500)
+    messages = MessageList()
+    messages.show(path, tree=MessageTree(path), conversation_id="c")
+    assert texts(messages) == [m.content for m in path[-PAGE:]] and PAGE == 50
+    assert len(messages._shown) == PAGE  # no widget for a hidden message
+    button = messages.view.children[0]
+    assert button is messages.show_earlier_button and "nbchat-show-earlier" in button._dom_classes
+    assert button.description == "Show 50 earlier (950 more)" and messages.hidden == 950
+    first = views(messages)[0]
+
+    messages.show_earlier_button.click()
+    assert texts(messages) == [m.content for m in path[-100:]]
+    assert button.description == "Show 50 earlier (900 more)"
+    assert views(messages)[50] is first  # the ones shown keep their widgets
+    for _ in range(17):
+        messages.show_earlier_button.click()
+    assert messages.hidden == 50 and button.description == "Show 50 earlier (50 more)"
+    messages.show_earlier_button.click()
+    assert len(views(messages)) == 1000 and messages.view.children[0] is not button  # all shown: no control
+
+
+def test_the_rest_of_a_short_hidden_part_is_offered_as_it_is() -> None:
+    path = chat(30)
+    messages = MessageList()
+    messages.show(path)
+    assert messages.show_earlier_button.description == "Show 10 earlier (10 more)"
+
+
+def test_what_the_user_revealed_stays_shown_as_the_chat_goes_on_and_another_conversation_opens_new() -> None:
+    path = chat(60)
+    messages = MessageList()
+    messages.show(path, conversation_id="long")
+    messages.show_earlier()
+    oldest = views(messages)[0].message
+    assert oldest is path[-100]
+    more = list(MessageTree.linear([*path, Message("user", "next"), Message("assistant", "reply")]).messages)
+    messages.show(more, conversation_id="long")
+    assert views(messages)[0].message is oldest and len(views(messages)) == 102  # nothing revealed went away
+    messages.show(more, conversation_id="other")
+    assert len(views(messages)) == PAGE  # another conversation opens at its newest
+    messages.show(more, conversation_id="long")
+    assert len(views(messages)) == PAGE and texts(messages)[-1] == "reply"
+
+
+def test_without_show_earlier_the_newest_50_follow_the_chat() -> None:
+    path = chat(40)
+    messages = MessageList()
+    messages.show(path, conversation_id="c")
+    more = [Message("user", "next"), Message("assistant", "reply")]
+    longer = list(MessageTree.linear([*path, *more]).messages)
+    messages.show(longer, conversation_id="c")
+    assert len(views(messages)) == PAGE and texts(messages)[-2:] == ["next", "reply"]
+    assert messages.show_earlier_button.description == "Show 32 earlier (32 more)"
+
+
+def test_showing_1000_messages_costs_what_showing_50_does() -> None:
+    """What makes a long conversation open fast: widgets only for what is shown."""
+
+    def seconds(turns: int) -> float:
+        path = chat(turns)
+        tree = MessageTree(path)
+        best = float("inf")
+        for _ in range(3):
+            messages = MessageList()
+            started = time.perf_counter()
+            messages.show(tree.path(), tree=tree, conversation_id="c")
+            best = min(best, time.perf_counter() - started)
+            messages.close()
+        return best
+
+    short, long = seconds(25), seconds(500)
+    print(f"show 50 messages: {short * 1000:.1f} ms; 1,000 messages: {long * 1000:.1f} ms")
+    assert long < 2 * short + 0.02, (short, long)
+
+
+# -- the branch tools -----------------------------------------------------------------------------
+
+
+def branched() -> tuple[list[Message], Message, Message, Message]:
+    """A question with two replies (the second shown) and a follow-up question, unanswered."""
+    question = Message("user", "what is 2+2?")
+    first = Message("assistant", "5", parent=question.id)
+    second = Message("assistant", "4", parent=question.id)
+    return [question, first, second], question, first, second
+
+
+def test_a_reply_with_alternatives_shows_which_it_is_and_switches_to_its_neighbours() -> None:
+    every, question, first, second = branched()
+    tree = MessageTree(every)
+    assert [m.id for m in tree.path()] == [question.id, second.id]
+    heard = Heard()
+    messages = MessageList(branches=heard.actions())
+    messages.show(tree.path(), tree=tree, conversation_id="c")
+    shown_question, shown_reply = views(messages)
+    assert isinstance(shown_reply, ReplyView) and counter(shown_reply) == "2 / 2"
+    assert not has_tool(shown_question, "nbchat-alt-counter")  # one question: no switcher
+    assert tool(shown_reply, "nbchat-alt-next").disabled and not tool(shown_reply, "nbchat-alt-prev").disabled
+    tool(shown_reply, "nbchat-alt-prev").click()
+    assert heard.calls == [("switch", first.id)]
+
+    other = MessageTree(every, last_used={first.id: 10})  # the user switched: the first reply is shown
+    messages.show(other.path(), tree=other, conversation_id="c")
+    shown = views(messages)[1]
+    assert shown.message is first and counter(shown) == "1 / 2"
+    assert tool(shown, "nbchat-alt-prev").disabled and not tool(shown, "nbchat-alt-next").disabled
+    tool(shown, "nbchat-alt-next").click()
+    assert heard.calls[-1] == ("switch", second.id)
+
+
+def test_regenerate_is_on_the_last_reply_only_and_every_tool_waits_while_a_reply_streams() -> None:
+    heard = Heard()
+    messages = MessageList(branches=heard.actions())
+    path = chat(3)
+    messages.show(path, tree=MessageTree(path))
+    shown = views(messages)
+    assert [has_tool(view, "nbchat-regenerate") for view in shown] == [False] * 5 + [True]
+    assert all(has_tool(view, "nbchat-edit") for view in shown if isinstance(view, QuestionView))
+    assert not any(has_tool(view, "nbchat-edit") for view in shown if isinstance(view, ReplyView))
+    tool(shown[-1], "nbchat-regenerate").click()
+    assert heard.calls == [("regenerate",)]
+
+    messages.show(path, tree=MessageTree(path), busy=True)
+    assert tool(shown[-1], "nbchat-regenerate").disabled and tool(shown[0], "nbchat-edit").disabled
+    longer = list(MessageTree.linear([*path, Message("user", "more?")]).messages)
+    messages.show(longer, tree=MessageTree(longer))
+    assert views(messages)[5] is shown[-1] and not has_tool(shown[-1], "nbchat-regenerate")
+    assert not tool(shown[0], "nbchat-edit").disabled  # idle again
+
+
+def test_edit_opens_an_inline_editor_with_the_question_and_send_reports_the_new_text() -> None:
+    heard = Heard()
+    messages = MessageList(branches=heard.actions())
+    path = chat(2)
+    messages.show(path, tree=MessageTree(path))
+    question = views(messages)[2]
+    assert isinstance(question, QuestionView)
+    tool(question, "nbchat-edit").click()
+    assert question.editor is not None and question.editor in question.children
+    assert question.tools is not None and question.tools.layout.display == "none"
+    text, buttons = question.editor.children
+    assert "nbchat-edit-text" in text._dom_classes and text.value == "question 1"
+    send, cancel = buttons.children
+    assert "nbchat-edit-send" in send._dom_classes and "nbchat-edit-cancel" in cancel._dom_classes
+
+    heard.edits_accepted = False  # refused (the status line says why): the editor stays to fix it
+    text.value = "question one, better"
+    send.click()
+    assert heard.calls == [("edit", path[2].id, "question one, better")] and question.editor is not None
+    heard.edits_accepted = True
+    send.click()
+    assert question.editor is None and text.comm is None and question.tools.layout.display is None
+
+    tool(question, "nbchat-edit").click()
+    editor = question.editor
+    assert editor is not None and editor.children[0].value == "question 1"  # afresh from the question
+    editor.children[1].children[1].click()
+    assert question.editor is None and len(heard.calls) == 2
+
+
+def test_while_a_regenerated_reply_streams_the_reply_it_replaces_is_not_shown_under_it() -> None:
+    path = chat(2)
+    live = widgets.Output()
+    messages = MessageList()
+    messages.show(path, live=live, live_after=path[2].id)
+    assert texts(messages) == ["question 0", "answer 0", "question 1"]
+    assert messages.view.children[-1] is live
+    messages.show(path)
+    assert texts(messages) == ["question 0", "answer 0", "question 1", "answer 1"]
+
+
+def test_a_closed_list_closes_the_tools_and_an_open_editor() -> None:
+    messages = MessageList()
+    path = chat(1)
+    messages.show(path)
+    question, reply = views(messages)
+    question.edit()
+    parts = [question.tools, question.editor, *question.editor.children, reply.tools]  # type: ignore[union-attr]
+    messages.clear()
+    assert [part for part in parts if part is not None and part.comm is not None] == []
+
+
+# -- an interrupted reply -------------------------------------------------------------------------
+
+
+def test_an_interrupted_reply_is_marked_as_such() -> None:
+    reply = Message("assistant", "the first half", stats={"partial": True, "interrupted": True})
+    assert message_markdown(reply) == "the first half\n\n" + INTERRUPTED_NOTE
+    assert "interrupted: the kernel stopped while this reply was being written" in INTERRUPTED_NOTE
+    assert "interrupted" not in message_markdown(replace(reply, stats={"partial": True}))
+
+
+# -- the panel, with a real session and a loopback Ollama ------------------------------------------
+
+
+@pytest.fixture
+def session(make_session: Callable[..., ChatSession], server: OllamaTestServer) -> ChatSession:
+    return make_session(server, "alice")
+
+
+@pytest.fixture
+def panel(session: ChatSession) -> ChatPanel:
+    session.login("alice", PASSWORD)
+    session.new_conversation()
+    session.configure(model=MODEL)
+    return ChatPanel(session)
+
+
+def settled(panel: ChatPanel) -> None:
+    """Wait until the reply has ended and the panel shows it saved."""
+    wait_until(lambda: panel.session.reply is not None and panel.session.reply.done, seconds=10)
+    wait_until(lambda: panel._live is None and panel.stop_button.disabled)
+
+
+def shown(panel: ChatPanel) -> list[MessageView]:
+    return [child for child in panel.messages.children if isinstance(child, MessageView)]
+
+
+def sent_history(server: OllamaTestServer) -> list[tuple[str, str]]:
+    """The messages of the last request Ollama got (role, content), the system prompt left out."""
+    return [(m["role"], m["content"]) for m in server.requests[-1]["messages"] if m["role"] != "system"]
+
+
+def test_regenerate_streams_a_new_reply_and_the_old_one_is_kept_behind_the_switcher(
+    panel: ChatPanel, server: OllamaTestServer
+) -> None:
+    server.reply_words = ["first ", "answer"]
+    panel.prompt.value = "hello"
+    panel.send_button.click()
+    settled(panel)
+    server.reply_words = ["second ", "answer"]
+    server.chunk_delay_s = 0.05
+    tool(shown(panel)[-1], "nbchat-regenerate").click()
+    wait_until(lambda: panel._live is not None)
+    assert [view.message.content for view in shown(panel)] == ["hello"]  # the old reply is not under it
+    assert panel.messages.children[-1] is panel._live and panel.stop_button.disabled is False
+    settled(panel)
+    server.chunk_delay_s = 0.0
+    assert sent_history(server) == [("user", "hello")]  # the question alone, not the reply it replaces
+    _question, reply = shown(panel)
+    assert reply.message.content == "second answer" and counter(reply) == "2 / 2"
+    assert has_tool(reply, "nbchat-regenerate")
+
+    tool(reply, "nbchat-alt-prev").click()
+    wait_until(lambda: shown(panel)[-1].message.content == "first answer")
+    older = shown(panel)[-1]
+    assert counter(older) == "1 / 2"
+    assert [m.content for m in panel.session.history()] == ["hello", "first answer"]
+    tool(older, "nbchat-alt-next").click()
+    wait_until(lambda: shown(panel)[-1].message.content == "second answer")
+
+
+def test_editing_a_question_starts_a_branch_and_the_old_one_stays_behind_the_switcher(
+    panel: ChatPanel, server: OllamaTestServer
+) -> None:
+    for text in ("first question", "second question"):
+        panel.prompt.value = text
+        panel.send_button.click()
+        settled(panel)
+    question = shown(panel)[0]
+    assert isinstance(question, QuestionView)
+    tool(question, "nbchat-edit").click()
+    assert question.editor is not None
+    question.editor.children[0].value = "first question, edited"
+    question.editor.children[1].children[0].click()
+    settled(panel)
+    assert [view.message.content for view in shown(panel)] == [
+        "first question, edited",
+        "You said: first question, edited",
+    ]
+    assert sent_history(server) == [("user", "first question, edited")]
+    edited = shown(panel)[0]
+    assert counter(edited) == "2 / 2" and edited is not question and question.comm is None
+    tool(edited, "nbchat-alt-prev").click()
+    wait_until(lambda: len(shown(panel)) == 4)
+    assert [view.message.content for view in shown(panel)] == [
+        "first question",
+        "You said: first question",
+        "second question",
+        "You said: second question",
+    ]
+    assert counter(shown(panel)[0]) == "1 / 2"
+
+
+def test_a_refused_edit_keeps_the_editor_and_says_why(panel: ChatPanel, server: OllamaTestServer) -> None:
+    panel.prompt.value = "hello"
+    panel.send_button.click()
+    settled(panel)
+    question = shown(panel)[0]
+    assert isinstance(question, QuestionView)
+    question.edit()
+    assert question.editor is not None
+    question.editor.children[0].value = "what is @nothing_by_this_name?"
+    question.editor.children[1].children[0].click()
+    assert question.editor is not None and "nbchat-error" in panel.status.value
+    assert len(panel.session.tree()) == 2  # nothing saved
+
+
+def test_a_long_conversation_opens_at_its_newest_50_messages(session: ChatSession) -> None:
+    current = session.current
+    assert current is not None
+    store = Accounts(session.config, bcrypt_rounds=4).login("alice", PASSWORD).conversations
+    for message in chat(300):
+        store.append(current.id, message)
+    panel = ChatPanel(session)
+    assert len(shown(panel)) == PAGE and panel.message_list.hidden == 550
+    newest = shown(panel)[-1]
+    assert newest.message.content == "answer 299" and has_tool(newest, "nbchat-regenerate")
+    panel.message_list.show_earlier_button.click()
+    assert len(shown(panel)) == 2 * PAGE and shown(panel)[0].message.content == "question 250"
+
+
+def test_a_reply_whose_kernel_died_shows_marked_interrupted(session: ChatSession) -> None:
+    """Another kernel (its own store) drafted a reply and died before saving it."""
+    current = session.current
+    assert current is not None
+    other = Accounts(session.config, bcrypt_rounds=4).login("alice", PASSWORD).conversations
+    question = other.append(current.id, Message("user", "tell me everything"))
+    reply_id = Message("assistant", "x").id
+    for text in ("Everything ", "began with "):
+        other.append_draft(current.id, Draft(reply_id, question.id, MODEL, utcnow(), text, ""))
+    panel = ChatPanel(session)
+    _question, reply = shown(panel)
+    assert reply.message.id == reply_id and reply.message.stats == {"partial": True, "interrupted": True}
+    markdown = reply.outputs[0]["data"]["text/markdown"]
+    assert markdown == "Everything began with \n\n" + INTERRUPTED_NOTE
+    assert has_tool(reply, "nbchat-regenerate")  # it can be answered again
