@@ -1,9 +1,10 @@
 """The JSON Schemas in data/ describe the files nbchat writes, and refuse what nbchat refuses.
 
 Four kinds of evidence hold the schemas and nbchat/records.py together: the schemas are valid
-draft 2020-12 schemas; the examples in data/examples/ validate and load; files written by
-nbchat itself validate line by line; and hand-made bad records are refused by both the schemas
-and the parser. Property tests do the same for generated values.
+draft 2020-12 schemas; the examples in data/examples/ validate and load (and
+data/examples/make_conversation.py writes the current ones again byte for byte); files written
+by nbchat itself validate line by line; and hand-made bad records are refused by both the
+schemas and the parser. Property tests do the same for generated values.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ import copy
 import json
 import re
 import shutil
+import subprocess
 import sys
 import unicodedata
 from collections.abc import Callable
-from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from functools import cache
 from pathlib import Path
@@ -47,6 +48,7 @@ from nbchat.types import (
     ConversationSettings,
     Message,
     Role,
+    check_model_id,
     check_text,
     check_title,
 )
@@ -54,8 +56,11 @@ from nbchat.usernames import check_username, username_key
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 EXAMPLES = DATA / "examples"
-SCHEMA_FILES = ("users.schema.json", "conversation-header.schema.json", "message.schema.json")
-EXAMPLE = EXAMPLES / "conversation.jsonl"  # format version 2, what nbchat writes now
+LINE_SCHEMAS = ("message.schema.json", "draft.schema.json", "select.schema.json")  # lines after the header
+SCHEMA_FILES = ("users.schema.json", "conversation-header.schema.json", *LINE_SCHEMAS)
+EXAMPLE = EXAMPLES / "conversation.jsonl"  # format version 3, what nbchat writes now: branches, a select
+EXAMPLE_INTERRUPTED = EXAMPLES / "conversation-interrupted.jsonl"  # version 3 with drafts: a dead kernel
+EXAMPLE_V2 = EXAMPLES / "conversation-v2.jsonl"  # format version 2, as nbchat wrote it before branches
 EXAMPLE_V1 = EXAMPLES / "conversation-v1.jsonl"  # format version 1, as nbchat wrote it before context
 # The example accounts' passwords, as data/README.md gives them.
 EXAMPLE_PASSWORDS = {"Alice": "alice-example-pw", "Bob.Smith": "bob-example-pw"}
@@ -83,23 +88,52 @@ def message_validator() -> Draft202012Validator:
     return validator("message.schema.json")
 
 
+def draft_validator() -> Draft202012Validator:
+    return validator("draft.schema.json")
+
+
+def select_validator() -> Draft202012Validator:
+    return validator("select.schema.json")
+
+
 @cache
-def version1_message_validator() -> Draft202012Validator:
-    """message.schema.json#/$defs/version1Message: a message line of a version 1 file."""
+def message_definition_validator(definition: str) -> Draft202012Validator:
+    """message.schema.json#/$defs/<definition>, referenced as data/README.md shows."""
     uri = "urn:nbchat:message.schema.json"
     registry: Registry[Any] = Registry().with_resource(
         uri, DRAFT202012.create_resource(schema("message.schema.json"))
     )
     return Draft202012Validator(
-        {"$ref": f"{uri}#/$defs/version1Message"},
+        {"$ref": f"{uri}#/$defs/{definition}"},
         registry=registry,
         format_checker=Draft202012Validator.FORMAT_CHECKER,
     )
 
 
+def version1_message_validator() -> Draft202012Validator:
+    """message.schema.json#/$defs/version1Message: a message line of a version 1 file."""
+    return message_definition_validator("version1Message")
+
+
+def version2_message_validator() -> Draft202012Validator:
+    """message.schema.json#/$defs/version2Message: a message line of a version 2 file."""
+    return message_definition_validator("version2Message")
+
+
 def message_validator_for(version: int) -> Draft202012Validator:
     """The schema a message line of a file of format ``version`` follows."""
-    return version1_message_validator() if version == 1 else message_validator()
+    if version == 1:
+        return version1_message_validator()
+    return version2_message_validator() if version == 2 else message_validator()
+
+
+def line_validator_for(version: int, record: dict[str, Any]) -> Draft202012Validator:
+    """The schema a line after the header follows: in version 3 its kind is told by its first field."""
+    if version >= records.TREE_VERSION and "draft" in record:
+        return draft_validator()
+    if version >= records.TREE_VERSION and "select" in record:
+        return select_validator()
+    return message_validator_for(version)  # an older file holds messages only
 
 
 def assert_valid(check: Draft202012Validator, instance: object) -> None:
@@ -118,12 +152,13 @@ def lines_of(path: Path) -> list[bytes]:
 
 
 def assert_conversation_file_valid(path: Path) -> None:
-    """The header against its schema, each message against the schema of the header's version."""
-    header, *messages = lines_of(path)
+    """The header against its schema, each later line against that of its kind and of the header's version."""
+    header, *lines = lines_of(path)
     decoded = json.loads(header)
     assert_valid(header_validator(), decoded)
-    for line in messages:
-        assert_valid(message_validator_for(decoded["version"]), json.loads(line))
+    for line in lines:
+        record = json.loads(line)
+        assert_valid(line_validator_for(decoded["version"], record), record)
 
 
 def example_lines(path: Path = EXAMPLE) -> list[bytes]:
@@ -170,44 +205,63 @@ def test_every_property_and_definition_has_a_title_and_a_description(name: str) 
     assert schema(name)["title"] and schema(name)["description"]
 
 
-def test_header_and_message_schemas_share_one_set_of_definitions() -> None:
-    """The two line schemas repeat their definitions; they must not drift apart. Only the
-    message schema has the definitions the header has no use for: context and version 1 lines."""
+def test_the_conversation_schemas_share_one_set_of_definitions() -> None:
+    """The header, message, draft and select schemas repeat their definitions; they must not drift
+    apart. Only the message schema has the ones the header has no use for: the message's fields,
+    context, and the lines of versions 1 and 2."""
     header_defs = schema("conversation-header.schema.json")["$defs"]
     message_defs = schema("message.schema.json")["$defs"]
     assert {name: message_defs[name] for name in header_defs} == header_defs
-    assert message_defs.keys() - header_defs.keys() == {"contextItem", "version1Message"}
+    assert message_defs.keys() - header_defs.keys() == {
+        "message",
+        "contextItem",
+        "version2Message",
+        "version1Message",
+    }
+    for name in ("draft.schema.json", "select.schema.json"):
+        defs = schema(name)["$defs"]
+        assert defs.keys() <= header_defs.keys()
+        assert {key: header_defs[key] for key in defs} == defs
     users_defs = schema("users.schema.json")["$defs"]
     assert users_defs["id"] == header_defs["id"]
     assert users_defs["time"]["pattern"] == header_defs["time"]["pattern"]
 
 
 def test_the_schemas_refuse_unknown_fields_exactly_where_nbchat_does() -> None:
-    """Header, settings and message refuse unknown fields; users.json tolerates them, as nbchat does."""
+    """Header, settings, message, draft and select refuse unknown fields; users.json tolerates them,
+    as nbchat does."""
     header = schema("conversation-header.schema.json")
     assert header["additionalProperties"] is False
     assert header["properties"]["settings"]["additionalProperties"] is False
-    assert schema("message.schema.json")["additionalProperties"] is False
+    assert schema("message.schema.json")["$defs"]["message"]["additionalProperties"] is False
     assert schema("message.schema.json")["$defs"]["contextItem"]["additionalProperties"] is False
+    assert schema("draft.schema.json")["additionalProperties"] is False
+    assert schema("select.schema.json")["additionalProperties"] is False
     users = schema("users.schema.json")
     assert "additionalProperties" not in users
     assert "additionalProperties" not in users["$defs"]["account"]
 
 
 def test_the_schemas_know_every_format_version_nbchat_reads_and_the_limits_it_keeps() -> None:
-    """Versions 1 to FORMAT_VERSION, the context kinds and the most context items, as nbchat/ has them."""
+    """Versions 1 to FORMAT_VERSION, the fields of each kind of line, the context kinds and the most
+    context items, as nbchat/ has them."""
     header = schema("conversation-header.schema.json")
     assert header["properties"]["version"]["enum"] == list(
         range(records.OLDEST_VERSION, records.FORMAT_VERSION + 1)
     )
-    assert records.FORMAT_VERSION == migrations.LATEST == 2
+    assert records.FORMAT_VERSION == migrations.LATEST == records.TREE_VERSION == 3
     message = schema("message.schema.json")
-    assert message["properties"]["context"]["maxItems"] == MAX_CONTEXT_ITEMS
+    fields = message["$defs"]["message"]
+    assert fields["properties"]["context"]["maxItems"] == MAX_CONTEXT_ITEMS
     item = message["$defs"]["contextItem"]
     assert item["properties"]["kind"]["enum"] == list(CONTEXT_KINDS)
     assert set(item["required"]) == set(ContextItem.__dataclass_fields__)
-    assert set(message["properties"]) == records.MESSAGE_KEYS | records.OPTIONAL_MESSAGE_KEYS
-    assert set(message["required"]) == records.MESSAGE_KEYS
+    assert set(fields["properties"]) == records.MESSAGE_KEYS | records.OPTIONAL_MESSAGE_KEYS
+    assert set(fields["required"]) | set(message["required"]) == records.MESSAGE_KEYS
+    assert message["required"] == ["parent"]  # what version 3 adds to the fields every version has
+    kinds = (("draft.schema.json", records.DRAFT_KEYS), ("select.schema.json", records.SELECT_KEYS))
+    for name, keys in kinds:
+        assert set(schema(name)["properties"]) == set(schema(name)["required"]) == keys
 
 
 def pattern(schema_name: str, definition: str) -> Callable[[str], bool]:
@@ -301,20 +355,39 @@ def test_the_example_accounts_open_with_their_example_passwords(tmp_path: Path) 
 
 
 def test_the_example_conversation_validates_line_by_line() -> None:
-    """The header against the header schema, each later line against the message schema."""
+    """The header against the header schema, messages and the select record against theirs."""
     assert json.loads(example_lines()[0])["version"] == records.FORMAT_VERSION
     assert_conversation_file_valid(EXAMPLE)
+    kinds = [next(iter(json.loads(line))) for line in example_lines()[1:]]
+    assert kinds == ["id"] * 7 + ["select"]
+
+
+def example_items(path: Path = EXAMPLE) -> tuple[Conversation, list[records.Line]]:
+    header, *lines = example_lines(path)
+    return records.parse_header(header), [records.parse_line(line) for line in lines]
 
 
 def test_the_example_conversation_loads_through_the_parser() -> None:
-    """Four turns: the first question attaches @df and 2 cells, the first answer has thinking and stats."""
-    header, *lines = example_lines()
-    conversation = records.parse_header(header)
-    messages = [records.parse_message(line) for line in lines]
+    """Four turns, the last reply regenerated and the second question edited (with its own reply),
+    then a switch back to the regenerated reply. The first question attaches @df and 2 cells, the
+    first answer has thinking and stats."""
+    conversation, items = example_items()
+    *messages, select = items
+    assert all(isinstance(m, Message) for m in messages) and isinstance(select, records.Select)
     assert conversation.title == "Egg timings from the kitchen log"
     assert conversation.settings.model == "ollama:qwen3:1.7b"
-    assert [m.role for m in messages] == ["user", "assistant", "user", "assistant"]
-    question = messages[0]
+    assert "".join(m.role[0] for m in messages) == "uauaaua"  # user, assistant, ...
+    question, answer, second, _, regenerated, edited, _ = messages
+    assert [m.parent for m in messages] == [
+        None,
+        question.id,
+        answer.id,
+        second.id,
+        second.id,  # regenerated: the same question's second answer
+        answer.id,  # edited: the second question's alternative
+        edited.id,
+    ]
+    assert select.id == regenerated.id
     assert "@df" in question.content
     assert [(item.kind, item.name, item.label) for item in question.context] == [
         ("object", "df", "DataFrame 6 × 4"),
@@ -323,33 +396,142 @@ def test_the_example_conversation_loads_through_the_parser() -> None:
     assert "| 0 | 5.0 | False | very runny | False |" in question.context[0].summary
     assert 'df = pd.read_csv("eggs.csv")' in question.context[1].summary
     assert all(not m.context for m in messages[1:])
-    answer = messages[1]
     assert answer.thinking and answer.model == conversation.settings.model
     assert answer.stats is not None
     assert set(answer.stats) == {"prompt_tokens", "completion_tokens", "tokens_per_s", "finish_reason"}
-    assert all(m.time.tzinfo is not None for m in messages)
-    assert conversation.created < messages[0].time < messages[-1].time < conversation.updated
+    times = [m.time for m in messages] + [select.time]
+    assert all(t.tzinfo is not None for t in times) and times == sorted(times)
+    assert conversation.created < times[0] and times[-1] < conversation.updated
 
 
-def test_the_example_conversation_is_byte_for_byte_what_nbchat_writes() -> None:
-    """Parsing a line and writing it again gives the same bytes: the example is canonical."""
-    header, *lines = example_lines()
+def canonical_line(item: records.Line) -> bytes:
+    if isinstance(item, records.Draft):
+        return records.draft_line(item)
+    if isinstance(item, records.Select):
+        return records.select_line(item)
+    return records.message_line(item)
+
+
+@pytest.mark.parametrize("path", [EXAMPLE, EXAMPLE_INTERRUPTED], ids=["branched", "interrupted"])
+def test_the_version_3_examples_are_byte_for_byte_what_nbchat_writes(path: Path) -> None:
+    """Parsing a line and writing it again gives the same bytes: the examples are canonical."""
+    header, *lines = example_lines(path)
     assert records.header_line(records.parse_header(header)) == header
     for line in lines:
-        assert records.message_line(records.parse_message(line)) == line
+        assert canonical_line(records.parse_line(line)) == line
 
 
-def test_the_example_conversation_opens_in_a_store(tmp_path: Path) -> None:
-    """Placed at conversations/alice/<id>.jsonl, the example lists and loads like any other."""
-    conversation_id = records.parse_header(example_lines()[0]).id
+def test_make_conversation_writes_the_version_3_examples_again_byte_for_byte(tmp_path: Path) -> None:
+    """The script's every line goes through a real store and nbchat's own summaries: the committed
+    examples are what nbchat writes today (rerun the script when this fails on purpose)."""
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "make_conversation.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    for path in (EXAMPLE, EXAMPLE_INTERRUPTED):
+        assert (tmp_path / path.name).read_bytes() == path.read_bytes(), path.name
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([EXAMPLE.name, EXAMPLE_INTERRUPTED.name])
+
+
+def placed(tmp_path: Path, path: Path) -> tuple[nbchat.ConversationStore, str, Path]:
+    """An example at conversations/alice/<id>.jsonl, and Alice's store."""
+    conversation_id = records.parse_header(example_lines(path)[0]).id
     folder = tmp_path / "conversations" / "alice"
-    folder.mkdir(parents=True)
-    shutil.copy(EXAMPLE, folder / f"{conversation_id}.jsonl")
-    store = nbchat.ConversationStore(tmp_path, "alice")
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{conversation_id}.jsonl"
+    shutil.copy(path, target)
+    return nbchat.ConversationStore(tmp_path, "alice"), conversation_id, target
+
+
+def test_the_example_conversation_opens_in_a_store_on_the_branch_the_user_chose(tmp_path: Path) -> None:
+    """Placed at conversations/alice/<id>.jsonl, the example lists and loads like any other: the
+    active path runs through the selected reply, and both alternatives of each fork are kept."""
+    store, conversation_id, target = placed(tmp_path, EXAMPLE)
     assert [summary.id for summary in store.list()] == [conversation_id]
-    messages = store.get(conversation_id).messages
-    assert len(messages) == 4
+    conversation = store.get(conversation_id)
+    _, items = example_items()
+    question, answer, second, reply, regenerated, edited, edited_reply = items[:7]
+    assert conversation.messages == (question, answer, second, regenerated)
+    assert len(conversation.tree) == 7
+    assert conversation.alternatives(regenerated.id) == (reply, regenerated)
+    assert conversation.alternatives(second.id) == (second, edited)
+    assert conversation.tree.path_through(edited.id) == (question, answer, edited, edited_reply)
+    assert [item.name for item in conversation.messages[0].context] == ["df", "cells"]
+    assert target.read_bytes() == EXAMPLE.read_bytes()
+    # Without its select line the same file shows the branch used last: the edited question.
+    target.write_bytes(b"".join(example_lines()[:-1]))
+    fresh = nbchat.ConversationStore(tmp_path, "alice").get(conversation_id)
+    assert fresh.messages == (question, answer, edited, edited_reply)
+
+
+def test_the_interrupted_example_validates_line_by_line() -> None:
+    """A question, a reply streamed in two drafts then saved, a question, and three drafts of a reply
+    cut off by a dead kernel."""
+    assert_conversation_file_valid(EXAMPLE_INTERRUPTED)
+    kinds = [next(iter(json.loads(line))) for line in example_lines(EXAMPLE_INTERRUPTED)[1:]]
+    assert kinds == ["id", "draft", "draft", "id", "id", "draft", "draft", "draft"]
+
+
+def test_the_interrupted_example_shows_one_saved_reply_and_one_interrupted_reply(tmp_path: Path) -> None:
+    """The saved reply replaces its drafts; the drafts with no message read as the reply so far,
+    marked interrupted, with its first draft's time and model. Reading changes nothing."""
+    store, conversation_id, target = placed(tmp_path, EXAMPLE_INTERRUPTED)
+    _, items = example_items(EXAMPLE_INTERRUPTED)
+    question, first_draft, _, answer, follow_up, *drafts = items
+    assert isinstance(first_draft, records.Draft) and isinstance(answer, Message)
+    assert all(isinstance(d, records.Draft) and d.id == drafts[0].id for d in drafts)
+    conversation = store.get(conversation_id)
+    assert [m.id for m in conversation.messages] == [question.id, answer.id, follow_up.id, drafts[0].id]
+    assert len(conversation.tree) == 4  # one message per reply, drafts or not
+    assert conversation.messages[1] == answer
+    cut = conversation.messages[-1]
+    assert cut.role == "assistant" and cut.parent == follow_up.id
+    assert cut.content == (
+        "Poach them in two batches of four, in the widest pan you have, "
+        "and keep the cooked ones in warm water while"
+    )
+    assert cut.content == "".join(d.text for d in drafts)
+    assert cut.stats == {"partial": True, "interrupted": True}
+    assert (cut.time, cut.model, cut.thinking) == (drafts[0].time, drafts[0].model, None)
+    assert target.read_bytes() == EXAMPLE_INTERRUPTED.read_bytes()
+
+
+def test_the_version_2_example_validates_line_by_line() -> None:
+    """A file written before branches existed: its header says 2 and its messages follow version2Message."""
+    header, *lines = example_lines(EXAMPLE_V2)
+    assert json.loads(header)["version"] == 2
+    assert_conversation_file_valid(EXAMPLE_V2)
+    assert all(b'"parent"' not in line for line in lines)
+    assert not message_validator().is_valid(json.loads(lines[0]))  # no parent: not a version 3 line
+
+
+def upgraded_lines(path: Path, version: int) -> None:
+    """What nbchat would write for an older example now: the header's version and each message's parent."""
+    header, *lines = example_lines(path)
+    conversation = records.parse_header(header)
+    assert records.header_line(conversation) == header.replace(
+        b'{"version":%d,' % version, b'{"version":%d,' % records.FORMAT_VERSION, 1
+    )
+    previous = None
+    for line in lines:
+        message = records.parse_message(line, version, previous)
+        assert message.parent == previous
+        assert json.loads(records.message_line(message)) == {**json.loads(line), "parent": previous}
+        previous = message.id
+
+
+def test_the_version_2_example_loads_through_the_parser_as_one_branch() -> None:
+    """The parser reads a version 2 file's messages, each following the one on the line before."""
+    header, *lines = example_lines(EXAMPLE_V2)
+    conversation = records.parse_header(header)
+    assert conversation.title == "Egg timings from the kitchen log"
+    messages = [records.parse_message(line, 2) for line in lines]  # no previous given: the first line's view
+    assert [m.role for m in messages] == ["user", "assistant", "user", "assistant"]
     assert [item.name for item in messages[0].context] == ["df", "cells"]
+    upgraded_lines(EXAMPLE_V2, 2)
 
 
 def test_the_version_1_example_validates_line_by_line() -> None:
@@ -374,22 +556,21 @@ def test_the_version_1_example_loads_through_the_parser_as_version_1() -> None:
         "tokens_per_s": 41.7,
         "finish_reason": "stop",
     }
-    # What nbchat would write for it now differs only in the version: its messages are already canonical.
-    assert records.header_line(conversation) == header.replace(b'{"version":1,', b'{"version":2,', 1)
-    assert [records.message_line(m) for m in messages] == lines
+    # What nbchat would write for it now differs only in the version and the parents.
+    upgraded_lines(EXAMPLE_V1, 1)
 
 
-def test_the_version_1_example_opens_in_a_store_and_is_left_as_it_is(tmp_path: Path) -> None:
-    """Listing and reading an old file neither fails nor rewrites it."""
-    conversation_id = records.parse_header(example_lines(EXAMPLE_V1)[0]).id
-    folder = tmp_path / "conversations" / "alice"
-    folder.mkdir(parents=True)
-    path = folder / f"{conversation_id}.jsonl"
-    shutil.copy(EXAMPLE_V1, path)
-    store = nbchat.ConversationStore(tmp_path, "alice")
-    assert [summary.title for summary in store.list()] == ["Soft-boiled eggs"]
-    assert len(store.get(conversation_id).messages) == 4
-    assert path.read_bytes() == EXAMPLE_V1.read_bytes()
+@pytest.mark.parametrize("path", [EXAMPLE_V1, EXAMPLE_V2], ids=["version 1", "version 2"])
+def test_an_older_example_opens_in_a_store_as_one_branch_and_is_left_as_it_is(
+    tmp_path: Path, path: Path
+) -> None:
+    """Listing and reading an old file neither fails nor rewrites it; its messages form one path."""
+    store, conversation_id, target = placed(tmp_path, path)
+    assert [summary.id for summary in store.list()] == [conversation_id]
+    conversation = store.get(conversation_id)
+    assert len(conversation.messages) == len(conversation.tree) == 4
+    assert [m.parent for m in conversation.messages] == [None, *(m.id for m in conversation.messages[:-1])]
+    assert target.read_bytes() == path.read_bytes()
 
 
 # -- files written by nbchat itself -------------------------------------------------------------
@@ -398,7 +579,8 @@ def test_the_version_1_example_opens_in_a_store_and_is_left_as_it_is(tmp_path: P
 @pytest.fixture
 def written(tmp_path: Path) -> Path:
     """A data dir after a realistic session: two accounts, a failed and a good login, two
-    conversations with thinking, statistics and context, a rename, a settings change, a new password."""
+    conversations with thinking, statistics and context, a rename, a settings change, a reply
+    streamed in drafts, a regenerated reply, a branch switch, a new password."""
     data_dir = tmp_path / "data"
     accounts = nbchat.Accounts(nbchat.Config(data_dir=data_dir), bcrypt_rounds=4)
     accounts.register("Alice", "alice-secret-1")
@@ -432,9 +614,17 @@ def written(tmp_path: Path) -> Path:
     error = ContextItem(
         "error", "KeyError", "KeyError", "Traceback (most recent call last):\n  …\nKeyError: 'yolk'"
     )
-    store.append(
+    question = store.append(
         eggs.id, Message("user", "Et pour 6 œufs ? 🥚\u2028Merci\x85 @eggs", context=(eggs_list, error))
     )
+    streamed = Message("assistant", "Les mêmes 6 minutes.", model="ollama:qwen3:1.7b", thinking="Six œufs…")
+    for text, thinking in (("Les mêmes ", "Six "), ("6 minutes.", "œufs…")):
+        store.append_draft(
+            eggs.id, records.Draft(streamed.id, question.id, streamed.model, streamed.time, text, thinking)
+        )
+    store.append(eggs.id, streamed)
+    store.append(eggs.id, Message("assistant", "6½ minutes.", parent=question.id))  # regenerated
+    store.select(eggs.id, streamed.id)
     store.create()  # a new conversation: no model chosen yet
 
     accounts.change_password("bob.smith", "bob-secret-12", "bob-secret-34")
@@ -449,25 +639,34 @@ def test_the_accounts_file_written_by_nbchat_validates(written: Path) -> None:
 
 
 def test_conversation_files_written_by_nbchat_validate_line_by_line(written: Path) -> None:
-    """After appends, a rename and a settings change, every line follows its schema."""
+    """After appends, drafts, a branch, a select, a rename and a settings change, every line follows
+    the schema of its kind."""
     files = sorted((written / "conversations" / "alice").glob("*.jsonl"))
     assert len(files) == 2
     for path in files:
         assert_conversation_file_valid(path)
         assert json.loads(lines_of(path)[0])["version"] == records.FORMAT_VERSION
-    assert sum(b'"context":[' in line for path in files for line in lines_of(path)) == 1
+    every_line = [line for path in files for line in lines_of(path)]
+    assert sum(b'"context":[' in line for line in every_line) == 1
+    assert sum(line.startswith(b'{"draft":') for line in every_line) == 2
+    assert sum(line.startswith(b'{"select":') for line in every_line) == 1
     line_counts = sorted(len(lines_of(path)) for path in files)
-    assert line_counts == [1, 4]
+    assert line_counts == [1, 9]
 
 
 def test_every_line_nbchat_writes_parses_back_as_the_conversation_the_store_returns(written: Path) -> None:
-    """What is on disk is exactly what the store hands out."""
+    """What is on disk is exactly what the store hands out: its message lines are the whole tree, in
+    file order (a reply's drafts replaced by its message), and the select record chose the path."""
     store = nbchat.ConversationStore(written, "alice")
     for summary in store.list():
         header, *lines = lines_of(store.directory / f"{summary.id}.jsonl")
         conversation = store.get(summary.id)
-        assert records.parse_header(header) == replace(conversation, messages=())
-        assert tuple(records.parse_message(line) for line in lines) == conversation.messages
+        assert records.parse_header(header) == conversation.without_messages()
+        items = [records.parse_line(line) for line in lines]
+        assert tuple(item for item in items if isinstance(item, Message)) == conversation.tree.messages
+        for item in items:
+            if isinstance(item, records.Select):
+                assert conversation.messages[-1].id == item.id
 
 
 def test_the_data_dir_is_laid_out_as_the_readme_says(written: Path) -> None:
@@ -648,24 +847,156 @@ def test_the_example_question_with_its_context_is_valid_and_so_is_a_full_context
         assert len(records.parse_message(encode(record)).context) in (2, MAX_CONTEXT_ITEMS)
 
 
+def without_parent(record: dict[str, Any]) -> dict[str, Any]:
+    """The record as a version 1 or 2 file holds it: no parent field."""
+    record.pop("parent")
+    return record
+
+
+def old_message_with(change: Callable[[dict[str, Any]], object]) -> object:
+    return changed(without_parent(json.loads(example_lines()[2])), change)
+
+
+def old_question_with(change: Callable[[dict[str, Any]], object]) -> object:
+    return changed(without_parent(json.loads(example_lines()[1])), change)
+
+
 def test_a_version_1_message_with_context_is_refused_by_the_parser_and_the_version_1_schema() -> None:
     """Version 1 had no context: such a line is damage in a version 1 file, valid in a version 2 one."""
-    question = question_with(lambda r: None)
+    question = old_question_with(lambda r: None)
     assert not version1_message_validator().is_valid(question)
     with pytest.raises(RecordError, match="version 1"):
         records.parse_message(encode(question), 1)
-    assert message_validator().is_valid(question)
+    assert version2_message_validator().is_valid(question)
     assert records.parse_message(encode(question), 2).context
 
 
-def test_the_version_1_schema_refuses_whatever_the_message_schema_refuses() -> None:
-    """version1Message is the message schema and one more rule, not a looser copy of it."""
-    for change, _ in MESSAGE_FAULTS.values():
-        record = message_with(change)
-        assert not version1_message_validator().is_valid(record)
-        with pytest.raises(RecordError):
-            records.parse_message(encode(record), 1)
-    assert version1_message_validator().is_valid(message_with(lambda r: None))
+def test_a_version_1_or_2_message_with_a_parent_is_refused_by_the_parser_and_the_old_schemas() -> None:
+    """Only version 3 knows parent: in an older file it is damage, not a branch to follow."""
+    for version, old_validator in ((1, version1_message_validator()), (2, version2_message_validator())):
+        answer = message_with(lambda r: None)  # the first answer, with its parent
+        assert not old_validator.is_valid(answer)
+        with pytest.raises(RecordError, match=f"version {version} message has a parent"):
+            records.parse_message(encode(answer), version)
+        assert old_validator.is_valid(without_parent(answer))
+    assert message_validator().is_valid(message_with(lambda r: None))
+
+
+@pytest.mark.parametrize("kind", ["draft", "select"])
+def test_a_draft_or_select_line_in_a_version_1_or_2_file_is_refused_by_the_parser_and_the_schemas(
+    kind: str,
+) -> None:
+    """Older files hold messages only; such a line in one is damage, whatever else it says."""
+    line = {"draft": example_lines(EXAMPLE_INTERRUPTED)[2], "select": example_lines()[-1]}[kind]
+    record = json.loads(line)
+    for version in (1, 2):
+        assert not message_validator_for(version).is_valid(record)
+        with pytest.raises(RecordError, match=f"version {version} file holds a draft or select line"):
+            records.parse_line(line, version)
+    assert line_validator_for(3, record).is_valid(record)
+    assert canonical_line(records.parse_line(line, 3)) == line
+
+
+def test_the_version_1_and_2_schemas_refuse_whatever_the_message_schema_refuses() -> None:
+    """version1Message and version2Message are the message's fields and more rules, not looser copies."""
+    for version, old_validator in ((1, version1_message_validator()), (2, version2_message_validator())):
+        for change, _ in MESSAGE_FAULTS.values():
+            record = old_message_with(change)
+            assert not old_validator.is_valid(record)
+            with pytest.raises(RecordError):
+                records.parse_message(encode(record), version)
+        assert old_validator.is_valid(old_message_with(lambda r: None))
+
+
+PARENT_FAULTS: dict[str, Callable[[dict[str, Any]], object]] = {
+    "no parent": lambda r: drop(r, "parent"),
+    "a parent that is not an id": lambda r: r.update(parent="the question"),
+    "a parent in capitals": lambda r: r.update(parent=r["parent"].upper()),
+    "a parent of 33 digits": lambda r: r.update(parent=r["parent"] + "0"),
+    "a parent as a number": lambda r: r.update(parent=42),
+    "a parent as a list": lambda r: r.update(parent=[r["parent"]]),
+}
+
+
+@pytest.mark.parametrize("change", PARENT_FAULTS.values(), ids=PARENT_FAULTS.keys())
+def test_a_parent_nbchat_refuses_is_refused_by_the_version_3_schema(
+    change: Callable[[dict[str, Any]], object],
+) -> None:
+    """Version 3 requires parent: a message id or null, refused twice otherwise."""
+    record = message_with(change)
+    assert not message_validator().is_valid(record)
+    with pytest.raises(RecordError):
+        records.parse_message(encode(record))
+
+
+def draft_with(change: Callable[[dict[str, Any]], object]) -> object:
+    return changed(json.loads(example_lines(EXAMPLE_INTERRUPTED)[2]), change)  # thinking and text both set
+
+
+def select_with(change: Callable[[dict[str, Any]], object]) -> object:
+    return changed(json.loads(example_lines()[-1]), change)
+
+
+DRAFT_FAULTS: dict[str, Callable[[dict[str, Any]], object]] = {
+    "an unknown field": lambda r: r.update(role="assistant"),
+    "no parent": lambda r: drop(r, "parent"),
+    "no text": lambda r: drop(r, "text"),
+    "no thinking": lambda r: drop(r, "thinking"),
+    "no model": lambda r: drop(r, "model"),
+    "no time": lambda r: drop(r, "time"),
+    "a reply id that is not an id": lambda r: r.update(draft="reply-1"),
+    "a reply id null": lambda r: r.update(draft=None),
+    "a parent that is not an id": lambda r: r.update(parent="q1"),
+    "thinking null": lambda r: r.update(thinking=None),
+    "text null": lambda r: r.update(text=None),
+    "text as a number": lambda r: r.update(text=3),
+    "text with a lone surrogate": lambda r: r.update(text="half \ud83e"),
+    "text over 4000000 characters": lambda r: r.update(text="t" * 4_000_001),
+    "a blank model": lambda r: r.update(model="  "),
+    "a model on two lines": lambda r: r.update(model="ollama:\nqwen3"),
+    "a time without a timezone": lambda r: r.update(time="2025-05-03T10:02:31.902456"),
+    "a time as a number": lambda r: r.update(time=1746266551),
+}
+SELECT_FAULTS: dict[str, Callable[[dict[str, Any]], object]] = {
+    "an unknown field": lambda r: r.update(branch=2),
+    "no time": lambda r: drop(r, "time"),
+    "a message id that is not an id": lambda r: r.update(select="the second answer"),
+    "a message id null": lambda r: r.update(select=None),
+    "a message id as a number": lambda r: r.update(select=2),
+    "a time without a timezone": lambda r: r.update(time="2025-05-03T09:33:05.730261"),
+    "a time that is not a time": lambda r: r.update(time="later"),
+}
+
+
+@pytest.mark.parametrize("change", DRAFT_FAULTS.values(), ids=DRAFT_FAULTS.keys())
+def test_a_draft_nbchat_refuses_is_refused_by_the_schema(change: Callable[[dict[str, Any]], object]) -> None:
+    """Each fault is refused twice: by draft.schema.json and by records.parse_line."""
+    record = draft_with(change)
+    assert not draft_validator().is_valid(record)
+    with pytest.raises(RecordError):
+        records.parse_line(encode(record))
+
+
+@pytest.mark.parametrize("change", SELECT_FAULTS.values(), ids=SELECT_FAULTS.keys())
+def test_a_select_record_nbchat_refuses_is_refused_by_the_schema(
+    change: Callable[[dict[str, Any]], object],
+) -> None:
+    """Each fault is refused twice: by select.schema.json and by records.parse_line."""
+    record = select_with(change)
+    assert not select_validator().is_valid(record)
+    with pytest.raises(RecordError):
+        records.parse_line(encode(record))
+
+
+def test_the_example_draft_and_select_and_a_first_draft_are_valid() -> None:
+    """The positive side of the faults above, with a draft of empty text answering nothing."""
+    for check, record in (
+        (draft_validator(), draft_with(lambda r: None)),
+        (draft_validator(), draft_with(lambda r: r.update(parent=None, model=None, text="", thinking=""))),
+        (select_validator(), select_with(lambda r: None)),
+    ):
+        assert_valid(check, record)
+        records.parse_line(encode(record))
 
 
 def test_a_newer_format_is_reported_as_such_not_as_damage() -> None:
@@ -735,6 +1066,31 @@ def test_nbchat_reads_an_empty_context_as_none_while_the_schema_wants_it_left_ou
         message = records.parse_message(encode(record))
         assert message.context == ()
         assert b'"context"' not in records.message_line(message)
+
+
+def test_json_schema_cannot_refuse_a_message_that_follows_itself() -> None:
+    """A parent equal to the message's own id is a valid id to the schema; nbchat refuses it."""
+    record = message_with(lambda r: r.update(parent=r["id"]))
+    assert message_validator().is_valid(record)
+    with pytest.raises(RecordError, match="cannot follow itself"):
+        records.parse_message(encode(record))
+
+
+def test_json_schema_cannot_see_that_a_parent_or_a_selected_message_is_on_an_earlier_line(
+    tmp_path: Path,
+) -> None:
+    """Each line validates on its own; nbchat checks the file as a whole and moves a file whose
+    line answers, or selects, a message no earlier line holds aside as damaged."""
+    header, *lines = example_lines()
+    for bad, reason in ((lines[1:], "answers message"), ([lines[-1], *lines[:-1]], "selects message")):
+        for line in bad:
+            record = json.loads(line)
+            assert line_validator_for(3, record).is_valid(record)
+        store, conversation_id, target = placed(tmp_path / reason.split()[0], EXAMPLE)
+        target.write_bytes(header + b"".join(bad))
+        with pytest.raises(CorruptFile, match=reason):
+            store.get(conversation_id)
+        assert not target.exists()
 
 
 def test_json_schema_cannot_refuse_a_token_count_written_with_a_fraction() -> None:
@@ -885,9 +1241,20 @@ def accepted_messages(draw: st.DrawFn) -> Message:
             model=draw(st.none() | mostly_one_line(max_size=310)),
             stats=draw(st.none() | st.dictionaries(st.text(), STAT_VALUES)),
             context=tuple(draw(st.lists(context_items(), max_size=3))) if role == "user" else (),
+            parent=draw(st.none() | IDS),
         )
     except InvalidValue:
         reject()
+
+
+@st.composite
+def accepted_drafts(draw: st.DrawFn) -> records.Draft:
+    try:
+        model = check_model_id("model", draw(st.none() | mostly_one_line(max_size=310)))
+    except InvalidValue:
+        reject()
+    parent = draw(st.none() | IDS)
+    return records.Draft(draw(IDS), parent, model, draw(TIMES), draw(st.text()), draw(st.text()))
 
 
 @given(accepted_conversations())
@@ -908,6 +1275,22 @@ def test_any_message_nbchat_accepts_is_a_valid_line_that_reads_back_equal(messag
     assert line.count(b"\n") == 1 and line.endswith(b"\n")
     assert_valid(message_validator(), json.loads(line))
     assert records.parse_message(line) == message
+
+
+@given(accepted_drafts())
+def test_any_draft_nbchat_accepts_is_a_valid_line_that_reads_back_equal(draft: records.Draft) -> None:
+    """Generated reply ids, parents, models, times and text: each draft line is one valid line."""
+    line = records.draft_line(draft)
+    assert line.count(b"\n") == 1 and line.endswith(b"\n")
+    assert_valid(draft_validator(), json.loads(line))
+    assert records.parse_line(line) == draft  # times compare as instants, whatever the zone
+
+
+@given(IDS, TIMES)
+def test_any_select_record_is_a_valid_line_that_reads_back_equal(message_id: str, time: datetime) -> None:
+    line = records.select_line(records.Select(message_id, time))
+    assert_valid(select_validator(), json.loads(line))
+    assert records.parse_line(line) == records.Select(message_id, time)
 
 
 def title_is_canonical(title: str) -> bool:
