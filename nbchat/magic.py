@@ -9,6 +9,9 @@ verbatim, as the prompt, so apostrophes and quotes need no escaping::
     %chat --cells 2 why is this slow?    # the last 2 cells, with their results, go along
     %chat --error why did this fail?     # the last traceback goes along
     %chat --cell plot @df by month       # the reply's code becomes the next cell
+    %chat --regenerate                   # another reply to the last question (the old one is kept)
+    %chat --search monad functor         # find words in all your conversations, ranked
+    %chat --export chat.ipynb            # the conversation as .md, .ipynb or .json, next to the notebook
     answer = %chat -t 0.2 give me a haiku
 
 ``{name}`` is filled first; ``@name`` mentions are then the session's (it
@@ -39,14 +42,17 @@ from typing import Any
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
 
 from nbchat.errors import InvalidValue, NbchatError, NoConversation, NotLoggedIn
+from nbchat.export import format_names
 from nbchat.notebook import CodeBlock, cell_for, code_blocks
 from nbchat.render import stats_footer
 from nbchat.reply import Reply
 from nbchat.session import ChatSession, get_session
+from nbchat.types import Conversation
 
 #: How often the streamed Markdown is redrawn (a redraw per token would flood the browser).
 REDRAW_INTERVAL_S = 0.1
 DEFAULT_ERROR_QUESTION = "Why did this fail, and how do I fix it?"
+SHORT_ID = 12  # how much of an id --search prints: unambiguous in practice, short enough to type
 
 
 class UsageError(NbchatError):
@@ -75,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "Examples:  %chat --login alice   |   %chat --new -m ollama:qwen3:1.7b what is a monad?   |   "
             "%chat explain {err}   |   %chat what is the mean of @nums?   |   %chat --cells 2 why so slow?"
-            "   |   %chat --error   |   %chat --cell plot @df   |   %chat -c Ideas --list"
+            "   |   %chat --error   |   %chat --cell plot @df   |   %chat -c Ideas --list   |   "
+            "%chat --regenerate   |   %chat --search monad   |   %chat --export chat.ipynb"
         ),
     )
     parser.add_argument("-h", "--help", action="store_true", help="show this help")
@@ -101,6 +108,30 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     chats.add_argument("--list", action="store_true", help="list your conversations")
+    chats.add_argument(
+        "--at",
+        metavar="MESSAGE-ID",
+        help="show the branch holding that message (an id or its first 6+ characters, as --search "
+        "prints them); with -c, in that conversation",
+    )
+    chats.add_argument(
+        "--regenerate",
+        action="store_true",
+        help="a new reply to the last question, with the settings now; the old reply is kept as an "
+        "alternative",
+    )
+    chats.add_argument(
+        "--search",
+        action="store_true",
+        help="find the rest of the line's words in all your conversations (titles and every message, "
+        "every branch), best first: %%chat --search monad functor",
+    )
+    chats.add_argument(
+        "--export",
+        metavar="FILE",
+        help="write the conversation to FILE next to the notebook; its extension says the format: "
+        f"{format_names()}; an existing file is never overwritten",
+    )
     settings = parser.add_argument_group("settings of the conversation (kept for its next messages)")
     settings.add_argument(
         "-m", "--model", metavar="ID", help="ollama:<name>, transformers:<id or path>, qwen3"
@@ -277,9 +308,15 @@ def run(line: str, cell: str | None, namespace: Mapping[str, Any]) -> ChatAnswer
     if options.login:
         session.login(options.login, _ask_password(f"Password for {options.login}: "))
         print(f"Logged in as {session.user}.")
+    if options.search and options.regenerate:
+        raise UsageError("--search and --regenerate go in separate cells (see %chat --help)")
     if options.conversation is not None:
         conversation = session.select(find_conversation(session, options.conversation))
-        print(f"Conversation: {conversation.title}")
+        if options.at is None:
+            print(f"Conversation: {conversation.title}")
+    if options.at is not None:
+        conversation = session.open_at(_require_current(session).id, find_message(session, options.at))
+        print(f"Conversation: {conversation.title}, at message {options.at}")
     if options.new is not None:
         session.new_conversation(options.new or None)
     changes = _setting_changes(options)
@@ -295,8 +332,27 @@ def run(line: str, cell: str | None, namespace: Mapping[str, Any]) -> ChatAnswer
         _show_markdown("\n".join(f"- `{model}`" for model in session.models()) or "No models found.")
     if options.health:
         _show(session.health())
+    if options.export is not None:
+        current = _require_current(session)
+        path = session.export(current.id, None, options.export)
+        print(f"Exported {current.title!r} to {path}")
 
     prompt = prompt.strip()
+    if options.search:
+        print(search_results(session, prompt))
+        return None
+    if options.regenerate:
+        if prompt:
+            raise InvalidValue(
+                "--regenerate answers the last question again and takes no new one: "
+                "%chat --regenerate alone (settings such as -t may go with it)."
+            )
+        _require_current(session)
+        reply = session.regenerate()
+        answer = _hand_out(session, stream_into_cell(reply))
+        if options.cell:
+            code_into_next_cell(reply)
+        return answer
     if prompt and not options.raw:
         prompt = interpolate(prompt, namespace)  # the question only: the session attaches a traceback as is
     if options.error and not prompt:
@@ -307,11 +363,7 @@ def run(line: str, cell: str | None, namespace: Mapping[str, Any]) -> ChatAnswer
         if not (argv or cell is not None):
             print(status_line(session))
         return None
-    if session.user is not None and session.current is None:
-        raise NoConversation(
-            "No conversation is selected: start one with %chat --new -m MODEL your question, "
-            "or pick one with %chat -c TITLE (--list shows them)."
-        )
+    _require_current(session)
     reply = session.send(prompt, cells=options.cells or 0, error=options.error, namespace=namespace)
     answer = _hand_out(session, stream_into_cell(reply))
     if options.cell:
@@ -489,6 +541,53 @@ class _Names(dict[str, Any]):
 
     def __getitem__(self, key: str) -> Any:
         return self.__missing__(key)
+
+
+def _require_current(session: ChatSession) -> Conversation:
+    """The current conversation, or the magic's advice on picking one (or on logging in)."""
+    if session.user is None:
+        raise NotLoggedIn("Log in first (or register, then log in).")
+    current = session.current
+    if current is None:
+        raise NoConversation(
+            "No conversation is selected: start one with %chat --new -m MODEL your question, "
+            "or pick one with %chat -c TITLE (--list shows them)."
+        )
+    return current
+
+
+def find_message(session: ChatSession, wanted: str) -> str:
+    """A message id of the current conversation (any branch) from its id or its first 6+ characters."""
+    tree = _require_current(session).tree
+    wanted = wanted.strip().lower()
+    if wanted in tree:
+        return wanted
+    matches = [m.id for m in tree.messages if len(wanted) >= 6 and m.id.startswith(wanted)]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise InvalidValue(f"{len(matches)} messages start with {wanted!r}; give more of the id.")
+    raise InvalidValue(
+        f"This conversation has no message {wanted!r}: give the id --search printed (with its -c)."
+    )
+
+
+def search_results(session: ChatSession, query: str) -> str:
+    """``--search``: the hits, best first, each with its title, snippet and the line that opens it."""
+    if not query:
+        raise InvalidValue("--search needs words to find: %chat --search monad functor")
+    hits = session.search(query)
+    if not hits:
+        return f"Nothing in your conversations matches {query!r}."
+    lines = [f"{len(hits)} hit{'s' if len(hits) != 1 else ''} for {query!r}, best first:"]
+    for number, hit in enumerate(hits, 1):
+        where = f"{hit.role} message" if hit.message_id is not None else "title"
+        when = hit.time.astimezone().strftime("%Y-%m-%d %H:%M")
+        lines.append(f"{number}. {hit.title}  ({where}, {when})")
+        lines.append(f"   {' '.join(hit.snippet.split())}")
+        at = f" --at {hit.message_id[:SHORT_ID]}" if hit.message_id is not None else ""
+        lines.append(f"   open it: %chat -c {hit.conversation_id[:SHORT_ID]}{at}")
+    return "\n".join(lines)
 
 
 def find_conversation(session: ChatSession, wanted: str) -> str:
