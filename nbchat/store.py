@@ -69,6 +69,7 @@ from nbchat.files import (
     truncate,
     try_locked,
 )
+from nbchat.search import SearchHit, SearchIndex, Stamp
 from nbchat.types import (
     DEFAULT_TITLE,
     Conversation,
@@ -134,6 +135,7 @@ class ConversationStore:
         self._streaming: set[str] = set()  # ids of replies this store is drafting (shown live, not as drafts)
         self._mutex = threading.RLock()
         self._closed = False
+        self._index = SearchIndex(self._dir)  # a derived cache; opened at first use
 
     @property
     def username(self) -> str:
@@ -148,6 +150,7 @@ class ConversationStore:
         with self._mutex:
             self._cache.clear()
             self._closed = True
+            self._index.close()
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -173,6 +176,43 @@ class ConversationStore:
             path = self._path(conversation_id)
             with self._reading() as refused:
                 return self._load(path, refused=refused, writing=False)
+
+    def search(self, query: str, limit: int = 20) -> builtins.list[SearchHit]:
+        """The user's messages and titles matching ``query`` (every branch), best first (``nbchat.search``).
+
+        The index is a cache beside the files: conversations changed since it last saw them
+        (by another kernel too) are indexed again first, one stat per file. An empty query is
+        a ``SearchError``; a missing or damaged index is rebuilt, never an error.
+        """
+        with self._mutex, self._reading() as refused:
+            files = self._stamps() if refused is None or self._dir.is_dir() else {}
+            return self._index.search(
+                query, limit, files, lambda cid: self._indexable(cid, refused), locked=refused is None
+            )
+
+    def _stamps(self) -> dict[str, Stamp]:
+        """(inode, size) of every conversation file: what the search index compares with its own."""
+        stamps = {}
+        for path in self._conversation_files():
+            try:
+                stat = path.stat()
+            except OSError:
+                continue  # deleted meanwhile, or unreadable: nothing of it can be searched now
+            stamps[path.name[: -len(SUFFIX)]] = (stat.st_ino, stat.st_size)
+        return stamps
+
+    def _indexable(
+        self, conversation_id: str, refused: StorageFailed | None
+    ) -> tuple[Conversation, Stamp] | None:
+        """The conversation as read now and the (inode, size) read up to; None if it cannot be read."""
+        try:
+            conversation = self._load(self._path(conversation_id), refused=refused, writing=False)
+        except (CorruptFile, UnsupportedVersion, ConversationNotFound, StorageFailed):
+            return None
+        state = self._cache.get(conversation_id)
+        if state is None:
+            return None
+        return conversation, (state.inode, state.offset)
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -278,10 +318,17 @@ class ConversationStore:
             # An older nbchat then refuses the file untouched instead of calling it damaged.
             body = self._body(path, state)
             state = self._write_whole(path, state.conversation, state, body + line)
-            state.offset -= len(line)  # taken below, as for an append
-        else:
-            append_bytes(path, line)
+            state.offset -= len(line)  # taken next, as for an append
+            state.take(item, len(line))
+            self._index.rewritten(state.view(self._streaming), inode=state.inode, size=state.offset)
+            return
+        append_bytes(path, line)
+        before = state.offset
         state.take(item, len(line))
+        message = item if isinstance(item, Message) else None
+        self._index.added(
+            state.conversation.id, message, inode=state.inode, before=before, after=state.offset
+        )
 
     def rename(self, conversation_id: str, title: str) -> Conversation:
         """Give the conversation a new title (rewrites the file atomically)."""
@@ -305,6 +352,7 @@ class ConversationStore:
                 except FileNotFoundError:
                     raise self._not_found(conversation_id) from None
             self._cache.pop(conversation_id, None)
+            self._index.removed(conversation_id)
             fsync_dir(self._dir)
 
     # -- internals -------------------------------------------------------------------------
@@ -651,4 +699,5 @@ class ConversationStore:
                 version=fresh.version,
             )
         self._cache[conversation.id] = fresh
+        self._index.rewritten(fresh.view(self._streaming), inode=fresh.inode, size=fresh.offset)
         return fresh

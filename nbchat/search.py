@@ -1,0 +1,587 @@
+"""Full-text search over one user's conversations: an SQLite FTS5 index beside the JSON Lines files.
+
+The index (``<user dir>/.search.sqlite``) is a derived cache, never the source of truth:
+
+- it is rebuilt when missing, when its schema is not this module's, and when it is damaged
+  (garbage bytes, a truncated file, anything SQLite calls corrupt): the file is deleted and
+  built again from the conversation files, with no error to the user;
+- it records, per conversation, the file's (inode, size) it has indexed up to. Before every
+  search each file is stat-ed once and a conversation that changed (another kernel appended,
+  renamed, or the index missed an update) is brought up to date, one deleted is dropped;
+- the store tells it of every line it appends (``added``: O(1), one small transaction that
+  applies only if the index was exactly up to the size before that line), of every whole-file
+  rewrite (``rewritten``: a rename touches the title only) and of deletions (``removed``). None
+  of these ever raises into the store: a failure leaves the index behind the file, which the
+  next search catches up.
+
+Every message of every branch is indexed (its text, not its thinking or attached context),
+and every title. Words are matched by SQLite's ``unicode61`` tokenizer with diacritics
+removed (``cafe`` finds "café"); Chinese, Japanese and Korean text, which has no spaces
+between words, is indexed one character per token (a zero-width space goes between such
+characters, in the index only), so a query of any length finds text inside a longer run:
+measured against the ``trigram`` tokenizer, which finds nothing for the common two-character
+words ("数据") and cannot fold diacritics in this SQLite.
+
+The file uses a rollback journal (``PERSIST``) with ``synchronous=OFF``: a process killed
+mid-write leaves a journal that SQLite rolls back, and only a power cut can damage it (then
+it is rebuilt). Not WAL: a kernel closing a connection to an index another kernel replaced
+would delete the new index's ``-wal`` file by name. Every use of the file happens under the
+user's lock (the store holds it); where the lock or the file cannot be had (a read-only data
+dir, a full disk) the store searches an index kept in memory instead, built from the files.
+
+``sqlite3`` is imported only when the index is first used, so ``import nbchat`` stays light.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nbchat.errors import SearchError
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from nbchat.types import Conversation, Message
+
+log = logging.getLogger(__name__)
+
+INDEX_NAME = ".search.sqlite"
+#: The files SQLite keeps beside the index (all deleted with it).
+_COMPANIONS = ("-journal", "-wal", "-shm")
+SCHEMA_VERSION = 1  # PRAGMA user_version of an index this module built; any other is rebuilt
+MAX_QUERY_CHARS = 1_000
+MAX_QUERY_WORDS = 32
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 1_000
+
+# What marks a matched word inside ``snippet()``'s output; removed from indexed text first.
+_OPEN, _CLOSE = "\x02", "\x03"  # char(2), char(3) in _SEARCH
+_ZWSP = "\u200b"  # a token separator for unicode61 (a format character), invisible in text
+_CJK = (
+    "\u3040-\u30ff"  # hiragana, katakana
+    "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # CJK ideographs
+    "\uac00-\ud7af"  # hangul syllables
+    "\U00020000-\U0002fa1f"  # CJK extensions B-F, compatibility supplement
+)
+_BETWEEN_CJK = re.compile(f"(?<=[{_CJK}])(?=[{_CJK}])")
+_MARKERS = str.maketrans({_OPEN: " ", _CLOSE: " "})
+
+_SCHEMA = f"""
+CREATE TABLE conversations (
+    id TEXT PRIMARY KEY,
+    inode INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    title TEXT NOT NULL,
+    updated TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE entries (
+    rowid INTEGER PRIMARY KEY,
+    conversation TEXT NOT NULL,
+    message_id TEXT,            -- NULL: the conversation's title
+    role TEXT,
+    time TEXT NOT NULL,
+    partial INTEGER NOT NULL    -- 1: an interrupted reply read from its drafts (may still grow)
+);
+CREATE UNIQUE INDEX entries_message ON entries (conversation, message_id);
+CREATE VIRTUAL TABLE words USING fts5(body, tokenize = 'unicode61 remove_diacritics 2');
+PRAGMA user_version = {SCHEMA_VERSION};
+"""
+
+_SEARCH = """
+WITH best AS (
+    SELECT rowid, snippet(words, 0, char(2), char(3), '…', 20) AS snip, rank
+    FROM words WHERE words MATCH ? ORDER BY rank LIMIT ?
+)
+SELECT e.conversation, c.title, e.message_id, e.role, best.snip, best.rank, e.time
+FROM best JOIN entries e ON e.rowid = best.rowid JOIN conversations c ON c.id = e.conversation
+ORDER BY best.rank
+"""
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One message (or a title) that matches, best first.
+
+    ``snippet`` is plain text around the hit (no HTML: escape it to show it), each matched
+    word wrapped in ``[`` and ``]``, "…" where the text was cut. Text may itself hold
+    brackets, so to highlight exactly use ``parts``: the same snippet as ``(text, matched)``
+    pieces. ``message_id``/``role`` are ``None`` when the title matched; ``score`` is higher
+    for a better match (bm25, negated); ``time`` is the message's, or the conversation's last
+    change for a title.
+    """
+
+    conversation_id: str
+    title: str
+    message_id: str | None
+    role: str | None
+    snippet: str
+    score: float
+    time: datetime
+    parts: tuple[tuple[str, bool], ...] = ()
+
+
+#: (inode, size) of a conversation file, as stat-ed.
+Stamp = tuple[int, int]
+#: What a search needs of one conversation: it as read, and the (inode, size) read up to;
+#: ``None`` for a file that cannot be indexed (gone, damaged, a newer format).
+Loader = Callable[[str], "tuple[Conversation, Stamp] | None"]
+
+
+def indexed_text(text: str) -> str:
+    """Text as the index holds it: snippet markers removed, CJK characters one token each."""
+    return _BETWEEN_CJK.sub(_ZWSP, text.translate(_MARKERS))
+
+
+def match_expression(query: object) -> str:
+    """The user's words as an FTS5 query: each word quoted, the last one also as a prefix.
+
+    Nothing a user types is FTS5 syntax (quotes, ``*``, ``AND``, ``-``, ``:``, parentheses
+    are words or separators), so no query can raise; one with no word at all is refused.
+    """
+    if not isinstance(query, str):
+        raise SearchError(f"A search query is text, not {type(query).__name__}.")
+    if len(query) > MAX_QUERY_CHARS:
+        raise SearchError(
+            f"The search query is {len(query):,} characters long; search for at most {MAX_QUERY_CHARS:,}."
+        )
+    words = [w for w in indexed_text(query).split() if any(c.isalnum() for c in w)]
+    if not words:
+        raise SearchError(
+            "Type a word to search for: the query is empty or has only punctuation."
+            if query.strip()
+            else "Type a word to search for: the query is empty."
+        )
+    if len(words) > MAX_QUERY_WORDS:
+        raise SearchError(f"The search query has {len(words)} words; search for at most {MAX_QUERY_WORDS}.")
+    quoted = ['"' + word.replace('"', '""') + '"' for word in words]
+    quoted[-1] += " *"  # search as you type: the last word may be unfinished
+    return " ".join(quoted)
+
+
+def snippet_parts(raw: str) -> tuple[tuple[str, bool], ...]:
+    """``snippet()``'s output as (text, matched) pieces, the index's zero-width spaces removed."""
+    parts: list[tuple[str, bool]] = []
+    for number, piece in enumerate(re.split(f"[{_OPEN}{_CLOSE}]", raw.replace(_ZWSP, ""))):
+        if piece:
+            parts.append((piece, number % 2 == 1))
+    return tuple(parts)
+
+
+def _bracketed(parts: tuple[tuple[str, bool], ...]) -> str:
+    return "".join(f"[{text}]" if matched else text for text, matched in parts)
+
+
+def _is_partial(message: Message) -> bool:
+    return bool(message.stats and message.stats.get("interrupted"))
+
+
+def _time(value: datetime) -> str:
+    return value.astimezone(timezone.utc).isoformat()
+
+
+class _Unusable(Exception):
+    """The index file cannot be used here (cannot be created, written or locked): search in memory."""
+
+
+def _corrupt(exc: BaseException) -> bool:
+    """SQLite says the file is damaged or not a database (not busy, full or read-only)."""
+    import sqlite3
+
+    if not isinstance(exc, sqlite3.DatabaseError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
+    return type(exc) is sqlite3.DatabaseError
+
+
+def _header_damaged(path: Path) -> bool:
+    """A file SQLite would open but that cannot be a whole database: wrong magic, or cut short.
+
+    A truncated index can answer some queries and fail others; caught here, it is rebuilt
+    before it is used.
+    """
+    with path.open("rb") as handle:
+        header = handle.read(100)
+        size = os.fstat(handle.fileno()).st_size
+    if size == 0:
+        return False  # SQLite makes a new database of an empty file
+    if len(header) < 100 or not header.startswith(b"SQLite format 3\x00"):
+        return True
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    if page_size < 512 or page_size & (page_size - 1) or size % page_size:
+        return True
+    pages = int.from_bytes(header[28:32], "big")
+    counted = header[24:28] == header[92:96]  # the in-header page count is valid
+    return counted and size < pages * page_size
+
+
+class SearchIndex:
+    """The search index of one user directory, for one store (one per kernel and login).
+
+    The store calls every method under its own mutex; ``added``, ``rewritten``, ``removed``
+    and ``search`` also under the user's file lock (``search`` without it only in memory).
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self._path = Path(directory) / INDEX_NAME
+        self._db: sqlite3.Connection | None = None
+        self._inode: int | None = None  # of the file ``_db`` was opened on
+        self._in_memory = False  # the file cannot be used: an index in memory, for this store
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def in_memory(self) -> bool:
+        """True once this store searches an index in memory (the file could not be used)."""
+        return self._in_memory
+
+    def close(self) -> None:
+        if self._db is not None:
+            try:
+                self._db.close()
+            except Exception:
+                log.debug("closing the search index failed", exc_info=True)
+        self._db, self._inode = None, None
+
+    # -- the store's hooks: never raise -----------------------------------------------------
+
+    def added(
+        self, conversation_id: str, message: Message | None, *, inode: int, before: int, after: int
+    ) -> None:
+        """One line was appended (``before`` → ``after`` bytes); index its message if any (O(1))."""
+        try:
+            db = self._existing()
+            if db is None:
+                return
+            with _transaction(db):
+                row = db.execute(
+                    "SELECT inode, size FROM conversations WHERE id = ?", (conversation_id,)
+                ).fetchone()
+                if row != (inode, before):
+                    return  # behind the file already: the next search catches it up
+                if message is not None:
+                    self._drop_message(db, conversation_id, message.id)
+                    self._insert(db, conversation_id, message)
+                db.execute("UPDATE conversations SET size = ? WHERE id = ?", (after, conversation_id))
+        except Exception as exc:
+            self._failed("added", exc)
+
+    def rewritten(self, conversation: Conversation, *, inode: int, size: int) -> None:
+        """The file was written whole (created, renamed, settings, upgraded): new title and stamp.
+
+        The messages are indexed again only if some are missing (a rename costs a few rows).
+        """
+        try:
+            db = self._existing()
+            if db is None:
+                return
+            with _transaction(db):
+                row = db.execute(
+                    "SELECT count(message_id), total(partial) FROM entries WHERE conversation = ?",
+                    (conversation.id,),
+                ).fetchone()
+                known = db.execute("SELECT 1 FROM conversations WHERE id = ?", (conversation.id,)).fetchone()
+                if known is None or row != (len(conversation.tree), 0):
+                    self._sync(db, conversation, (inode, size))
+                else:
+                    self._set_title(db, conversation)
+                    db.execute(
+                        "UPDATE conversations SET inode = ?, size = ? WHERE id = ?",
+                        (inode, size, conversation.id),
+                    )
+        except Exception as exc:
+            self._failed("rewritten", exc)
+
+    def removed(self, conversation_id: str) -> None:
+        """The conversation was deleted."""
+        try:
+            db = self._existing()
+            if db is None:
+                return
+            with _transaction(db):
+                self._drop_conversation(db, conversation_id)
+        except Exception as exc:
+            self._failed("removed", exc)
+
+    # -- searching ----------------------------------------------------------------------------
+
+    def search(
+        self,
+        query: str,
+        limit: int,
+        files: Mapping[str, Stamp],
+        load: Loader,
+        *,
+        locked: bool = True,
+    ) -> list[SearchHit]:
+        """The best ``limit`` hits for ``query``, after catching up with ``files`` (id → stamp).
+
+        ``locked``: the caller holds the user's lock, so the file may be used (else: memory).
+        """
+        import sqlite3
+
+        expression = match_expression(query)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+            raise SearchError(
+                f"The number of hits must be a whole number from 1 to {MAX_LIMIT}, not {limit!r}."
+            )
+        if not files and self._db is None and not self._path.exists():
+            return []  # nothing to search: no reason to create an index
+        if not locked and not self._in_memory:
+            self._use_memory("the user's lock cannot be taken (a read-only data dir?)")
+        for attempt in range(3):
+            try:
+                db = self._open()
+                self._catch_up(db, files, load)
+                return self._query(db, expression, limit)
+            except (sqlite3.Error, _Unusable) as exc:  # whatever the file did, search from the files
+                if (self._in_memory and not _corrupt(exc)) or attempt == 2:
+                    raise
+                if _corrupt(exc):
+                    log.debug("search index %s is damaged; rebuilding it", self._path, exc_info=True)
+                    try:
+                        self._discard()
+                    except OSError as failed:
+                        self._use_memory(f"the damaged index cannot be deleted: {failed}")
+                else:
+                    self._use_memory(f"{type(exc).__name__}: {exc}")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _query(self, db: sqlite3.Connection, expression: str, limit: int) -> list[SearchHit]:
+        hits = []
+        for conversation_id, title, message_id, role, raw, rank, time in db.execute(
+            _SEARCH, (expression, limit)
+        ):
+            parts = snippet_parts(raw)
+            hits.append(
+                SearchHit(
+                    conversation_id=conversation_id,
+                    title=title,
+                    message_id=message_id,
+                    role=role,
+                    snippet=_bracketed(parts),
+                    score=-float(rank),
+                    time=datetime.fromisoformat(time),
+                    parts=parts,
+                )
+            )
+        return hits
+
+    def _catch_up(self, db: sqlite3.Connection, files: Mapping[str, Stamp], load: Loader) -> None:
+        """Re-index every conversation whose file is not what was indexed; drop the deleted ones."""
+        known = {
+            cid: (inode, size) for cid, inode, size in db.execute("SELECT id, inode, size FROM conversations")
+        }
+        for conversation_id in known.keys() - files.keys():
+            with _transaction(db):
+                self._drop_conversation(db, conversation_id)
+        for conversation_id, stamp in files.items():
+            if known.get(conversation_id) == stamp:
+                continue
+            loaded = load(conversation_id)
+            with _transaction(db):
+                if loaded is None:  # cannot be read now: nothing to find in it until it changes
+                    self._drop_conversation(db, conversation_id)
+                    db.execute(
+                        "INSERT INTO conversations VALUES (?, ?, ?, '', '')", (conversation_id, *stamp)
+                    )
+                else:
+                    self._sync(db, *loaded)
+
+    def _sync(self, db: sqlite3.Connection, conversation: Conversation, stamp: Stamp) -> None:
+        """Make the index hold exactly this conversation (read up to ``stamp``), within a transaction."""
+        rows = {
+            message_id: (rowid, partial)
+            for rowid, message_id, partial in db.execute(
+                "SELECT rowid, message_id, partial FROM entries"
+                " WHERE conversation = ? AND message_id IS NOT NULL",
+                (conversation.id,),
+            )
+        }
+        for message in conversation.tree.messages:
+            row = rows.pop(message.id, None)
+            if row is not None and not row[1]:
+                continue  # a saved message never changes
+            if row is not None:
+                self._drop_rows(db, [row[0]])  # an interrupted reply: its drafts grew, or it was saved
+            self._insert(db, conversation.id, message)
+        self._drop_rows(db, [rowid for rowid, _ in rows.values()])
+        db.execute(
+            "INSERT INTO conversations VALUES (?, ?, ?, '', '') "
+            "ON CONFLICT (id) DO UPDATE SET inode = excluded.inode, size = excluded.size",
+            (conversation.id, *stamp),
+        )
+        self._set_title(db, conversation)
+
+    def _set_title(self, db: sqlite3.Connection, conversation: Conversation) -> None:
+        updated = _time(conversation.summary.updated)
+        row = db.execute(
+            "SELECT title, updated FROM conversations WHERE id = ?", (conversation.id,)
+        ).fetchone()
+        if row == (conversation.title, updated):
+            return
+        db.execute(
+            "UPDATE conversations SET title = ?, updated = ? WHERE id = ?",
+            (conversation.title, updated, conversation.id),
+        )
+        old = db.execute(
+            "SELECT rowid FROM entries WHERE conversation = ? AND message_id IS NULL", (conversation.id,)
+        ).fetchall()
+        self._drop_rows(db, [rowid for (rowid,) in old])
+        cursor = db.execute(
+            "INSERT INTO entries (conversation, message_id, role, time, partial)"
+            " VALUES (?, NULL, NULL, ?, 0)",
+            (conversation.id, updated),
+        )
+        db.execute(
+            "INSERT INTO words (rowid, body) VALUES (?, ?)",
+            (cursor.lastrowid, indexed_text(conversation.title)),
+        )
+
+    @staticmethod
+    def _insert(db: sqlite3.Connection, conversation_id: str, message: Message) -> None:
+        cursor = db.execute(
+            "INSERT INTO entries (conversation, message_id, role, time, partial) VALUES (?, ?, ?, ?, ?)",
+            (conversation_id, message.id, message.role, _time(message.time), int(_is_partial(message))),
+        )
+        db.execute(
+            "INSERT INTO words (rowid, body) VALUES (?, ?)", (cursor.lastrowid, indexed_text(message.content))
+        )
+
+    def _drop_message(self, db: sqlite3.Connection, conversation_id: str, message_id: str) -> None:
+        rows = db.execute(
+            "SELECT rowid FROM entries WHERE conversation = ? AND message_id = ?",
+            (conversation_id, message_id),
+        ).fetchall()
+        self._drop_rows(db, [rowid for (rowid,) in rows])
+
+    def _drop_conversation(self, db: sqlite3.Connection, conversation_id: str) -> None:
+        db.execute(
+            "DELETE FROM words WHERE rowid IN (SELECT rowid FROM entries WHERE conversation = ?)",
+            (conversation_id,),
+        )
+        db.execute("DELETE FROM entries WHERE conversation = ?", (conversation_id,))
+        db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
+
+    @staticmethod
+    def _drop_rows(db: sqlite3.Connection, rowids: list[int]) -> None:
+        for rowid in rowids:
+            db.execute("DELETE FROM words WHERE rowid = ?", (rowid,))
+            db.execute("DELETE FROM entries WHERE rowid = ?", (rowid,))
+
+    def _existing(self) -> sqlite3.Connection | None:
+        """The index to update, or None when there is none yet (the first search builds it)."""
+        if self._in_memory:
+            return self._db
+        if self._db is not None and self._current():
+            return self._db
+        self.close()
+        if not self._path.exists():
+            return None
+        return self._open()
+
+    def _current(self) -> bool:
+        """The open connection is to the file now at ``path`` (another kernel may have rebuilt it)."""
+        try:
+            return os.stat(self._path).st_ino == self._inode
+        except OSError:
+            return False
+
+    def _open(self) -> sqlite3.Connection:
+        """The index, made ready (schema checked, a damaged file deleted and rebuilt)."""
+        import sqlite3
+
+        if self._in_memory:
+            if self._db is None:
+                self._db = _connect(sqlite3, ":memory:")
+                self._db.executescript(_SCHEMA)
+            return self._db
+        if self._db is not None and self._current():
+            return self._db
+        self.close()
+        try:
+            if self._path.exists() and _header_damaged(self._path):
+                log.debug("search index %s is not a whole database; rebuilding it", self._path)
+                self._discard()
+            db = _connect(sqlite3, str(self._path))
+            try:
+                version = db.execute("PRAGMA user_version").fetchone()[0]
+                if version != SCHEMA_VERSION:
+                    tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+                    if tables:  # another schema: this is a cache, start again
+                        db.close()
+                        self._discard()
+                        db = _connect(sqlite3, str(self._path))
+                    db.executescript(_SCHEMA)
+                self._inode = os.stat(self._path).st_ino
+            except BaseException:
+                db.close()
+                raise
+        except OSError as exc:
+            raise _Unusable(str(exc)) from exc
+        self._db = db
+        return db
+
+    def _discard(self) -> None:
+        """Delete the index file and its journal (called under the user's lock)."""
+        self.close()
+        for suffix in ("", *_COMPANIONS):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{self._path}{suffix}")
+
+    def _use_memory(self, why: str) -> None:
+        log.debug("search index %s cannot be used (%s); searching an index in memory", self._path, why)
+        self.close()
+        self._in_memory = True
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        """An update failed: the index is behind its files (caught up, or rebuilt, at the next search)."""
+        log.debug("search index %s: %s failed", self._path, what, exc_info=exc)
+        if _corrupt(exc):
+            try:
+                self._discard()
+            except OSError:
+                self.close()
+        elif not self._in_memory:
+            self.close()
+
+
+def _connect(sqlite3: Any, target: str) -> sqlite3.Connection:
+    db = sqlite3.connect(target, isolation_level=None, check_same_thread=False, timeout=10.0)
+    try:
+        db.execute("PRAGMA journal_mode = PERSIST")
+        db.execute("PRAGMA synchronous = OFF")
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+class _transaction:
+    """``BEGIN IMMEDIATE`` … ``COMMIT``, rolled back on any error."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind: object, exc: object, tb: object) -> None:
+        if kind is None:
+            self._db.execute("COMMIT")
+        elif self._db.in_transaction:
+            self._db.execute("ROLLBACK")
