@@ -21,7 +21,8 @@ from test_schemas import assert_valid, header_validator, message_validator
 
 from nbchat import records
 from nbchat.errors import ExportError, StorageFailed
-from nbchat.export import FALLBACK_NAME, MAX_NAME_BYTES, export_conversation, safe_name
+from nbchat.export import FALLBACK_NAME, MAX_NAME_BYTES, _write_without_links, export_conversation, safe_name
+from nbchat.files import os_errors
 from nbchat.notebook import code_blocks
 from nbchat.store import ConversationStore
 from nbchat.types import ContextItem, Conversation, ConversationSettings, Message
@@ -326,3 +327,30 @@ def test_a_full_disk_leaves_no_partial_file_and_says_so(store: ConversationStore
 def test_a_missing_folder_is_a_storage_error_naming_it(conversation: Conversation, out: Path) -> None:
     with pytest.raises(StorageFailed, match="does not exist"):
         export_conversation(conversation, None, "no/such/folder/chat.md", directory=out)
+
+
+# -- where the filesystem has no hard links (FAT, some network mounts) -----------------------------
+
+
+def test_without_hard_links_an_existing_file_or_symlink_is_still_never_replaced(
+    out: Path, tmp_path: Path
+) -> None:
+    victim = tmp_path / "victim.md"
+    victim.write_text("precious", encoding="utf-8")
+    (out / "a.md").symlink_to(victim)
+    (out / "a (2).md").write_text("mine", encoding="utf-8")
+    written = _write_without_links([out / "a.md", out / "a (2).md", out / "a (3).md"], b"new", explicit=False)
+    assert written == out / "a (3).md" and written.read_bytes() == b"new"
+    assert victim.read_text(encoding="utf-8") == "precious"
+    assert (out / "a (2).md").read_text(encoding="utf-8") == "mine"
+    with pytest.raises(ExportError, match="already exists"):
+        _write_without_links([out / "a (2).md"], b"new", explicit=True)
+
+
+def test_without_hard_links_a_full_disk_leaves_no_partial_file(small_disk: Path) -> None:
+    from disks import fill
+
+    fill(small_disk)
+    with pytest.raises(StorageFailed, match="full"), os_errors(small_disk / "a.md", "export to"):
+        _write_without_links([small_disk / "a.md"], b"x" * 20_000, explicit=False)
+    assert [p.name for p in small_disk.iterdir()] == ["filler"]
