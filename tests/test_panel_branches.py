@@ -13,7 +13,7 @@ import ipywidgets as widgets
 import pytest
 from polling import wait_until
 
-from conftest import PASSWORD
+from conftest import PASSWORD, chatting
 from nbchat import Accounts, ChatSession
 from nbchat.panel import ChatPanel
 from nbchat.panel.message_list import PAGE, MessageList
@@ -301,7 +301,8 @@ def shown(panel: ChatPanel) -> list[MessageView]:
 
 def sent_history(server: OllamaTestServer) -> list[tuple[str, str]]:
     """The messages of the last request Ollama got (role, content), the system prompt left out."""
-    return [(m["role"], m["content"]) for m in server.requests[-1]["messages"] if m["role"] != "system"]
+    body = [r["body"] for r in server.requests if r["path"] == "/api/chat"][-1]
+    return [(m["role"], m["content"]) for m in body["messages"] if m["role"] != "system"]
 
 
 def test_regenerate_streams_a_new_reply_and_the_old_one_is_kept_behind_the_switcher(
@@ -380,7 +381,7 @@ def test_a_refused_edit_keeps_the_editor_and_says_why(panel: ChatPanel, server: 
 
 
 def test_a_long_conversation_opens_at_its_newest_50_messages(session: ChatSession) -> None:
-    current = session.current
+    current = chatting(session, model=MODEL).current
     assert current is not None
     store = Accounts(session.config, bcrypt_rounds=4).login("alice", PASSWORD).conversations
     for message in chat(300):
@@ -395,7 +396,7 @@ def test_a_long_conversation_opens_at_its_newest_50_messages(session: ChatSessio
 
 def test_a_reply_whose_kernel_died_shows_marked_interrupted(session: ChatSession) -> None:
     """Another kernel (its own store) drafted a reply and died before saving it."""
-    current = session.current
+    current = chatting(session, model=MODEL).current
     assert current is not None
     other = Accounts(session.config, bcrypt_rounds=4).login("alice", PASSWORD).conversations
     question = other.append(current.id, Message("user", "tell me everything"))

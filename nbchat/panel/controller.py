@@ -28,6 +28,7 @@ from nbchat.panel.kit import STYLE, classed, close_widgets
 from nbchat.panel.live_reply import LiveReply, ended_status, generating_status, unsaved
 from nbchat.panel.login_form import LoginForm
 from nbchat.panel.message_list import MessageList
+from nbchat.panel.message_view import BranchActions
 from nbchat.panel.pull_row import PullRow
 from nbchat.panel.search_box import SearchBox
 from nbchat.panel.settings_row import SettingsRow
@@ -73,6 +74,9 @@ class ChatPanel(widgets.VBox):
             on_insert=lambda block: self._to_notebook(block, run=False),
             on_run=lambda block: self._to_notebook(block, run=True),
             on_copied=self._copied,
+            branches=BranchActions(
+                switch=self._switch_branch, edit=self._edit_question, regenerate=self._regenerate
+            ),
         )
         self.context_row = ContextRow(on_explain=self._explain_last_error)
         self.composer = Composer(on_send=self._send_prompt, on_stop=lambda: self.session.stop())
@@ -230,6 +234,10 @@ class ChatPanel(widgets.VBox):
             current.messages if current is not None else (),
             unsaved=self._unsaved.get(current.id) if current is not None else None,
             live=self._live if streaming else None,
+            live_after=reply.prompt.id if streaming and reply is not None else None,
+            tree=current.tree if current is not None else None,
+            conversation_id=current.id if current is not None else None,
+            busy=streaming,
         )
         self.composer.set_busy(streaming, settings.model)
         self.context_row.set_busy(streaming, settings.model)
@@ -379,6 +387,20 @@ class ChatPanel(widgets.VBox):
     def _explain_last_error(self) -> None:
         self.message_list.jump()
         self._act(self.session.explain_last_error)
+
+    def _regenerate(self) -> None:
+        """A new reply to the last question; the one it replaces stays an alternative (‹ 1 / 2 ›)."""
+        self.message_list.jump()
+        self._act(self.session.regenerate)
+
+    def _edit_question(self, message_id: str, text: str) -> bool:
+        """Send an earlier question changed: a branch from there; True when it was accepted."""
+        self.message_list.jump()
+        return self._act(lambda: self.session.edit(message_id, text)) is not None
+
+    def _switch_branch(self, message_id: str) -> None:
+        """Show the branch through an alternative: the controller redraws on the session's change."""
+        self._act(lambda: self.session.switch_to(message_id))
 
     def _to_notebook(self, block: CodeBlock, *, run: bool) -> None:
         """Insert (and run) a reply's code block as a new cell below the active one; where the front
