@@ -155,3 +155,22 @@ def passwords(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     typed: list[str] = []
     monkeypatch.setattr(getpass, "getpass", lambda prompt="Password: ", stream=None: typed.pop(0))
     return typed
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Start ``tests/workers.py`` processes (``worker_process.Worker``); any left running is killed."""
+    from worker_process import Worker
+
+    started: list[Worker] = []
+
+    def _spawn(*args: object) -> Worker:
+        worker = Worker(args, tmp_path / f"worker-{len(started)}.stderr")
+        started.append(worker)
+        return worker
+
+    yield _spawn
+    for worker in started:
+        worker.stop()
+        if worker.proc.stdout is not None:
+            worker.proc.stdout.close()

@@ -189,6 +189,44 @@ def cmd_rewrite_loop(data_dir: str, user: str, conversation_id: str, start: str)
         number += 1
 
 
+def cmd_branch_loop(
+    data_dir: str, user: str, conversation_id: str, tag: str, seed: str, go_file: str
+) -> None:
+    """Grow a tree until killed, as a user regenerating, editing and switching would.
+
+    Each step is one of: continue the active path, answer a random earlier message again
+    (regenerate), start a new first question (edit the first), or select a random message
+    (switch). Prints ``<op> <message id>`` only after the store call returned.
+    """
+    store = ConversationStore(Path(data_dir), user)
+    store.get(conversation_id)
+    writer = int(tag)
+    rng = random.Random(int(seed))
+    emit("ready")
+    wait_for(go_file)
+    seq = 0
+    while keep_going():
+        known = [m.id for m in store.get(conversation_id).tree.messages]
+        roll = rng.random()
+        if known and roll < 0.25:
+            chosen = rng.choice(known)
+            store.select(conversation_id, chosen)
+            emit(f"select {chosen}")
+            continue
+        new_id = message_id(writer, seq)
+        content = message_content(writer, seq, rng.choice([0, 40, 2000]))
+        if known and roll < 0.5:
+            store.append(conversation_id, Message("assistant", content, id=new_id, parent=rng.choice(known)))
+            emit(f"branch {new_id}")
+        elif roll < 0.55:
+            store.append(conversation_id, Message("user", content, id=new_id), new_root=True)
+            emit(f"root {new_id}")
+        else:
+            store.append(conversation_id, Message("user", content, id=new_id))
+            emit(f"append {new_id}")
+        seq += 1
+
+
 def cmd_ops(data_dir: str, user: str, conversation_id: str, ops_json: str) -> None:
     """Run a list of operations on one conversation in a fresh store; print the final state as JSON."""
     store = ConversationStore(Path(data_dir), user)
@@ -215,6 +253,7 @@ COMMANDS = {
     "append": cmd_append,
     "append-loop": cmd_append_loop,
     "rewrite-loop": cmd_rewrite_loop,
+    "branch-loop": cmd_branch_loop,
     "ops": cmd_ops,
 }
 
