@@ -17,13 +17,14 @@ import html
 import re
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import anywidget
 import ipywidgets as widgets
 import traitlets
 
 from nbchat.panel.kit import classed, close_widgets, error_html
+from nbchat.search import SearchHit
 
 #: How long a revealed message stays highlighted, and how long the page looks for it to be drawn.
 HIGHLIGHT_MS = 2500
@@ -36,36 +37,25 @@ REPEAT_WITHIN_S = 1.0
 _HIT_WORDS = re.compile(r"\[([^\[\]]*)\]")
 
 
-class Hit(Protocol):
-    """What a hit needs to be shown and opened (``nbchat.search.SearchHit`` has it)."""
+def snippet_html(snippet: str, parts: Sequence[tuple[str, bool]] = ()) -> str:
+    """A hit's plain-text snippet as HTML: everything escaped, the matched words bold.
 
-    @property
-    def conversation_id(self) -> str: ...
-    @property
-    def title(self) -> str: ...
-    @property
-    def message_id(self) -> str | None: ...
-    @property
-    def role(self) -> str | None: ...
-    @property
-    def snippet(self) -> str: ...
-    @property
-    def time(self) -> Any: ...
-
-
-def snippet_html(snippet: str) -> str:
-    """The search's plain-text snippet as HTML: everything escaped, the ``[hit words]`` bold."""
-    parts: list[str] = []
+    ``parts`` (``SearchHit.parts``: ``(text, matched)`` pieces) say exactly which words matched;
+    without them the ``[word]`` marks of ``snippet`` do (text holding brackets of its own may
+    then show a word bold that did not match)."""
+    if parts:
+        return "".join(f"<b>{html.escape(text)}</b>" if hit else html.escape(text) for text, hit in parts)
+    pieces: list[str] = []
     at = 0
     for match in _HIT_WORDS.finditer(snippet):
-        parts.append(html.escape(snippet[at : match.start()]))
-        parts.append(f"<b>{html.escape(match.group(1))}</b>")
+        pieces.append(html.escape(snippet[at : match.start()]))
+        pieces.append(f"<b>{html.escape(match.group(1))}</b>")
         at = match.end()
-    parts.append(html.escape(snippet[at:]))
-    return "".join(parts)
+    pieces.append(html.escape(snippet[at:]))
+    return "".join(pieces)
 
 
-def hit_html(hit: Hit) -> str:
+def hit_html(hit: SearchHit) -> str:
     """One hit as the button shows it: the title, where the words were (a question, a reply, the
     title) and when, then the snippet."""
     where = {"user": "your question", "assistant": "a reply"}.get(hit.role or "", hit.role or "the title")
@@ -76,7 +66,7 @@ def hit_html(hit: Hit) -> str:
         f"<span class='nbchat-search-title'>{html.escape(hit.title)}</span>"
         f"<span class='nbchat-search-where'> · in {html.escape(where)}"
         f"{' · ' + html.escape(when) if when else ''}</span>"
-        f"<span class='nbchat-search-snippet'>{snippet_html(hit.snippet)}</span>"
+        f"<span class='nbchat-search-snippet'>{snippet_html(hit.snippet, hit.parts)}</span>"
     )
 
 
@@ -215,7 +205,7 @@ class SearchBox:
         on_open: Callable[[str, str | None], None],
     ) -> None:
         self._on_search, self._on_open = on_search, on_open
-        self._hits: tuple[Hit, ...] = ()
+        self._hits: tuple[SearchHit, ...] = ()
         self._last: tuple[str, float] | None = None  # the words searched last, and when
         self._reveals = 0
         self.query = classed(
@@ -251,7 +241,7 @@ class SearchBox:
         )
 
     @property
-    def hits(self) -> tuple[Hit, ...]:
+    def hits(self) -> tuple[SearchHit, ...]:
         """The hits shown now (empty once closed)."""
         return self._hits
 
@@ -259,7 +249,7 @@ class SearchBox:
     def shown(self) -> bool:
         return self.results.layout.display != "none"
 
-    def show_hits(self, query: str, hits: Sequence[Hit]) -> None:
+    def show_hits(self, query: str, hits: Sequence[SearchHit]) -> None:
         """The hits of ``query``, best first, or "No matches" saying what was searched."""
         self._hits = tuple(hits)
         words = html.escape(query.strip())
