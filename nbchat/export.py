@@ -314,6 +314,8 @@ def inline(text: str) -> str:
 def close_open_fence(markdown: str) -> str:
     """``markdown`` with a code fence it leaves open closed (a stopped reply), so it cannot swallow
     the rest of the document; anything else as it is."""
+    if "```" not in markdown and "~~~" not in markdown:
+        return markdown  # no fence at all: most messages, and no parse
     from markdown_it import MarkdownIt
 
     lines = markdown.splitlines()
@@ -333,41 +335,53 @@ def close_open_fence(markdown: str) -> str:
 
 def to_ipynb(conversation: Conversation, now: datetime) -> bytes:
     """A notebook (nbformat 4): a Markdown cell per message of the active path, and after each
-    reply its Python blocks as code cells, ready to run."""
+    reply its Python blocks as code cells, ready to run. Validated once, as a whole (nbformat's
+    cell constructors would validate each cell again: seconds for a long conversation)."""
     try:
         import nbformat
-        from nbformat import v4
     except ImportError:  # a plain IPython without Jupyter's packages
         raise ExportError("Exporting a notebook needs nbformat: pip install nbformat.") from None
-    cells = [v4.new_markdown_cell(title_markdown(conversation, now), id="nbchat-title")]
+    cells = [_cell("markdown", title_markdown(conversation, now), "nbchat-title", {})]
     for message in conversation.messages:
         about = {"nbchat": {"message_id": message.id, "role": message.role}}
-        cells.append(
-            v4.new_markdown_cell(message_section(conversation, message), id=f"m-{message.id}", metadata=about)
-        )
+        cells.append(_cell("markdown", message_section(conversation, message), f"m-{message.id}", about))
         if message.role != "assistant":
             continue
         python = [block for block in code_blocks(message) if block.language in PYTHON_LANGUAGES]
         for number, block in enumerate(python, 1):
-            cells.append(
-                v4.new_code_cell(block.code.rstrip("\n"), id=f"c-{message.id}-{number}", metadata=about)
-            )
-    notebook = v4.new_notebook(
-        cells=cells,
-        metadata={
-            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
-            "language_info": {"name": "python"},
-            "nbchat": {
-                "conversation_id": conversation.id,
-                "title": conversation.title,
-                "model": conversation.model,
-                "exported": _time(now),
-                "active_path": [message.id for message in conversation.messages],
+            cells.append(_cell("code", block.code.rstrip("\n"), f"c-{message.id}-{number}", about))
+    notebook = nbformat.from_dict(
+        {
+            "nbformat": 4,
+            "nbformat_minor": 5,  # cell ids
+            "cells": cells,
+            "metadata": {
+                "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+                "language_info": {"name": "python"},
+                "nbchat": {
+                    "conversation_id": conversation.id,
+                    "title": conversation.title,
+                    "model": conversation.model,
+                    "exported": _time(now),
+                    "active_path": [message.id for message in conversation.messages],
+                },
             },
-        },
+        }
     )
-    nbformat.validate(notebook)
-    return nbformat.writes(notebook).encode("utf-8")
+    problems: dict[str, Exception] = {}
+    text = nbformat.writes(notebook, capture_validation_error=problems)  # validates, as a whole
+    if problems:  # a bug of nbchat's, never the user's: say so rather than write a broken file
+        raise ExportError(
+            f"The notebook nbchat made is not valid ({problems['ValidationError']}); nothing was written."
+        )
+    return text.encode("utf-8")
+
+
+def _cell(kind: str, source: str, cell_id: str, metadata: dict[str, Any]) -> dict[str, Any]:
+    cell: dict[str, Any] = {"cell_type": kind, "id": cell_id, "metadata": metadata, "source": source}
+    if kind == "code":
+        cell.update(execution_count=None, outputs=[])
+    return cell
 
 
 # -- json -----------------------------------------------------------------------------------------
