@@ -150,10 +150,11 @@ def _refuse_existing(target: Path) -> None:
 
 
 def _taken(target: Path) -> ExportError:
-    what = "a folder" if target.is_dir() and not target.is_symlink() else "a file"
+    if target.is_dir() and not target.is_symlink():
+        return ExportError(f"{target} is a folder: name a file in it, such as {target / 'chat.md'}.")
     suggestion = f"{target.stem} (2){target.suffix}"
     return ExportError(
-        f"{target} already exists ({what}); nbchat never overwrites on export. "
+        f"{target} already exists; nbchat never overwrites on export. "
         f"Choose another name, such as {suggestion!r}, or move that one away first."
     )
 

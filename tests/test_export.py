@@ -354,3 +354,12 @@ def test_without_hard_links_a_full_disk_leaves_no_partial_file(small_disk: Path)
     with pytest.raises(StorageFailed, match="full"), os_errors(small_disk / "a.md", "export to"):
         _write_without_links([small_disk / "a.md"], b"x" * 20_000, explicit=False)
     assert [p.name for p in small_disk.iterdir()] == ["filler"]
+
+
+def test_a_folder_given_as_the_path_is_refused_asking_for_a_file_name(
+    conversation: Conversation, out: Path
+) -> None:
+    (out / "exports").mkdir()
+    with pytest.raises(ExportError, match="is a folder: name a file in it"):
+        export_conversation(conversation, "markdown", "exports", directory=out)
+    assert list((out / "exports").iterdir()) == []
