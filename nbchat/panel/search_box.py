@@ -181,7 +181,7 @@ class HitList(anywidget.AnyWidget):
         self._on_open = on_open
         self.on_msg(self._on_message)
 
-    def open(self, index: int, generation: int | None = None) -> None:
+    def pick(self, index: int, generation: int | None = None) -> None:
         """What a click on hit ``index`` in the browser does (also callable from code and tests)."""
         if self.disabled or (generation is not None and generation != self.generation):
             return
@@ -192,7 +192,7 @@ class HitList(anywidget.AnyWidget):
         if isinstance(content, dict) and content.get("event") == "open":
             index, generation = content.get("index"), content.get("generation")
             if isinstance(index, int) and isinstance(generation, int):
-                self.open(index, generation)
+                self.pick(index, generation)
 
 
 class SearchBox:
