@@ -96,11 +96,16 @@ def test_a_long_path_shows_its_newest_50_and_show_earlier_reveals_50_more_a_clic
     assert texts(messages) == [m.content for m in path[-100:]]
     assert button.description == "Show 50 earlier (900 more)"
     assert views(messages)[50] is first  # the ones shown keep their widgets
-    for _ in range(17):
-        messages.show_earlier_button.click()
-    assert messages.hidden == 50 and button.description == "Show 50 earlier (50 more)"
+
+
+def test_once_everything_is_shown_show_earlier_goes_away() -> None:
+    path = chat(60)
+    messages = MessageList()
+    messages.show(path)
     messages.show_earlier_button.click()
-    assert len(views(messages)) == 1000 and messages.view.children[0] is not button  # all shown: no control
+    assert messages.hidden == 20 and messages.show_earlier_button.description == "Show 20 earlier (20 more)"
+    messages.show_earlier_button.click()
+    assert len(views(messages)) == 120 and messages.view.children[0] is not messages.show_earlier_button
 
 
 def test_the_rest_of_a_short_hidden_part_is_offered_as_it_is() -> None:
@@ -155,6 +160,22 @@ def test_showing_1000_messages_costs_what_showing_50_does() -> None:
     short, long = seconds(25), seconds(500)
     print(f"show 50 messages: {short * 1000:.1f} ms; 1,000 messages: {long * 1000:.1f} ms")
     assert long < 2 * short + 0.02, (short, long)
+
+
+def test_a_search_hit_deep_in_a_long_conversation_is_shown_when_it_opens() -> None:
+    path = chat(100)
+    messages = MessageList()
+    messages.show(path[:10], conversation_id="other")
+    messages.reveal("long", path[20].id)
+    messages.show(path[:10], conversation_id="other")  # a redraw before the hit's conversation opens
+    messages.show(path, conversation_id="long")
+    assert views(messages)[0].message is path[20] and messages.hidden == 20
+    body = views(messages)[0].body
+    assert f"nbchat-msg-{path[20].id}" in body._dom_classes  # what the page scrolls to
+    messages.show(path, conversation_id="long")
+    assert messages.hidden == 20  # revealed, it stays shown
+    messages.reveal("long", path[-3].id)  # already shown: nothing more to reveal
+    assert messages.hidden == 20
 
 
 # -- the branch tools -----------------------------------------------------------------------------
@@ -409,3 +430,33 @@ def test_a_reply_whose_kernel_died_shows_marked_interrupted(session: ChatSession
     markdown = reply.outputs[0]["data"]["text/markdown"]
     assert markdown == "Everything began with \n\n" + INTERRUPTED_NOTE
     assert has_tool(reply, "nbchat-regenerate")  # it can be answered again
+
+
+def test_streaming_into_a_long_conversation_redraws_only_the_live_reply(
+    session: ChatSession, server: OllamaTestServer
+) -> None:
+    current = chatting(session, model=MODEL).current
+    assert current is not None
+    store = Accounts(session.config, bcrypt_rounds=4).login("alice", PASSWORD).conversations
+    for message in chat(500):
+        store.append(current.id, message)
+    panel = ChatPanel(session)
+    redraws: list[object] = []
+    panel.messages.observe(redraws.append, "children")
+    saved = list(shown(panel))
+    server.reply_words, server.chunk_delay_s = [f"w{i} " for i in range(80)], 0.01
+    panel.prompt.value = "one more"
+    panel.send_button.click()
+
+    def live_text() -> str:
+        live = panel._live
+        return live.outputs[0]["data"]["text/markdown"] if live is not None else ""
+
+    wait_until(lambda: "w5 " in live_text())
+    before = len(redraws)
+    wait_until(lambda: "w60 " in live_text())
+    assert len(redraws) == before  # the list was not redrawn while the reply streamed: only its own widget
+    settled(panel)
+    server.chunk_delay_s = 0.0
+    assert shown(panel)[-1].message.content.startswith("w0 w1") and len(shown(panel)) == PAGE
+    assert all(view.comm is not None for view in saved[2:])  # kept, not made again

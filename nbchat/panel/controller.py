@@ -339,6 +339,7 @@ class ChatPanel(widgets.VBox):
                 self.message_list.jump()
                 self.session.select(conversation_id)
             else:
+                self.message_list.reveal(conversation_id, message_id)  # shown however old it is
                 self.session.open_at(conversation_id, message_id)
         except NbchatError as exc:  # deleted since the search, or a reply streams there
             self.search_box.failed(str(exc))

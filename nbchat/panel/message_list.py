@@ -64,6 +64,8 @@ class MessageList:
         self._limit = PAGE  # how many of the newest messages are shown
         self._anchor: str | None = None  # the oldest shown once the user revealed more: it stays shown
         self._last: dict[str, Any] = {"messages": ()}
+        self._reveal: tuple[str, str] | None = None  # (conversation id, message id) to show when drawn
+        self._reveal_seen = False  # its conversation was drawn without it: the next other one drops it
         self.hidden = 0  # how many older messages of the path are not shown (for scripts and tests)
 
     def show(
@@ -104,6 +106,14 @@ class MessageList:
             self._limit = len(path) - start
             self._draw(**self._last)
 
+    def reveal(self, conversation_id: str, message_id: str) -> None:
+        """Show ``message_id`` (a search hit) however old: from the next draw of that conversation
+        whose path holds it, the list starts at it or earlier. Dropped once another is shown."""
+        with self._lock:
+            self._reveal, self._reveal_seen = (conversation_id, message_id), False
+            if self._shown_for == conversation_id:
+                self._draw(**self._last)
+
     def clear(self) -> None:
         self.show(())
 
@@ -130,6 +140,8 @@ class MessageList:
             self._shown_for, self._limit, self._anchor = conversation_id, PAGE, None
         path = self._path(messages, live, live_after)
         start = self._start(path)
+        if self._reveal is not None:
+            start = self._revealed(conversation_id, path, start)
         self.hidden = start
         unsaved = dict(unsaved or {})
         kept: dict[str, tuple[widgets.Widget, ...]] = {}
@@ -180,6 +192,24 @@ class MessageList:
             if messages[index].id == live_after:
                 return messages[: index + 1]
         return messages
+
+    def _revealed(self, conversation_id: str | None, path: Sequence[Message], start: int) -> int:
+        """The first message shown once the message to reveal is on the path: it, if older."""
+        assert self._reveal is not None
+        wanted_conversation, wanted = self._reveal
+        if conversation_id != wanted_conversation:
+            if self._reveal_seen:
+                self._reveal = None
+            return start
+        for index, message in enumerate(path):
+            if message.id == wanted:
+                self._reveal = None
+                if index < start:
+                    self._anchor, self._limit = message.id, len(path) - index
+                    return index
+                return start
+        self._reveal_seen = True
+        return start
 
     def _start(self, path: Sequence[Message]) -> int:
         """The first message shown: the one the user revealed up to, while on the path; else the

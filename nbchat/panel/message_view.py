@@ -55,6 +55,7 @@ class MessageView(widgets.VBox):
     def __init__(self, message: Message, body: widgets.Widget, actions: BranchActions) -> None:
         super().__init__([body])
         classed(self, "nbchat-message", f"nbchat-message-{message.role}")
+        body.add_class(f"nbchat-msg-{message.id}")  # the page finds a message by it (a search hit)
         self.message, self.body, self._actions = message, body, actions
         self.tools: widgets.HBox | None = None
         self._tools_key: tuple[tuple[str, ...], bool] = ((message.id,), False)
