@@ -16,7 +16,7 @@ The index (``<user dir>/.search.sqlite``) is a derived cache, never the source o
 
 Every message of every branch is indexed (its text, not its thinking or attached context),
 and every title. Words are matched by SQLite's ``unicode61`` tokenizer with diacritics
-removed (``cafe`` finds "café"); Chinese, Japanese and Korean text, which has no spaces
+removed from Latin letters (``cafe`` finds "café"); Chinese, Japanese and Korean text, which has no spaces
 between words, is indexed one character per token (a zero-width space goes between such
 characters, in the index only), so a query of any length finds text inside a longer run:
 measured against the ``trigram`` tokenizer, which finds nothing for the common two-character
@@ -72,7 +72,7 @@ _CJK = (
     "\U00020000-\U0002fa1f"  # CJK extensions B-F, compatibility supplement
 )
 _BETWEEN_CJK = re.compile(f"(?<=[{_CJK}])(?=[{_CJK}])")
-_MARKERS = str.maketrans({_OPEN: " ", _CLOSE: " "})
+_MARKERS = str.maketrans({_OPEN: " ", _CLOSE: " ", "\x00": " "})  # NUL: FTS5 reads C strings
 
 _SCHEMA = f"""
 CREATE TABLE conversations (
@@ -191,6 +191,27 @@ class _Unusable(Exception):
     """The index file cannot be used here (cannot be created, written or locked): search in memory."""
 
 
+def _unusable(exc: BaseException) -> bool:
+    """The file cannot be had or written here (busy, full, read-only, I/O error): search in memory."""
+    import sqlite3
+
+    if isinstance(exc, _Unusable):
+        return True
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:
+        return isinstance(exc, sqlite3.OperationalError)
+    return code & 0xFF in (
+        5,
+        6,
+        7,
+        8,
+        10,
+        13,
+        14,
+        15,
+    )  # BUSY LOCKED NOMEM READONLY IOERR FULL CANTOPEN PROTOCOL
+
+
 def _corrupt(exc: BaseException) -> bool:
     """SQLite says the file is damaged or not a database (not busy, full or read-only)."""
     import sqlite3
@@ -258,9 +279,21 @@ class SearchIndex:
     # -- the store's hooks: never raise -----------------------------------------------------
 
     def added(
-        self, conversation_id: str, message: Message | None, *, inode: int, before: int, after: int
+        self,
+        conversation_id: str,
+        message: Message | None,
+        *,
+        inode: int,
+        before: int,
+        after: int,
+        draft: str | None = None,
     ) -> None:
-        """One line was appended (``before`` → ``after`` bytes); index its message if any (O(1))."""
+        """One line was appended (``before`` → ``after`` bytes); index its message if any (O(1)).
+
+        ``draft``: the line was a draft of that reply. If another store indexed the reply as
+        interrupted, its text just grew: the index is left behind the file, for the next
+        search to catch up.
+        """
         try:
             db = self._existing()
             if db is None:
@@ -271,6 +304,8 @@ class SearchIndex:
                 ).fetchone()
                 if row != (inode, before):
                     return  # behind the file already: the next search catches it up
+                if draft is not None and self._rows_of(db, conversation_id, draft):
+                    return
                 if message is not None:
                     self._drop_message(db, conversation_id, message.id)
                     self._insert(db, conversation_id, message)
@@ -342,21 +377,19 @@ class SearchIndex:
         if not locked and not self._in_memory:
             self._use_memory("the user's lock cannot be taken (a read-only data dir?)")
         for attempt in range(3):
+            last = attempt == 2
             try:
                 db = self._open()
                 self._catch_up(db, files, load)
+            except (sqlite3.Error, _Unusable) as exc:  # a schema gone, a page missing: damage too
+                self._recover(exc, damaged=not _unusable(exc), last=last)
+                continue
+            try:
                 return self._query(db, expression, limit)
-            except (sqlite3.Error, _Unusable) as exc:  # whatever the file did, search from the files
-                if (self._in_memory and not _corrupt(exc)) or attempt == 2:
-                    raise
-                if _corrupt(exc):
-                    log.debug("search index %s is damaged; rebuilding it", self._path, exc_info=True)
-                    try:
-                        self._discard()
-                    except OSError as failed:
-                        self._use_memory(f"the damaged index cannot be deleted: {failed}")
-                else:
-                    self._use_memory(f"{type(exc).__name__}: {exc}")
+            except sqlite3.Error as exc:
+                if not (_corrupt(exc) or _unusable(exc)):
+                    raise SearchError(f"This search could not be run ({exc}); try other words.") from exc
+                self._recover(exc, damaged=_corrupt(exc), last=last)
         raise AssertionError("unreachable")  # pragma: no cover
 
     # -- internals ------------------------------------------------------------------------------
@@ -462,12 +495,16 @@ class SearchIndex:
             "INSERT INTO words (rowid, body) VALUES (?, ?)", (cursor.lastrowid, indexed_text(message.content))
         )
 
-    def _drop_message(self, db: sqlite3.Connection, conversation_id: str, message_id: str) -> None:
+    @staticmethod
+    def _rows_of(db: sqlite3.Connection, conversation_id: str, message_id: str) -> list[int]:
         rows = db.execute(
             "SELECT rowid FROM entries WHERE conversation = ? AND message_id = ?",
             (conversation_id, message_id),
-        ).fetchall()
-        self._drop_rows(db, [rowid for (rowid,) in rows])
+        )
+        return [rowid for (rowid,) in rows]
+
+    def _drop_message(self, db: sqlite3.Connection, conversation_id: str, message_id: str) -> None:
+        self._drop_rows(db, self._rows_of(db, conversation_id, message_id))
 
     def _drop_conversation(self, db: sqlite3.Connection, conversation_id: str) -> None:
         db.execute(
@@ -510,10 +547,11 @@ class SearchIndex:
                 self._db = _connect(sqlite3, ":memory:")
                 self._db.executescript(_SCHEMA)
             return self._db
-        if self._db is not None and self._current():
-            return self._db
-        self.close()
         try:
+            # Checked again each time: the file may have been cut short in place since it was opened.
+            if self._db is not None and self._current() and not _header_damaged(self._path):
+                return self._db
+            self.close()
             if self._path.exists() and _header_damaged(self._path):
                 log.debug("search index %s is not a whole database; rebuilding it", self._path)
                 self._discard()
@@ -542,6 +580,19 @@ class SearchIndex:
         for suffix in ("", *_COMPANIONS):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(f"{self._path}{suffix}")
+
+    def _recover(self, exc: BaseException, *, damaged: bool, last: bool) -> None:
+        """After a failed search: rebuild a damaged file, or move to memory; raise if that was tried."""
+        if last or (self._in_memory and not damaged):
+            raise exc
+        if damaged:
+            log.debug("search index %s is damaged; rebuilding it", self._path, exc_info=exc)
+            try:
+                self._discard()
+            except OSError as failed:
+                self._use_memory(f"the damaged index cannot be deleted: {failed}")
+        else:
+            self._use_memory(f"{type(exc).__name__}: {exc}")
 
     def _use_memory(self, why: str) -> None:
         log.debug("search index %s cannot be used (%s); searching an index in memory", self._path, why)

@@ -248,8 +248,7 @@ class ConversationStore:
             raise InvalidValue("A new first question has no parent; leave message.parent as None.")
         with self._mutex, self._lock():
             path = self._path(conversation_id)
-            self._load(path)
-            state = self._cache[conversation_id]
+            state = self._load_state(path)
             draft = state.draft(message.id)
             if message.id in state.entries and draft is None:
                 raise InvalidValue(f"Message {message.id} is already saved in this conversation.")
@@ -280,8 +279,7 @@ class ConversationStore:
         """
         with self._mutex, self._lock():
             path = self._path(conversation_id)
-            self._load(path)
-            state = self._cache[conversation_id]
+            state = self._load_state(path)
             existing = state.entries.get(draft.id)
             if isinstance(existing, Message):
                 raise InvalidValue(f"Reply {draft.id} is already saved; it takes no more drafts.")
@@ -326,8 +324,9 @@ class ConversationStore:
         before = state.offset
         state.take(item, len(line))
         message = item if isinstance(item, Message) else None
+        draft = item.id if isinstance(item, records.Draft) else None
         self._index.added(
-            state.conversation.id, message, inode=state.inode, before=before, after=state.offset
+            state.conversation.id, message, inode=state.inode, before=before, after=state.offset, draft=draft
         )
 
     def rename(self, conversation_id: str, title: str) -> Conversation:
@@ -481,7 +480,13 @@ class ConversationStore:
     def _load(
         self, path: Path, *, refused: StorageFailed | None = None, writing: bool = True
     ) -> Conversation:
-        """Bring the cache of ``path`` up to date and return the conversation.
+        """Bring the cache of ``path`` up to date and return the conversation (see ``_load_state``)."""
+        return self._load_state(path, refused=refused, writing=writing).view(self._streaming)
+
+    def _load_state(
+        self, path: Path, *, refused: StorageFailed | None = None, writing: bool = True
+    ) -> FileState:
+        """Bring the cache of ``path`` up to date and return it (writers need no view of it).
 
         With the lock held (``refused`` is None) a torn last line is cut off, a
         lost final newline added back and a damaged file moved aside; for a
@@ -524,7 +529,7 @@ class ConversationStore:
 
     def _settle(
         self, path: Path, conversation_id: str, read: _Read, *, repair: bool, writing: bool
-    ) -> Conversation:
+    ) -> FileState:
         """Repair what ``read`` found at the end of the file (if allowed), cache it, return it."""
         state = read.state
         if read.torn and repair and state is not None:
@@ -538,7 +543,7 @@ class ConversationStore:
                     f"{path.name}: dropped an incomplete last line ({len(read.tail)} bytes) left by an "
                     "interrupted write; that message had never been saved. The file is repaired.",
                     NbchatWarning,
-                    stacklevel=4,
+                    stacklevel=5,
                 )
         whole = read.whole
         if whole is not None:
@@ -551,10 +556,10 @@ class ConversationStore:
                         raise
             if state is not None:
                 self._cache[conversation_id] = state
-            return whole.view(self._streaming)
+            return whole
         assert state is not None  # _parse returns a state unless the last line is the header
         self._cache[conversation_id] = state
-        return state.view(self._streaming)
+        return state
 
     def _parse(self, conversation_id: str, inode: int, cached: FileState | None, data: bytes) -> _Read:
         """Parse bytes read after ``cached`` (or a whole file); the cache itself is left unchanged."""
