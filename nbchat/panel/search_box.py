@@ -132,8 +132,9 @@ function render({ model, el }) {
       place();
       list.scrollIntoView({ block: "nearest" });
       for (const ms of [100, 300, 700]) later(ms, place);  // Markdown above it may still be rendering
-      message.classList.add("nbchat-revealed");
-      later(HIGHLIGHT_MS, () => message.classList.remove("nbchat-revealed"));
+      const whole = message.closest(".nbchat-message") || message;  // the message with its tools
+      whole.classList.add("nbchat-revealed");
+      later(HIGHLIGHT_MS, () => whole.classList.remove("nbchat-revealed"));
     };
     look();
   };
@@ -160,9 +161,13 @@ _CSS = """
 .nbchat-search-snippet { display: block; color: var(--jp-ui-font-color1, #424242); white-space: pre-wrap; }
 .nbchat-search-snippet b { background: var(--jp-warn-color3, #fff3cd); }
 .nbchat-search-note .nbchat-error { color: var(--jp-error-color1, #d32f2f); }
-.nbchat-revealed { outline: 2px solid var(--jp-warn-color1, #f9a825); outline-offset: 2px;
-  transition: outline-color 0.6s; }
-"""
+.nbchat-revealed { animation: nbchat-revealed __HIGHLIGHT_MS__ms ease-out; border-radius: 6px; }
+@keyframes nbchat-revealed {
+  0%, 60% { background: var(--jp-warn-color3, #fff3cd);
+    box-shadow: inset 0 0 0 2px var(--jp-warn-color1, #f9a825); }
+  100% { background: transparent; box-shadow: none; }
+}
+""".replace("__HIGHLIGHT_MS__", str(HIGHLIGHT_MS))
 
 
 class HitList(anywidget.AnyWidget):
