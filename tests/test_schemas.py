@@ -367,13 +367,22 @@ def example_items(path: Path = EXAMPLE) -> tuple[Conversation, list[records.Line
     return records.parse_header(header), [records.parse_line(line) for line in lines]
 
 
+def example_messages(path: Path = EXAMPLE) -> list[Message]:
+    """The message lines of an example, parsed (drafts and select records left out)."""
+    return [item for item in example_items(path)[1] if isinstance(item, Message)]
+
+
+def example_drafts(path: Path) -> list[records.Draft]:
+    return [item for item in example_items(path)[1] if isinstance(item, records.Draft)]
+
+
 def test_the_example_conversation_loads_through_the_parser() -> None:
     """Four turns, the last reply regenerated and the second question edited (with its own reply),
     then a switch back to the regenerated reply. The first question attaches @df and 2 cells, the
     first answer has thinking and stats."""
     conversation, items = example_items()
-    *messages, select = items
-    assert all(isinstance(m, Message) for m in messages) and isinstance(select, records.Select)
+    messages, select = example_messages(), items[-1]
+    assert len(messages) == len(items) - 1 and isinstance(select, records.Select)
     assert conversation.title == "Egg timings from the kitchen log"
     assert conversation.settings.model == "ollama:qwen3:1.7b"
     assert "".join(m.role[0] for m in messages) == "uauaaua"  # user, assistant, ...
@@ -452,8 +461,7 @@ def test_the_example_conversation_opens_in_a_store_on_the_branch_the_user_chose(
     store, conversation_id, target = placed(tmp_path, EXAMPLE)
     assert [summary.id for summary in store.list()] == [conversation_id]
     conversation = store.get(conversation_id)
-    _, items = example_items()
-    question, answer, second, reply, regenerated, edited, edited_reply = items[:7]
+    question, answer, second, reply, regenerated, edited, edited_reply = example_messages()
     assert conversation.messages == (question, answer, second, regenerated)
     assert len(conversation.tree) == 7
     assert conversation.alternatives(regenerated.id) == (reply, regenerated)
@@ -479,10 +487,9 @@ def test_the_interrupted_example_shows_one_saved_reply_and_one_interrupted_reply
     """The saved reply replaces its drafts; the drafts with no message read as the reply so far,
     marked interrupted, with its first draft's time and model. Reading changes nothing."""
     store, conversation_id, target = placed(tmp_path, EXAMPLE_INTERRUPTED)
-    _, items = example_items(EXAMPLE_INTERRUPTED)
-    question, first_draft, _, answer, follow_up, *drafts = items
-    assert isinstance(first_draft, records.Draft) and isinstance(answer, Message)
-    assert all(isinstance(d, records.Draft) and d.id == drafts[0].id for d in drafts)
+    question, answer, follow_up = example_messages(EXAMPLE_INTERRUPTED)
+    first_drafts, drafts = example_drafts(EXAMPLE_INTERRUPTED)[:2], example_drafts(EXAMPLE_INTERRUPTED)[2:]
+    assert {d.id for d in first_drafts} == {answer.id} and {d.id for d in drafts} == {drafts[0].id}
     conversation = store.get(conversation_id)
     assert [m.id for m in conversation.messages] == [question.id, answer.id, follow_up.id, drafts[0].id]
     assert len(conversation.tree) == 4  # one message per reply, drafts or not
@@ -874,7 +881,7 @@ def test_a_version_1_message_with_context_is_refused_by_the_parser_and_the_versi
 def test_a_version_1_or_2_message_with_a_parent_is_refused_by_the_parser_and_the_old_schemas() -> None:
     """Only version 3 knows parent: in an older file it is damage, not a branch to follow."""
     for version, old_validator in ((1, version1_message_validator()), (2, version2_message_validator())):
-        answer = message_with(lambda r: None)  # the first answer, with its parent
+        answer = json.loads(example_lines()[2])  # the first answer, with its parent
         assert not old_validator.is_valid(answer)
         with pytest.raises(RecordError, match=f"version {version} message has a parent"):
             records.parse_message(encode(answer), version)
