@@ -6,8 +6,11 @@
 Each figure is measured side by side with its reference in this one run on this machine (see
 each module's docstring): ``engines.py`` (import time, Ollama client, Qwen3 streaming),
 ``ui.py`` (the panel in a real kernel), ``store.py`` (appends, listing), ``memory.py``
-(``unload()``), ``context.py`` (summaries of the kernel's objects, what attaching costs a send).
+(``unload()``), ``context.py`` (summaries of the kernel's objects, what attaching costs a send),
+``search.py`` (full-text search over 100,000 messages, what the index adds to an append).
 Targets are checked and shown; the run does not stop at a miss.
+
+    .venv/bin/python bench/run.py --only search   # one module's figures, merged into results.json
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 import context
 import engines
 import memory
+import search
 import store
 import ui
 
@@ -87,6 +91,19 @@ TARGETS: dict[str, tuple[str, str, Callable[[object], bool] | None]] = {
         "< 0.05",
         lambda v: float(v) < 0.05,
     ),
+    "search_100k_s": (
+        "search 100,000 messages in 1,000 conversations (median over rare to common words)",
+        "< 0.05 s",
+        lambda v: float(v) < 0.05,
+    ),
+    "search_100k_common_s": ("that for a word in a third of the messages (all ranked)", "—", None),
+    "search_index_build_s": ("the first search: the index built from the files", "—", None),
+    "index_append_overhead": (
+        "what the search index adds to an append (median) ÷ an append",
+        "< 0.20",
+        lambda v: float(v) < 0.20,
+    ),
+    "index_append_overhead_mean": ("the same with means (FTS5 merges now and then)", "—", None),
 }
 
 
@@ -126,7 +143,11 @@ def main() -> int:
     parser.add_argument(
         "--quick", action="store_true", help="fewer rounds; results.json and README untouched"
     )
+    parser.add_argument(
+        "--only", help="comma-separated steps (e.g. search): their figures replace theirs in results.json"
+    )
     args = parser.parse_args()
+    only = set(args.only.split(",")) if args.only else None
     started = time.perf_counter()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     results: dict[str, object] = {
@@ -143,10 +164,19 @@ def main() -> int:
         ("memory", lambda: memory.measure(768, 12)),
         ("context", context.measure),
         ("qwen", lambda: engines.bench_qwen(args.quick)),
+        ("search", search.measure_in_scratch),
     ):
+        if only is not None and name not in only:
+            continue
         print(f"-- {name}", flush=True)
         results.update(step())
-    results["bench_seconds"] = round(time.perf_counter() - started)
+    if only is not None:  # the other figures stay those of the last full run
+        measured = {k: v for k, v in results.items() if k not in ("date", "machine", "versions")}
+        partial = {**json.loads(RESULTS.read_text()), **measured}
+        partial.setdefault("partial_runs", {})[",".join(sorted(only))] = results["date"]
+        results = partial
+    else:
+        results["bench_seconds"] = round(time.perf_counter() - started)
     print()
     print(table(results))
     if not args.quick:
