@@ -131,7 +131,7 @@ class SearchHit:
 #: (inode, size) of a conversation file, as stat-ed.
 Stamp = tuple[int, int]
 #: What a search needs of one conversation: it as read, and the (inode, size) read up to;
-#: ``None`` for a file that cannot be indexed (gone, damaged, a newer format).
+#: ``None`` for a file that cannot be read now (gone, damaged, a newer format, an I/O error).
 Loader = Callable[[str], "tuple[Conversation, Stamp] | None"]
 
 
@@ -427,11 +427,8 @@ class SearchIndex:
                 continue
             loaded = load(conversation_id)
             with _transaction(db):
-                if loaded is None:  # cannot be read now: nothing to find in it until it changes
+                if loaded is None:  # cannot be read now (damaged, newer, unreadable): tried again next time
                     self._drop_conversation(db, conversation_id)
-                    db.execute(
-                        "INSERT INTO conversations VALUES (?, ?, ?, '', '')", (conversation_id, *stamp)
-                    )
                 else:
                     self._sync(db, *loaded)
 

@@ -544,3 +544,33 @@ def test_hit_times_are_the_messages(store: ConversationStore) -> None:
     when = store.append(chat.id, Message("user", "an ibis")).time
     [hit] = store.search("ibis")
     assert hit.time == when and hit.time.utcoffset() == timedelta(0)
+
+
+def test_a_conversation_file_that_cannot_be_read_is_left_out_and_the_others_are_found(
+    store: ConversationStore,
+) -> None:
+    good = store.create("Good")
+    kept = store.append(good.id, Message("user", "a finch"))
+    newer = store.create("From a newer nbchat")
+    store.append(newer.id, Message("user", "a finch from the future"))
+    path = store.directory / f"{newer.id}.jsonl"
+    header, body = path.read_bytes().split(b"\n", 1)
+    path.write_bytes(header.replace(b'"version":3', b'"version":99') + b"\n" + body)
+    assert ids(fresh_store(store).search("finch")) == [kept.id]
+    assert ids(store.search("finch")) == [kept.id]
+    path.write_bytes(header + b"\n" + body)  # readable again: found again
+    assert len(store.search("finch")) == 2
+
+
+def test_an_index_path_that_cannot_hold_a_database_is_searched_in_memory(store: ConversationStore) -> None:
+    chat = store.create("Memory")
+    first = store.append(chat.id, Message("user", "an albatross"))
+    (store.directory / INDEX_NAME).mkdir()  # not a file: SQLite cannot open it
+    assert ids(store.search("albatross")) == [first.id]
+    assert store._index.in_memory
+    second = store.append(chat.id, Message("user", "another albatross"))  # kept up to date in memory
+    assert sorted(ids(store.search("albatross"))) == sorted([first.id, second.id])
+
+
+def fresh_store(store: ConversationStore) -> ConversationStore:
+    return ConversationStore(store.directory.parent.parent, store.username)
