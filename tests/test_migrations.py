@@ -46,7 +46,7 @@ CELLS = ContextItem("cells", "cells", "1 cell", "The last 1 cell run in this ker
 
 def chained(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Decoded older message lines as version 3 has them: each follows the line before."""
-    parents = [None, *(m["id"] for m in messages[:-1])]
+    parents = [None, *(m["id"] for m in messages)][: len(messages)]
     return [{**m, "parent": parent} for m, parent in zip(messages, parents, strict=True)]
 
 
@@ -393,3 +393,48 @@ def test_a_file_of_a_version_newer_than_nbchat_writes_is_refused_and_left_untouc
         assert store.list() == []
     assert old_file.read_bytes() == content
     assert list(old_file.parent.glob("*.corrupt-*")) == []
+
+
+# -- files the earlier releases wrote (tests/fixtures/make_older_files.py) ----------------------------
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+RELEASE_FILES = sorted(FIXTURES.glob("v[12]-*.jsonl"))
+
+
+def test_there_are_files_of_each_older_version_from_the_releases_that_wrote_them() -> None:
+    assert sorted({header_of(path)["version"] for path in RELEASE_FILES}) == [1, 2]
+    assert len(RELEASE_FILES) >= 4
+
+
+@pytest.mark.parametrize("release_file", RELEASE_FILES, ids=[p.stem for p in RELEASE_FILES])
+def test_a_file_an_earlier_release_wrote_reads_as_one_branch_and_migrates_on_its_first_append(
+    data_dir: Path, release_file: Path
+) -> None:
+    """An empty conversation and one of awkward text (line separators, CR LF, NUL, emoji, right to
+    left; a rename and a settings change; an empty reply), as the releases writing versions 1 and 2
+    saved them: read unchanged, then rewritten once at version 3 with every line's text intact."""
+    header, *lines = lines_of(release_file)
+    cid = json.loads(header)["id"]
+    folder = data_dir / "conversations" / "alice"
+    folder.mkdir(parents=True)
+    path = folder / f"{cid}.jsonl"
+    shutil.copy(release_file, path)
+    store = ConversationStore(data_dir, "alice")
+    assert [s.title for s in store.list()] == [json.loads(header)["title"]]
+    old = store.get(cid)
+    assert [json.loads(records.message_line(m)) for m in old.messages] == chained(
+        [json.loads(x) for x in lines]
+    )
+    assert path.read_bytes() == release_file.read_bytes()
+    added = store.append(cid, Message("user", "Still there?"))
+    assert added.parent == (json.loads(lines[-1])["id"] if lines else None)
+    new_header, *new_lines = lines_of(path)
+    assert json.loads(new_header) == {**json.loads(header), "version": 3}
+    assert [json.loads(x) for x in new_lines] == [
+        *chained([json.loads(x) for x in lines]),
+        json.loads(records.message_line(added)),
+    ]
+    assert_conversation_file_valid(path)
+    fresh = ConversationStore(data_dir, "alice").get(cid)
+    assert fresh.messages == (*old.messages, added)
+    assert fresh.title == old.title and fresh.settings == old.settings

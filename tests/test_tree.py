@@ -215,6 +215,11 @@ KERNELS = st.integers(0, 1)
 INDEX = st.integers(0, 10_000)  # which existing message, modulo how many there are
 ROLE = st.sampled_from([r for r in ROLES if r != "system"])
 PARTS = st.lists(TEXT, min_size=1, max_size=3)
+#: Real files of versions 1 and 2: the examples and what earlier releases wrote (tests/fixtures/).
+OLDER_FILES = {
+    path.stem: path
+    for path in (EXAMPLE_V1, EXAMPLE_V2, *sorted((Path(__file__).parent / "fixtures").glob("v[12]-*.jsonl")))
+}
 
 
 @settings(
@@ -244,20 +249,19 @@ class RandomTrees(RuleBasedStateMachine):
 
     # -- the conversation to start from
 
-    @initialize(start=st.sampled_from(["new", "version 1", "version 2"]))
+    @initialize(start=st.sampled_from(["new", *OLDER_FILES]))
     def start(self, start: str) -> None:
         """A new conversation, or a real older file (rewritten at version 3 by its first append)."""
         if start == "new":
             self.cid = self.kernels[0].create("Random tree").id
         else:
-            example = EXAMPLE_V1 if start == "version 1" else EXAMPLE_V2
-            header, *lines = lines_of(example)
+            header, *lines = lines_of(OLDER_FILES[start])
             self.cid = records.parse_header(header).id
             self.kernels[0].directory.mkdir(parents=True, exist_ok=True)
-            shutil.copy(example, self.path)
+            shutil.copy(OLDER_FILES[start], self.path)
             previous = None
             for line in lines:
-                saved = records.parse_message(line, 1 if example == EXAMPLE_V1 else 2)
+                saved = records.parse_message(line, records.header_version(header))
                 self.model.add(saved.id, previous)
                 previous = saved.id
         self.before, self.inode = self.path.read_bytes(), self.path.stat().st_ino
