@@ -38,6 +38,7 @@ import contextlib
 import logging
 import os
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -360,10 +361,14 @@ class SearchIndex:
         load: Loader,
         *,
         locked: bool = True,
-    ) -> list[SearchHit]:
+        slice_s: float | None = None,
+    ) -> list[SearchHit] | None:
         """The best ``limit`` hits for ``query``, after catching up with ``files`` (id → stamp).
 
         ``locked``: the caller holds the user's lock, so the file may be used (else: memory).
+        ``slice_s``: stop catching up after about that long and return ``None`` (what was done
+        is kept), so the caller can let go of the lock (other kernels append meanwhile) and
+        call again: building the index of a big history takes seconds.
         """
         import sqlite3
 
@@ -380,7 +385,9 @@ class SearchIndex:
             last = attempt == 2
             try:
                 db = self._open()
-                self._catch_up(db, files, load)
+                deadline = None if slice_s is None else time.monotonic() + slice_s
+                if not self._catch_up(db, files, load, deadline):
+                    return None
             except (sqlite3.Error, _Unusable) as exc:  # a schema gone, a page missing: damage too
                 self._recover(exc, damaged=not _unusable(exc), last=last)
                 continue
@@ -396,7 +403,7 @@ class SearchIndex:
 
     def _query(self, db: sqlite3.Connection, expression: str, limit: int) -> list[SearchHit]:
         hits = []
-        for conversation_id, title, message_id, role, raw, rank, time in db.execute(
+        for conversation_id, title, message_id, role, raw, rank, when in db.execute(
             _SEARCH, (expression, limit)
         ):
             parts = snippet_parts(raw)
@@ -408,29 +415,39 @@ class SearchIndex:
                     role=role,
                     snippet=_bracketed(parts),
                     score=-float(rank),
-                    time=datetime.fromisoformat(time),
+                    time=datetime.fromisoformat(when),
                     parts=parts,
                 )
             )
         return hits
 
-    def _catch_up(self, db: sqlite3.Connection, files: Mapping[str, Stamp], load: Loader) -> None:
-        """Re-index every conversation whose file is not what was indexed; drop the deleted ones."""
+    def _catch_up(
+        self, db: sqlite3.Connection, files: Mapping[str, Stamp], load: Loader, deadline: float | None
+    ) -> bool:
+        """Re-index every conversation whose file is not what was indexed; drop the deleted ones.
+
+        False when stopped at ``deadline`` (after indexing at least one: each call progresses).
+        """
         known = {
             cid: (inode, size) for cid, inode, size in db.execute("SELECT id, inode, size FROM conversations")
         }
         for conversation_id in known.keys() - files.keys():
             with _transaction(db):
                 self._drop_conversation(db, conversation_id)
+        indexed = 0
         for conversation_id, stamp in files.items():
             if known.get(conversation_id) == stamp:
                 continue
+            if indexed and deadline is not None and time.monotonic() > deadline:
+                return False
             loaded = load(conversation_id)
             with _transaction(db):
                 if loaded is None:  # cannot be read now (damaged, newer, unreadable): tried again next time
                     self._drop_conversation(db, conversation_id)
                 else:
                     self._sync(db, *loaded)
+                    indexed += 1
+        return True
 
     def _sync(self, db: sqlite3.Connection, conversation: Conversation, stamp: Stamp) -> None:
         """Make the index hold exactly this conversation (read up to ``stamp``), within a transaction."""

@@ -38,6 +38,7 @@ import contextlib
 import errno
 import os
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -86,6 +87,9 @@ from nbchat.usernames import username_key
 SUFFIX = ".jsonl"
 LOCK_NAME = ".lock"
 ACCOUNT_MARKER = ".account"
+#: The longest a search holds the user's lock while it builds the index, and the pause after
+#: each slice, longer than a waiting kernel's poll of the lock (filelock's 0.05 s).
+SEARCH_SLICE_S, SEARCH_PAUSE_S = 0.5, 0.06
 
 
 def claim_directory(data_dir: Path, username: str, account_id: str) -> Path:
@@ -184,11 +188,21 @@ class ConversationStore:
         (by another kernel too) are indexed again first, one stat per file. An empty query is
         a ``SearchError``; a missing or damaged index is rebuilt, never an error.
         """
-        with self._mutex, self._reading() as refused:
-            files = self._stamps() if refused is None or self._dir.is_dir() else {}
-            return self._index.search(
-                query, limit, files, lambda cid: self._indexable(cid, refused), locked=refused is None
-            )
+        with self._mutex:
+            while True:  # the lock is let go between slices of a long catch-up: other kernels append
+                with self._reading() as refused:
+                    files = self._stamps() if refused is None or self._dir.is_dir() else {}
+                    hits = self._index.search(
+                        query,
+                        limit,
+                        files,
+                        lambda cid: self._indexable(cid, refused),
+                        locked=refused is None,
+                        slice_s=SEARCH_SLICE_S,
+                    )
+                if hits is not None:
+                    return hits
+                time.sleep(SEARCH_PAUSE_S)
 
     def _stamps(self) -> dict[str, Stamp]:
         """(inode, size) of every conversation file: what the search index compares with its own."""

@@ -23,9 +23,11 @@ from pathlib import Path
 import pytest
 from disks import mount_small_disk, remount_read_only, unmount
 
+import nbchat.store
 from nbchat import ConversationStore, Message, records
 from nbchat.errors import SearchError
 from nbchat.search import INDEX_NAME, SearchHit, match_expression
+from nbchat.types import Conversation, new_id, utcnow
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -455,7 +457,7 @@ WORKER = textwrap.dedent(
                 except FileNotFoundError:
                     pass
             store.search("filler")
-        print(seq, flush=True)
+        print(seq, time.time(), flush=True)
         seq += 1
     """
 )
@@ -487,7 +489,7 @@ def test_a_process_killed_mid_update_leaves_every_conversation_loadable_and_the_
         os.kill(worker.pid, signal.SIGKILL)
         out, err = worker.communicate(timeout=30)
         assert worker.returncode == -signal.SIGKILL, err
-        acknowledged = [int(line) for line in out.split()]
+        acknowledged = [int(line.split()[0]) for line in out.splitlines()]
         assert acknowledged or mode == "rebuild", "the worker was killed before doing anything"
 
         reader = store_of(data)
@@ -574,3 +576,34 @@ def test_an_index_path_that_cannot_hold_a_database_is_searched_in_memory(store: 
 
 def fresh_store(store: ConversationStore) -> ConversationStore:
     return ConversationStore(store.directory.parent.parent, store.username)
+
+
+def test_building_a_big_index_lets_other_kernels_append_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(nbchat.store, "SEARCH_SLICE_S", 0.05)  # many slices of a short build
+    data = tmp_path / "data"
+    store = store_of(data)
+    for n in range(120):  # written in the store's line format: 12,000 messages in a blink
+        chat = Conversation(id=new_id(), title=f"Chat {n}", created=utcnow(), updated=utcnow())
+        lines, parent = [records.header_line(chat)], None
+        for m in range(100):
+            message = Message("user", f"crane{n}x number {m} " + "filler words " * 10, parent=parent)
+            lines.append(records.message_line(message))
+            parent = message.id
+        (store.directory / f"{chat.id}.jsonl").parent.mkdir(parents=True, exist_ok=True)
+        (store.directory / f"{chat.id}.jsonl").write_bytes(b"".join(lines))
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WORKER, str(data), "append", "7"], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    assert writer.stdout is not None and writer.stdout.readline().strip() == "ready"
+    time.sleep(0.3)
+    started = time.time()
+    hits = store.search("crane5x", limit=1000)
+    ended = time.time()
+    writer.kill()
+    out, _ = writer.communicate(timeout=30)
+    during = [float(line.split()[1]) for line in out.splitlines() if started < float(line.split()[1]) < ended]
+    assert ended - started > 0.3, "the build was too quick to show anything"
+    assert len(during) >= 3, (ended - started, len(out.splitlines()))  # the writer was not shut out
+    assert len(hits) == 100 and {h.role for h in hits} == {"user"}
