@@ -86,14 +86,15 @@ class FileState:
     def take(self, item: records.Line, length: int) -> None:
         """Add the next line (``length`` bytes with its newline); a line breaking the rules raises."""
         number = self.lines + 1
+        used = True
         if isinstance(item, Message):
             self._take_message(item)
         elif isinstance(item, records.Draft):
-            self._take_draft(item)
-        else:
-            if item.id not in self.entries:
-                raise records.RecordError(f"it selects message {item.id}, which no earlier line holds")
-        self.last_used[item.id] = number
+            used = self._take_draft(item)
+        elif item.id not in self.entries:
+            raise records.RecordError(f"it selects message {item.id}, which no earlier line holds")
+        if used:
+            self.last_used[item.id] = number
         self.lines = number
         self.offset += length
         self._tree = None
@@ -108,10 +109,11 @@ class FileState:
         self.entries[message.id] = message  # a draft's place is kept: children stay after parents
         self.last_message = message.id
 
-    def _take_draft(self, draft: records.Draft) -> None:
+    def _take_draft(self, draft: records.Draft) -> bool:
+        """Add a draft's text; False for a late draft of a saved reply (ignored, not even a use)."""
         existing = self.entries.get(draft.id)
         if isinstance(existing, Message):
-            return  # the reply was saved already: its message is the reply, late drafts are moot
+            return False  # the reply was saved already: its message is the reply, late drafts are moot
         if existing is None:
             self._check_parent(draft.parent)
             existing = self.entries[draft.id] = OpenDraft(draft.parent, draft.model, draft.time)
@@ -119,6 +121,7 @@ class FileState:
             raise records.RecordError(f"draft {draft.id} changes the message it answers")
         existing.text.append(draft.text)
         existing.thinking.append(draft.thinking)
+        return True
 
     def _check_parent(self, parent: str | None) -> None:
         if parent is not None and parent not in self.entries:

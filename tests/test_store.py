@@ -721,3 +721,20 @@ def test_a_damaged_file_is_reported_in_a_sentence_not_a_megabyte(store: Conversa
     with pytest.raises(CorruptFile, match="moved to") as error:
         ConversationStore(store.directory.parent.parent, "alice").get(conversation.id)
     assert len(str(error.value)) < 1000
+
+
+def test_a_late_draft_of_a_saved_reply_is_ignored_and_does_not_switch_the_branch(
+    store: ConversationStore,
+) -> None:
+    """nbchat never writes one (append_draft refuses), but a hand-edited file may hold it."""
+    conversation = store.create("Chat")
+    q1 = store.append(conversation.id, Message("user", "q1"))
+    a1 = store.append(conversation.id, Message("assistant", "a1"))
+    q2 = store.append(conversation.id, Message("user", "q2"))
+    a2 = store.append(conversation.id, Message("assistant", "a2"))
+    edited = store.append(conversation.id, Message("user", "q2, edited", parent=a1.id))
+    with file_of(store, conversation.id).open("ab") as handle:
+        handle.write(records.draft_line(records.Draft(a2.id, q2.id, None, a2.time, "late", "")))
+    fresh = ConversationStore(store.directory.parent.parent, "alice").get(conversation.id)
+    assert [m.id for m in fresh.messages] == [q1.id, a1.id, edited.id]
+    assert fresh.tree.get(a2.id).content == "a2"
