@@ -50,6 +50,7 @@ from nbchat.errors import SearchError
 if TYPE_CHECKING:
     import sqlite3
 
+    from nbchat import records
     from nbchat.types import Conversation, Message
 
 log = logging.getLogger(__name__)
@@ -287,13 +288,12 @@ class SearchIndex:
         inode: int,
         before: int,
         after: int,
-        draft: str | None = None,
+        draft: records.Draft | None = None,
     ) -> None:
-        """One line was appended (``before`` → ``after`` bytes); index its message if any (O(1)).
+        """One line was appended (``before`` → ``after`` bytes); index what it says (O(1)).
 
-        ``draft``: the line was a draft of that reply. If another store indexed the reply as
-        interrupted, its text just grew: the index is left behind the file, for the next
-        search to catch up.
+        A ``message`` is indexed (replacing its reply's drafts); a ``draft`` line adds its text
+        to the reply's row, as a reader would show it: an interrupted reply, until its message.
         """
         try:
             db = self._existing()
@@ -305,8 +305,8 @@ class SearchIndex:
                 ).fetchone()
                 if row != (inode, before):
                     return  # behind the file already: the next search catches it up
-                if draft is not None and self._rows_of(db, conversation_id, draft):
-                    return
+                if draft is not None:
+                    self._add_draft(db, conversation_id, draft)
                 if message is not None:
                     self._drop_message(db, conversation_id, message.id)
                     self._insert(db, conversation_id, message)
@@ -508,6 +508,25 @@ class SearchIndex:
         db.execute(
             "INSERT INTO words (rowid, body) VALUES (?, ?)", (cursor.lastrowid, indexed_text(message.content))
         )
+
+    def _add_draft(self, db: sqlite3.Connection, conversation_id: str, draft: records.Draft) -> None:
+        row = db.execute(
+            "SELECT e.rowid, e.partial, w.body FROM entries e JOIN words w ON w.rowid = e.rowid"
+            " WHERE e.conversation = ? AND e.message_id = ?",
+            (conversation_id, draft.id),
+        ).fetchone()
+        if row is None:
+            cursor = db.execute(
+                "INSERT INTO entries (conversation, message_id, role, time, partial)"
+                " VALUES (?, ?, 'assistant', ?, 1)",
+                (conversation_id, draft.id, _time(draft.time)),
+            )
+            db.execute(
+                "INSERT INTO words (rowid, body) VALUES (?, ?)", (cursor.lastrowid, indexed_text(draft.text))
+            )
+        elif row[1]:  # still a draft (a late draft of a saved reply changes nothing)
+            text = row[2].replace(_ZWSP, "") + draft.text
+            db.execute("UPDATE words SET body = ? WHERE rowid = ?", (indexed_text(text), row[0]))
 
     @staticmethod
     def _rows_of(db: sqlite3.Connection, conversation_id: str, message_id: str) -> list[int]:

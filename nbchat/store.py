@@ -200,8 +200,8 @@ class ConversationStore:
                         locked=refused is None,
                         slice_s=SEARCH_SLICE_S,
                     )
-                if hits is not None:
-                    return hits
+                if hits is not None:  # a reply streaming here is shown live, not as a message to open
+                    return [hit for hit in hits if hit.message_id not in self._streaming]
                 time.sleep(SEARCH_PAUSE_S)
 
     def _stamps(self) -> dict[str, Stamp]:
@@ -218,15 +218,13 @@ class ConversationStore:
     def _indexable(
         self, conversation_id: str, refused: StorageFailed | None
     ) -> tuple[Conversation, Stamp] | None:
-        """The conversation as read now and the (inode, size) read up to; None if it cannot be read."""
+        """The file's conversation (every draft too: the index holds what the file says, whoever
+        is streaming) and the (inode, size) read up to; None if it cannot be read now."""
         try:
-            conversation = self._load(self._path(conversation_id), refused=refused, writing=False)
+            state = self._load_state(self._path(conversation_id), refused=refused, writing=False)
         except (CorruptFile, UnsupportedVersion, ConversationNotFound, StorageFailed):
             return None
-        state = self._cache.get(conversation_id)
-        if state is None:
-            return None
-        return conversation, (state.inode, state.offset)
+        return state.view(), (state.inode, state.offset)
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -332,13 +330,13 @@ class ConversationStore:
             state = self._write_whole(path, state.conversation, state, body + line)
             state.offset -= len(line)  # taken next, as for an append
             state.take(item, len(line))
-            self._index.rewritten(state.view(self._streaming), inode=state.inode, size=state.offset)
+            self._index.rewritten(state.view(), inode=state.inode, size=state.offset)
             return
         append_bytes(path, line)
         before = state.offset
         state.take(item, len(line))
         message = item if isinstance(item, Message) else None
-        draft = item.id if isinstance(item, records.Draft) else None
+        draft = item if isinstance(item, records.Draft) else None
         self._index.added(
             state.conversation.id, message, inode=state.inode, before=before, after=state.offset, draft=draft
         )
@@ -718,5 +716,5 @@ class ConversationStore:
                 version=fresh.version,
             )
         self._cache[conversation.id] = fresh
-        self._index.rewritten(fresh.view(self._streaming), inode=fresh.inode, size=fresh.offset)
+        self._index.rewritten(fresh.view(), inode=fresh.inode, size=fresh.offset)
         return fresh

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -22,6 +23,8 @@ from pathlib import Path
 
 import pytest
 from disks import mount_small_disk, remount_read_only, unmount
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import nbchat.store
 from nbchat import ConversationStore, Message, records
@@ -119,18 +122,36 @@ def test_an_interrupted_reply_is_found_as_written_and_once_saved_is_found_once(
 ) -> None:
     chat = store.create("Drafts")
     question = store.append(chat.id, Message("user", "tell me about volcanoes"))
+    store.search("warm")  # the index exists: the drafts below go through the append hook
     reply_id = "f" * 32
     store.append_draft(chat.id, records.Draft(reply_id, question.id, None, question.time, "Magma rises ", ""))
     reader = store_of(tmp_path / "data")  # another kernel: sees the drafts as an interrupted reply
     assert ids(reader.search("magma")) == [reply_id]
+    assert store.search("magma") == []  # the writer shows its reply live, not as a hit to open
     store.append_draft(
         chat.id, records.Draft(reply_id, question.id, None, question.time, "through basalt", "")
     )
     assert ids(reader.search("basalt")) == [reply_id]
+    assert ids(reader.search("rises basalt")) == [reply_id]
     store.append(chat.id, Message("assistant", "Magma rises through basalt vents.", id=reply_id))
     assert ids(reader.search("magma")) == [reply_id]
     assert [h.snippet for h in reader.search("vents")] == ["Magma rises through basalt [vents]."]
     assert [h.message_id for h in store.search("magma")] == [reply_id]
+    assert index_rows(store, "SELECT count(*) FROM entries WHERE message_id = ?", reply_id) == [(1,)]
+
+
+def test_a_reply_of_a_kernel_that_died_is_found_by_its_drafts(tmp_path: Path) -> None:
+    dead = store_of(tmp_path / "data")
+    chat = dead.create("Died")
+    question = dead.append(chat.id, Message("user", "explain geysers"))
+    dead.search("warm")
+    for text in ("Water heats ", "deep underground ", "until it erupts"):
+        dead.append_draft(chat.id, records.Draft("e" * 32, question.id, None, question.time, text, ""))
+    del dead  # the kernel died mid-reply
+    reopened = store_of(tmp_path / "data")
+    [hit] = reopened.search("underground erupts")
+    assert (hit.message_id, hit.role) == ("e" * 32, "assistant")
+    assert hit.snippet == "Water heats deep [underground] until it [erupts]"
 
 
 # -- the user's words, not FTS5 syntax ------------------------------------------------------------
@@ -607,3 +628,133 @@ def test_building_a_big_index_lets_other_kernels_append_meanwhile(
     assert ended - started > 0.3, "the build was too quick to show anything"
     assert len(during) >= 3, (ended - started, len(out.splitlines()))  # the writer was not shut out
     assert len(hits) == 100 and {h.role for h in hits} == {"user"}
+
+
+# -- the index is a function of the files --------------------------------------------------------
+
+WORDS = st.sampled_from(["alpha", "beta", "gamma", "数据", "café"])
+OPS = st.one_of(
+    st.tuples(st.just("append"), st.integers(0, 1), st.integers(0, 3), WORDS),
+    st.tuples(st.just("branch"), st.integers(0, 1), st.integers(0, 3), st.integers(0, 50), WORDS),
+    st.tuples(st.just("draft"), st.integers(0, 1), st.integers(0, 3), WORDS),
+    st.tuples(st.just("finish"), st.integers(0, 3)),
+    st.tuples(st.just("more"), st.integers(0, 3), WORDS),
+    st.tuples(st.just("select"), st.integers(0, 1), st.integers(0, 3), st.integers(0, 50)),
+    st.tuples(st.just("rename"), st.integers(0, 1), st.integers(0, 3), WORDS),
+    st.tuples(st.just("create"), st.integers(0, 1), WORDS),
+    st.tuples(st.just("delete"), st.integers(0, 1), st.integers(0, 3)),
+    st.tuples(st.just("search"), st.integers(0, 1)),
+    st.tuples(st.just("behind"), st.integers(0, 3), WORDS),
+)
+
+
+def index_content(store: ConversationStore, only: set[str] | None = None) -> set[tuple[object, ...]]:
+    """What the index holds: (conversation, message id, role, partial, text) for every row."""
+    if not (store.directory / INDEX_NAME).exists():
+        return set()  # never built: a user with no conversation
+    rows = index_rows(
+        store,
+        "SELECT e.conversation, e.message_id, e.role, e.partial, w.body"
+        " FROM entries e JOIN words w ON w.rowid = e.rowid",
+    )
+    return {(*row[:4], str(row[4]).replace("\u200b", "")) for row in rows if only is None or row[0] in only}
+
+
+def apply(
+    op: tuple[object, ...], stores: list[ConversationStore], drafts: dict[str, tuple[int, str, str]]
+) -> None:
+    """One operation of one of two kernels (``drafts``: conversation → (store, reply id, text so far))."""
+    kind, rest = op[0], op[1:]
+    chats = sorted(s.id for s in stores[0].list())
+    pick = lambda n: chats[n % len(chats)] if chats else None  # noqa: E731
+    if kind == "create":
+        stores[rest[0]].create(f"about {rest[1]}")  # type: ignore[index]
+    elif kind == "search":
+        stores[rest[0]].search("alpha")  # type: ignore[index]
+    elif kind == "finish":
+        chat = pick(rest[0])  # type: ignore[arg-type]
+        if chat in drafts:
+            writer, reply, text = drafts.pop(chat)
+            stores[writer].append(chat, Message("assistant", text + " done", id=reply))
+    elif kind == "more":  # the next draft line of a reply streaming
+        chat = pick(rest[0])  # type: ignore[arg-type]
+        if chat in drafts:
+            writer, reply, text = drafts[chat]
+            more = f"{rest[1]} more "
+            draft = records.Draft(
+                reply, _drafted_parent(stores[writer], chat, reply), None, utcnow(), more, ""
+            )
+            stores[writer].append_draft(chat, draft)
+            drafts[chat] = (writer, reply, text + more)
+    elif kind == "behind":  # a writer that never tells the index
+        chat = pick(rest[0])  # type: ignore[arg-type]
+        if chat is not None and chat not in drafts:
+            leaf = stores[0].get(chat).tree.leaf()
+            line = records.message_line(
+                Message("user", f"{rest[1]} behind", parent=leaf.id if leaf else None)
+            )
+            with (stores[0].directory / f"{chat}.jsonl").open("ab") as handle:
+                handle.write(line)
+    else:
+        store, chat = stores[rest[0]], pick(rest[1])  # type: ignore[index,arg-type]
+        if chat is None or (chat in drafts and kind != "rename"):
+            return  # one reply at a time per conversation, as the session does
+        tree = store.get(chat).tree
+        if kind == "append":
+            store.append(chat, Message("user", f"{rest[2]} said"))
+        elif kind == "branch" and tree.messages:
+            parent = tree.messages[rest[2] % len(tree.messages)]  # type: ignore[operator]
+            store.append(chat, Message("assistant", f"{rest[3]} again", parent=parent.id))
+        elif kind == "draft":
+            leaf = tree.leaf()
+            reply = new_id()
+            text = f"{rest[2]} partial "
+            store.append_draft(
+                chat, records.Draft(reply, leaf.id if leaf else None, None, utcnow(), text, "")
+            )
+            drafts[chat] = (rest[0], reply, text)  # type: ignore[assignment]
+        elif kind == "select" and tree.messages:
+            store.select(chat, tree.messages[rest[2] % len(tree.messages)].id)  # type: ignore[operator]
+        elif kind == "rename":
+            store.rename(chat, f"renamed {rest[2]}")
+        elif kind == "delete":
+            store.delete(chat)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+@given(ops=st.lists(OPS, min_size=1, max_size=25))
+def test_an_index_that_says_it_is_up_to_date_holds_exactly_what_a_rebuild_from_the_files_holds(
+    tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[object, ...]]
+) -> None:
+    data = tmp_path_factory.mktemp("property") / "data"
+    stores = [store_of(data), store_of(data)]
+    stores[0].create("first")
+    stores[0].search("alpha")
+    drafts: dict[str, tuple[int, str, str]] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for op in ops:
+            apply(op, stores, drafts)
+    directory = stores[0].directory
+    files = {p.name[:-6]: (p.stat().st_ino, p.stat().st_size) for p in directory.glob("*.jsonl")}
+    recorded = index_rows(stores[0], "SELECT id, inode, size FROM conversations")
+    current = {cid for cid, inode, size in recorded if files.get(str(cid)) == (inode, size)}
+
+    copy = tmp_path_factory.mktemp("rebuilt") / "data"
+    shutil.copytree(data, copy)
+    for leftover in (copy / "conversations" / "alice").glob(INDEX_NAME + "*"):
+        leftover.unlink()
+    rebuilt = store_of(copy)
+    rebuilt.search("alpha")
+    assert index_content(stores[0], current) == index_content(rebuilt, current)  # the hooks were exact
+    stores[1].search("alpha")  # caught up: the whole index is the files' again
+    assert index_content(stores[0]) == index_content(rebuilt)
+
+
+def _drafted_parent(store: ConversationStore, chat: str, reply: str) -> str | None:
+    """The message a streaming reply answers, read from its first draft line in the file."""
+    for line in (store.directory / f"{chat}.jsonl").read_bytes().splitlines()[1:]:
+        record = json.loads(line)
+        if record.get("draft") == reply:
+            return record["parent"]  # type: ignore[no-any-return]
+    raise AssertionError(f"no draft of {reply}")
