@@ -16,6 +16,7 @@ from polling import wait_until
 from conftest import PASSWORD, chatting
 from nbchat import Accounts, ChatSession
 from nbchat.panel import ChatPanel
+from nbchat.panel.branch_bar import BranchBar
 from nbchat.panel.message_list import PAGE, MessageList
 from nbchat.panel.message_view import BranchActions, MessageView, QuestionView, ReplyView
 from nbchat.records import Draft
@@ -44,19 +45,20 @@ def texts(messages: MessageList) -> list[str]:
     return [view.message.content for view in views(messages)]
 
 
-def tool(view: MessageView, name: str) -> widgets.Button:
-    """The tool of ``view`` with CSS class ``name`` (exactly one)."""
-    assert view.tools is not None, f"{view.message.content!r} has no tools"
-    (found,) = [child for child in view.tools.children if name in child._dom_classes]
-    return found  # type: ignore[no-any-return]
-
-
-def has_tool(view: MessageView, name: str) -> bool:
-    return view.tools is not None and any(name in child._dom_classes for child in view.tools.children)
+def bar(view: MessageView) -> BranchBar:
+    """The bar holding ``view``'s tools: a question is its own; a reply's is under its Markdown."""
+    if isinstance(view, QuestionView):
+        return view
+    assert isinstance(view, ReplyView) and view.tools is not None, f"{view.message.content!r} has no tools"
+    return view.tools
 
 
 def counter(view: MessageView) -> str:
-    return str(tool(view, "nbchat-alt-counter").value)
+    return bar(view).counter
+
+
+def can_regenerate(view: MessageView) -> bool:
+    return isinstance(view, ReplyView) and view.tools is not None and view.tools.can_regenerate
 
 
 class Heard:
@@ -170,8 +172,11 @@ def test_a_search_hit_deep_in_a_long_conversation_is_shown_when_it_opens() -> No
     messages.show(path[:10], conversation_id="other")  # a redraw before the hit's conversation opens
     messages.show(path, conversation_id="long")
     assert views(messages)[0].message is path[20] and messages.hidden == 20
-    body = views(messages)[0].body
-    assert f"nbchat-msg-{path[20].id}" in body._dom_classes  # what the page scrolls to
+    question, reply = views(messages)[:2]
+    assert (
+        isinstance(question, QuestionView) and question.message_id == path[20].id
+    )  # its text: nbchat-msg-<id>
+    assert isinstance(reply, ReplyView) and f"nbchat-msg-{path[21].id}" in reply.body._dom_classes
     messages.show(path, conversation_id="long")
     assert messages.hidden == 20  # revealed, it stays shown
     messages.reveal("long", path[-3].id)  # already shown: nothing more to reveal
@@ -198,17 +203,20 @@ def test_a_reply_with_alternatives_shows_which_it_is_and_switches_to_its_neighbo
     messages.show(tree.path(), tree=tree, conversation_id="c")
     shown_question, shown_reply = views(messages)
     assert isinstance(shown_reply, ReplyView) and counter(shown_reply) == "2 / 2"
-    assert not has_tool(shown_question, "nbchat-alt-counter")  # one question: no switcher
-    assert tool(shown_reply, "nbchat-alt-next").disabled and not tool(shown_reply, "nbchat-alt-prev").disabled
-    tool(shown_reply, "nbchat-alt-prev").click()
+    assert (shown_reply.tools.position, shown_reply.tools.total) == (2, 2)  # type: ignore[union-attr]
+    assert bar(shown_question).total == 1 and counter(shown_question) == ""  # one question: no switcher
+    bar(shown_reply).switch(1)  # › at the end: nothing to switch to (the page shows it disabled)
+    assert heard.calls == []
+    bar(shown_reply).switch(-1)
     assert heard.calls == [("switch", first.id)]
 
     other = MessageTree(every, last_used={first.id: 10})  # the user switched: the first reply is shown
     messages.show(other.path(), tree=other, conversation_id="c")
     shown = views(messages)[1]
-    assert shown.message is first and counter(shown) == "1 / 2"
-    assert tool(shown, "nbchat-alt-prev").disabled and not tool(shown, "nbchat-alt-next").disabled
-    tool(shown, "nbchat-alt-next").click()
+    assert shown.message is first and counter(shown) == "1 / 2" and bar(shown).position == 1
+    bar(shown).switch(-1)
+    assert len(heard.calls) == 1
+    bar(shown).switch(1)
     assert heard.calls[-1] == ("switch", second.id)
 
 
@@ -218,18 +226,23 @@ def test_regenerate_is_on_the_last_reply_only_and_every_tool_waits_while_a_reply
     path = chat(3)
     messages.show(path, tree=MessageTree(path))
     shown = views(messages)
-    assert [has_tool(view, "nbchat-regenerate") for view in shown] == [False] * 5 + [True]
-    assert all(has_tool(view, "nbchat-edit") for view in shown if isinstance(view, QuestionView))
-    assert not any(has_tool(view, "nbchat-edit") for view in shown if isinstance(view, ReplyView))
-    tool(shown[-1], "nbchat-regenerate").click()
+    assert [can_regenerate(view) for view in shown] == [False] * 5 + [True]
+    assert [isinstance(view, QuestionView) and view.editable for view in shown] == [True, False] * 3
+    assert [isinstance(view, ReplyView) and view.tools is None for view in shown] == [False, True] * 2 + [
+        False,
+        False,
+    ]  # a reply gets a bar only once it has something to show
+    bar(shown[-1]).regenerate()
     assert heard.calls == [("regenerate",)]
 
     messages.show(path, tree=MessageTree(path), busy=True)
-    assert tool(shown[-1], "nbchat-regenerate").disabled and tool(shown[0], "nbchat-edit").disabled
+    assert bar(shown[-1]).busy and bar(shown[0]).busy
+    bar(shown[-1]).regenerate()
+    assert heard.calls == [("regenerate",)]  # not while a reply streams
     longer = list(MessageTree.linear([*path, Message("user", "more?")]).messages)
     messages.show(longer, tree=MessageTree(longer))
-    assert views(messages)[5] is shown[-1] and not has_tool(shown[-1], "nbchat-regenerate")
-    assert not tool(shown[0], "nbchat-edit").disabled  # idle again
+    assert views(messages)[5] is shown[-1] and not can_regenerate(shown[-1])
+    assert not bar(shown[0]).busy  # idle again
 
 
 def test_edit_opens_an_inline_editor_with_the_question_and_send_reports_the_new_text() -> None:
@@ -238,28 +251,35 @@ def test_edit_opens_an_inline_editor_with_the_question_and_send_reports_the_new_
     path = chat(2)
     messages.show(path, tree=MessageTree(path))
     question = views(messages)[2]
-    assert isinstance(question, QuestionView)
-    tool(question, "nbchat-edit").click()
-    assert question.editor is not None and question.editor in question.children
-    assert question.tools is not None and question.tools.layout.display == "none"
-    text, buttons = question.editor.children
-    assert "nbchat-edit-text" in text._dom_classes and text.value == "question 1"
-    send, cancel = buttons.children
-    assert "nbchat-edit-send" in send._dom_classes and "nbchat-edit-cancel" in cancel._dom_classes
+    assert isinstance(question, QuestionView) and question.text == "question 1" and not question.editing
+    question.edit()  # what Edit does: the page opens the editor holding ``text``
+    assert question.editing
 
     heard.edits_accepted = False  # refused (the status line says why): the editor stays to fix it
-    text.value = "question one, better"
-    send.click()
-    assert heard.calls == [("edit", path[2].id, "question one, better")] and question.editor is not None
+    question.send_edit("question one, better")
+    assert heard.calls == [("edit", path[2].id, "question one, better")] and question.editing
     heard.edits_accepted = True
-    send.click()
-    assert question.editor is None and text.comm is None and question.tools.layout.display is None
+    question.send_edit("question one, better")
+    assert not question.editing and len(heard.calls) == 2
+    question.send_edit("not while closed")
+    assert len(heard.calls) == 2
 
-    tool(question, "nbchat-edit").click()
-    editor = question.editor
-    assert editor is not None and editor.children[0].value == "question 1"  # afresh from the question
-    editor.children[1].children[1].click()
-    assert question.editor is None and len(heard.calls) == 2
+    question.edit()
+    question.cancel()
+    assert not question.editing and len(heard.calls) == 2
+    messages.show(path, tree=MessageTree(path), busy=True)
+    question.edit()
+    question.send_edit("while a reply streams")
+    assert len(heard.calls) == 2 and question.editing  # kept open to send once the reply has ended
+
+
+def test_a_question_is_one_widget_holding_its_text_and_its_tools() -> None:
+    messages = MessageList()
+    question = Message("user", "<b>bold?</b> & more")
+    messages.show([question])
+    (view,) = messages.view.children
+    assert isinstance(view, QuestionView) and view._dom_classes == ("nbchat-message", "nbchat-message-user")
+    assert "&lt;b&gt;bold?&lt;/b&gt; &amp; more" in view.value and view.message_id == question.id
 
 
 def test_while_a_regenerated_reply_streams_the_reply_it_replaces_is_not_shown_under_it() -> None:
@@ -273,15 +293,15 @@ def test_while_a_regenerated_reply_streams_the_reply_it_replaces_is_not_shown_un
     assert texts(messages) == ["question 0", "answer 0", "question 1", "answer 1"]
 
 
-def test_a_closed_list_closes_the_tools_and_an_open_editor() -> None:
+def test_a_closed_list_closes_each_message_and_its_tools() -> None:
     messages = MessageList()
     path = chat(1)
     messages.show(path)
     question, reply = views(messages)
-    question.edit()
-    parts = [question.tools, question.editor, *question.editor.children, reply.tools]  # type: ignore[union-attr]
+    assert isinstance(reply, ReplyView) and reply.tools is not None
+    parts = [question, reply, reply.tools, reply.body]
     messages.clear()
-    assert [part for part in parts if part is not None and part.comm is not None] == []
+    assert [part for part in parts if part.comm is not None] == []
 
 
 # -- an interrupted reply -------------------------------------------------------------------------
@@ -335,7 +355,7 @@ def test_regenerate_streams_a_new_reply_and_the_old_one_is_kept_behind_the_switc
     settled(panel)
     server.reply_words = ["second ", "answer"]
     server.chunk_delay_s = 0.05
-    tool(shown(panel)[-1], "nbchat-regenerate").click()
+    bar(shown(panel)[-1]).regenerate()
     wait_until(lambda: panel._live is not None)
     assert [view.message.content for view in shown(panel)] == ["hello"]  # the old reply is not under it
     assert panel.messages.children[-1] is panel._live and panel.stop_button.disabled is False
@@ -344,14 +364,14 @@ def test_regenerate_streams_a_new_reply_and_the_old_one_is_kept_behind_the_switc
     assert sent_history(server) == [("user", "hello")]  # the question alone, not the reply it replaces
     _question, reply = shown(panel)
     assert reply.message.content == "second answer" and counter(reply) == "2 / 2"
-    assert has_tool(reply, "nbchat-regenerate")
+    assert can_regenerate(reply)
 
-    tool(reply, "nbchat-alt-prev").click()
+    bar(reply).switch(-1)
     wait_until(lambda: shown(panel)[-1].message.content == "first answer")
     older = shown(panel)[-1]
     assert counter(older) == "1 / 2"
     assert [m.content for m in panel.session.history()] == ["hello", "first answer"]
-    tool(older, "nbchat-alt-next").click()
+    bar(older).switch(1)
     wait_until(lambda: shown(panel)[-1].message.content == "second answer")
 
 
@@ -364,10 +384,8 @@ def test_editing_a_question_starts_a_branch_and_the_old_one_stays_behind_the_swi
         settled(panel)
     question = shown(panel)[0]
     assert isinstance(question, QuestionView)
-    tool(question, "nbchat-edit").click()
-    assert question.editor is not None
-    question.editor.children[0].value = "first question, edited"
-    question.editor.children[1].children[0].click()
+    question.edit()
+    question.send_edit("first question, edited")
     settled(panel)
     assert [view.message.content for view in shown(panel)] == [
         "first question, edited",
@@ -376,7 +394,7 @@ def test_editing_a_question_starts_a_branch_and_the_old_one_stays_behind_the_swi
     assert sent_history(server) == [("user", "first question, edited")]
     edited = shown(panel)[0]
     assert counter(edited) == "2 / 2" and edited is not question and question.comm is None
-    tool(edited, "nbchat-alt-prev").click()
+    bar(edited).switch(-1)
     wait_until(lambda: len(shown(panel)) == 4)
     assert [view.message.content for view in shown(panel)] == [
         "first question",
@@ -394,10 +412,8 @@ def test_a_refused_edit_keeps_the_editor_and_says_why(panel: ChatPanel, server: 
     question = shown(panel)[0]
     assert isinstance(question, QuestionView)
     question.edit()
-    assert question.editor is not None
-    question.editor.children[0].value = "what is @nothing_by_this_name?"
-    question.editor.children[1].children[0].click()
-    assert question.editor is not None and "nbchat-error" in panel.status.value
+    question.send_edit("what is @nothing_by_this_name?")
+    assert question.editing and "nbchat-error" in panel.status.value
     assert len(panel.session.tree()) == 2  # nothing saved
 
 
@@ -410,7 +426,7 @@ def test_a_long_conversation_opens_at_its_newest_50_messages(session: ChatSessio
     panel = ChatPanel(session)
     assert len(shown(panel)) == PAGE and panel.message_list.hidden == 550
     newest = shown(panel)[-1]
-    assert newest.message.content == "answer 299" and has_tool(newest, "nbchat-regenerate")
+    assert newest.message.content == "answer 299" and can_regenerate(newest)
     panel.message_list.show_earlier_button.click()
     assert len(shown(panel)) == 2 * PAGE and shown(panel)[0].message.content == "question 250"
 
@@ -429,7 +445,7 @@ def test_a_reply_whose_kernel_died_shows_marked_interrupted(session: ChatSession
     assert reply.message.id == reply_id and reply.message.stats == {"partial": True, "interrupted": True}
     markdown = reply.outputs[0]["data"]["text/markdown"]
     assert markdown == "Everything began with \n\n" + INTERRUPTED_NOTE
-    assert has_tool(reply, "nbchat-regenerate")  # it can be answered again
+    assert can_regenerate(reply)  # it can be answered again
 
 
 def test_streaming_into_a_long_conversation_redraws_only_the_live_reply(

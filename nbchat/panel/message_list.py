@@ -18,7 +18,7 @@ from nbchat.notebook import CodeBlock
 from nbchat.panel.code_actions import code_actions
 from nbchat.panel.follow_newest import FollowNewest
 from nbchat.panel.kit import classed, close_widgets, markdown_output
-from nbchat.panel.message_view import TOOLS_STYLE, BranchActions, MessageView, message_view
+from nbchat.panel.message_view import BranchActions, MessageView, message_view
 from nbchat.render import earlier_label
 from nbchat.tree import MessageTree
 from nbchat.types import Message
@@ -51,7 +51,7 @@ class MessageList:
     ) -> None:
         self.view = classed(widgets.VBox(), "nbchat-messages")
         self.follower = FollowNewest()
-        self.rows: tuple[widgets.Widget, ...] = (widgets.HTML(TOOLS_STYLE), self.view, self.follower)
+        self.rows: tuple[widgets.Widget, ...] = (self.view, self.follower)
         self._on_insert, self._on_run, self._on_copied = on_insert, on_run, on_copied
         self._branches = branches or BranchActions()
         self._shown: dict[str, tuple[widgets.Widget, ...]] = {}  # by message id ("unsaved:" + question id)
