@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 INDEX_NAME = ".search.sqlite"
 #: The files SQLite keeps beside the index (all deleted with it).
 _COMPANIONS = ("-journal", "-wal", "-shm")
+FILE_MODE = 0o600  # as the conversation files: the user's words
 SCHEMA_VERSION = 1  # PRAGMA user_version of an index this module built; any other is rebuilt
 MAX_QUERY_CHARS = 1_000
 MAX_QUERY_WORDS = 32
@@ -588,7 +589,7 @@ class SearchIndex:
             if self._path.exists() and _header_damaged(self._path):
                 log.debug("search index %s is not a whole database; rebuilding it", self._path)
                 self._discard()
-            db = _connect(sqlite3, str(self._path))
+            db = self._connect_file(sqlite3)
             try:
                 version = db.execute("PRAGMA user_version").fetchone()[0]
                 if version != SCHEMA_VERSION:
@@ -596,7 +597,7 @@ class SearchIndex:
                     if tables:  # another schema: this is a cache, start again
                         db.close()
                         self._discard()
-                        db = _connect(sqlite3, str(self._path))
+                        db = self._connect_file(sqlite3)
                     db.executescript(_SCHEMA)
                 self._inode = os.stat(self._path).st_ino
             except BaseException:
@@ -606,6 +607,12 @@ class SearchIndex:
             raise _Unusable(str(exc)) from exc
         self._db = db
         return db
+
+    def _connect_file(self, sqlite3: Any) -> sqlite3.Connection:
+        """Open the file, creating it private first (SQLite gives its journal the same mode)."""
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+        return _connect(sqlite3, str(self._path))
 
     def _discard(self) -> None:
         """Delete the index file and its journal (called under the user's lock)."""

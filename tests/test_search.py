@@ -758,3 +758,16 @@ def _drafted_parent(store: ConversationStore, chat: str, reply: str) -> str | No
         if record.get("draft") == reply:
             return record["parent"]  # type: ignore[no-any-return]
     raise AssertionError(f"no draft of {reply}")
+
+
+def test_the_index_and_its_journal_are_private_to_the_user(store: ConversationStore) -> None:
+    store.append(store.create("Private").id, Message("user", "a secret"))
+    old = os.umask(0o022)
+    try:
+        store.search("secret")
+        store.append(store.list()[0].id, Message("user", "another secret"))
+    finally:
+        os.umask(old)
+    made = sorted(store.directory.glob(INDEX_NAME + "*"))
+    assert [p.name for p in made] == [INDEX_NAME, INDEX_NAME + "-journal"]
+    assert {p.stat().st_mode & 0o777 for p in made} == {0o600}
