@@ -301,17 +301,17 @@ class SearchIndex:
             if db is None:
                 return
             with _transaction(db):
-                row = db.execute(
-                    "SELECT inode, size FROM conversations WHERE id = ?", (conversation_id,)
-                ).fetchone()
-                if row != (inode, before):
+                moved = db.execute(
+                    "UPDATE conversations SET size = ? WHERE id = ? AND inode = ? AND size = ?",
+                    (after, conversation_id, inode, before),
+                )
+                if moved.rowcount != 1:
                     return  # behind the file already: the next search catches it up
                 if draft is not None:
                     self._add_draft(db, conversation_id, draft)
-                if message is not None:
-                    self._drop_message(db, conversation_id, message.id)
+                if message is not None and not self._insert(db, conversation_id, message):
+                    self._drop_message(db, conversation_id, message.id)  # its drafts' row
                     self._insert(db, conversation_id, message)
-                db.execute("UPDATE conversations SET size = ? WHERE id = ?", (after, conversation_id))
         except Exception as exc:
             self._failed("added", exc)
 
@@ -501,14 +501,19 @@ class SearchIndex:
         )
 
     @staticmethod
-    def _insert(db: sqlite3.Connection, conversation_id: str, message: Message) -> None:
+    def _insert(db: sqlite3.Connection, conversation_id: str, message: Message) -> bool:
+        """Index one message; False (nothing done) if it has a row already (its drafts')."""
         cursor = db.execute(
-            "INSERT INTO entries (conversation, message_id, role, time, partial) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO entries (conversation, message_id, role, time, partial) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT DO NOTHING",
             (conversation_id, message.id, message.role, _time(message.time), int(_is_partial(message))),
         )
+        if cursor.rowcount != 1:
+            return False
         db.execute(
             "INSERT INTO words (rowid, body) VALUES (?, ?)", (cursor.lastrowid, indexed_text(message.content))
         )
+        return True
 
     def _add_draft(self, db: sqlite3.Connection, conversation_id: str, draft: records.Draft) -> None:
         row = db.execute(
