@@ -249,6 +249,15 @@ def _header_damaged(path: Path) -> bool:
     return counted and size < pages * page_size
 
 
+def _hot_journal(path: Path) -> bool:
+    """A writer was killed mid-transaction: the file may be half-written until SQLite rolls it back."""
+    try:
+        with open(f"{path}-journal", "rb") as handle:
+            return handle.read(8).strip(b"\x00") != b""
+    except FileNotFoundError:
+        return False
+
+
 class SearchIndex:
     """The search index of one user directory, for one store (one per kernel and login).
 
@@ -583,8 +592,9 @@ class SearchIndex:
 
         if self._in_memory:
             if self._db is None:
-                self._db = _connect(sqlite3, ":memory:")
-                self._db.executescript(_SCHEMA)
+                self._db = self._seeded(sqlite3) or _connect(sqlite3, ":memory:")
+                if not self._db.execute("PRAGMA user_version").fetchone()[0]:
+                    self._db.executescript(_SCHEMA)
             return self._db
         try:
             # Checked again each time: the file may have been cut short in place since it was opened.
@@ -612,6 +622,31 @@ class SearchIndex:
             raise _Unusable(str(exc)) from exc
         self._db = db
         return db
+
+    def _seeded(self, sqlite3: Any) -> sqlite3.Connection | None:
+        """An index in memory copied from the file, when it can be read and was left whole.
+
+        Only where the file cannot be changed (a read-only data dir): the copy is then caught
+        up like the file would be, instead of being built from every conversation.
+        """
+        try:
+            if not self._path.exists() or _header_damaged(self._path) or _hot_journal(self._path):
+                return None
+            uri = Path(self._path).absolute().as_uri() + "?mode=ro&immutable=1"
+            source = sqlite3.connect(uri, uri=True)
+            try:
+                if source.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                    return None
+                copy = _connect(sqlite3, ":memory:")
+                source.backup(copy)
+                return copy
+            finally:
+                source.close()
+        except (sqlite3.Error, OSError):
+            log.debug(
+                "search index %s could not be copied; building one in memory", self._path, exc_info=True
+            )
+            return None
 
     def _connect_file(self, sqlite3: Any) -> sqlite3.Connection:
         """Open the file, creating it private first (SQLite gives its journal the same mode)."""
