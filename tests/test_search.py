@@ -471,6 +471,9 @@ WORKER = textwrap.dedent(
             store.append(chat, Message("user", f"k{tag}n{seq:05d} " + "filler words " * (seq % 7) * 20))
             if seq % 9 == 4:
                 store.rename(chat, f"title k{tag}n{seq:05d}")
+            if seq % 5 == 2:  # a branch switch: a select line
+                tree = store.get(chat).tree
+                store.select(chat, tree.messages[(seq * 7) % len(tree.messages)].id)
         else:  # rebuild: the index deleted, then built again by a search
             for suffix in ("", "-journal"):
                 try:
