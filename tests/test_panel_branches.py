@@ -176,7 +176,7 @@ def test_a_search_hit_deep_in_a_long_conversation_is_shown_when_it_opens() -> No
     assert (
         isinstance(question, QuestionView) and question.message_id == path[20].id
     )  # its text: nbchat-msg-<id>
-    assert isinstance(reply, ReplyView) and f"nbchat-msg-{path[21].id}" in reply.body._dom_classes
+    assert isinstance(reply, ReplyView) and f"nbchat-msg-{path[21].id}" in reply._dom_classes
     messages.show(path, conversation_id="long")
     assert messages.hidden == 20  # revealed, it stays shown
     messages.reveal("long", path[-3].id)  # already shown: nothing more to reveal
@@ -299,9 +299,14 @@ def test_a_closed_list_closes_each_message_and_its_tools() -> None:
     messages.show(path)
     question, reply = views(messages)
     assert isinstance(reply, ReplyView) and reply.tools is not None
-    parts = [question, reply, reply.tools, reply.body]
+    parts = [question, reply, reply.tools]
     messages.clear()
     assert [part for part in parts if part.comm is not None] == []
+    messages.show(path)
+    reply = views(messages)[1]
+    assert isinstance(reply, ReplyView) and reply.tools is not None
+    messages.close()  # the panel's close: the bar shown inside the reply too
+    assert reply.comm is None and reply.tools.comm is None
 
 
 # -- an interrupted reply -------------------------------------------------------------------------

@@ -171,6 +171,7 @@ class ChatPanel(widgets.VBox):
                 self._retired.append(following.output)
             self._unsaved.clear()
         self.session.off_change(self._listener)  # outside our lock: the session calls in under its own
+        self.message_list.close()  # with the bars shown inside replies, which no box holds
         close_widgets(self, self.login_view, self.chat_view, *self._retired)
         self._retired.clear()
 

@@ -18,7 +18,7 @@ from nbchat.notebook import CodeBlock
 from nbchat.panel.code_actions import code_actions
 from nbchat.panel.follow_newest import FollowNewest
 from nbchat.panel.kit import classed, close_widgets, markdown_output
-from nbchat.panel.message_view import BranchActions, MessageView, message_view
+from nbchat.panel.message_view import BranchActions, MessageView, message_view, parts
 from nbchat.render import earlier_label
 from nbchat.tree import MessageTree
 from nbchat.types import Message
@@ -122,7 +122,13 @@ class MessageList:
         self.follower.jump()
 
     def close(self) -> None:
-        close_widgets(*self.rows, self.show_earlier_button)
+        """Close every widget of the list, with the bars shown inside replies (no box's children)."""
+        with self._lock:
+            shown = [
+                part for widgets_ in self._shown.values() for widget in widgets_ for part in parts(widget)
+            ]
+            self._shown = {}
+        close_widgets(*self.rows, self.show_earlier_button, *shown)
 
     # -- drawing ------------------------------------------------------------------------------
 
@@ -180,7 +186,7 @@ class MessageList:
         self._shown = kept
         if tuple(children) != self.view.children:
             self.view.children = tuple(children)
-        close_widgets(*dropped)
+        close_widgets(*(part for shown in dropped for widget in shown for part in parts(widget)))
 
     def _path(
         self, messages: Sequence[Message], live: widgets.Widget | None, live_after: str | None

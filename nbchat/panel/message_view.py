@@ -3,7 +3,7 @@
 new branch), *Regenerate* on the conversation's last reply (``branch_bar``).
 
 A question is one widget (its text and its tools, drawn by the page); a reply is its Markdown
-(Jupyter's own renderer) with a bar under it only while it has tools to show. A message keeps
+(Jupyter's own renderer) with a bar under it once it has tools to show. A message keeps
 its view while shown: ``set_tools`` changes the bar, never the message, so its Markdown is not
 sent to the browser again when a later message arrives.
 """
@@ -102,23 +102,22 @@ class QuestionView(BranchBar):
             self.editing = False
 
 
-class ReplyView(widgets.VBox):
-    """A saved reply: its Markdown (thinking folded, how it ended), then its bar (``tools``),
-    made the first time it has something to show: ‹ › or *Regenerate*."""
+class ReplyView(widgets.Output):
+    """A saved reply: its Markdown (thinking folded, how it ended) and, once it has something to
+    show (‹ › or *Regenerate*), its bar (``tools``) as a second output under it: no box around
+    the two, so a reply is as few widgets as before it had tools.
+
+    The bar is no child of the reply: whoever closes a reply closes ``tools`` too (``parts``).
+    """
 
     def __init__(self, message: Message, actions: BranchActions) -> None:
-        body = classed(widgets.Output(), "nbchat-message-body", f"nbchat-msg-{message.id}")
-        body.outputs = markdown_output(message_markdown(message))
-        super().__init__([body])
-        classed(self, "nbchat-message", f"nbchat-message-{message.role}")
-        self.message, self.body = message, body
+        super().__init__()
+        classed(self, "nbchat-message", f"nbchat-message-{message.role}", f"nbchat-msg-{message.id}")
+        self.message = message
         self.tools: BranchBar | None = None
         self._tools = _Tools(message, actions)
-
-    @property
-    def outputs(self) -> tuple[dict[str, Any], ...]:
-        """What the reply shows (its Markdown output), as an Output widget's ``outputs``."""
-        return tuple(self.body.outputs)
+        self._markdown = markdown_output(message_markdown(message))
+        self.outputs = self._markdown
 
     def set_tools(self, alternatives: Sequence[str], *, last_reply: bool, busy: bool) -> None:
         if self.tools is None:
@@ -127,9 +126,31 @@ class ReplyView(widgets.VBox):
             self.tools = BranchBar()
             self.tools.on_switch = self._tools.switch
             self.tools.on_regenerate = self._tools.actions.regenerate
-            self.children = (self.body, self.tools)
-        self.tools.can_regenerate = last_reply
+            self.outputs = (*self._markdown, _widget_output(self.tools))
+        self.tools.can_regenerate = last_reply  # no longer last: the page hides an empty bar
         self._tools.place(self.tools, alternatives, busy=busy)
+
+
+def _widget_output(widget: widgets.Widget) -> dict[str, Any]:
+    """An output that shows ``widget`` (as ``display(widget)`` inside an Output widget would)."""
+    return {
+        "output_type": "display_data",
+        "data": {
+            "application/vnd.jupyter.widget-view+json": {
+                "model_id": widget.model_id,
+                "version_major": 2,
+                "version_minor": 0,
+            },
+            "text/plain": repr(widget),
+        },
+        "metadata": {},
+    }
+
+
+def parts(view: widgets.Widget) -> tuple[widgets.Widget, ...]:
+    """A shown message's widgets to close with it: itself and a reply's bar (shown inside it)."""
+    tools = getattr(view, "tools", None)
+    return (view,) if tools is None else (view, tools)
 
 
 def message_view(message: Message, actions: BranchActions | None = None) -> QuestionView | ReplyView:
