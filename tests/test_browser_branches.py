@@ -51,32 +51,46 @@ MESSAGES = ".nbchat-messages .nbchat-message"
 LAST = f"{MESSAGES}:last-child"
 
 
-def shot(page: Any, name: str) -> None:
+def shot(page: Any, app: str, name: str) -> None:
     """A screenshot with the message list in view (the notebook scrolls inside the page)."""
     page.locator(".nbchat-messages").scroll_into_view_if_needed()
-    page_shot(page, name)
+    page_shot(page, f"branches-{app}-{name}")
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory, ollama: OllamaTestServer) -> Iterator[dict[str, Any]]:
-    scratch = tmp_path_factory.mktemp("lab-branches")
+#: Each front end: its page for the notebook, and what shows that its kernel is connected and idle.
+FRONT_ENDS = {
+    "jupyterlab": ("/lab/tree/branches.ipynb", (KERNEL_IDLE,)),
+    "notebook": (
+        "/notebooks/branches.ipynb",
+        (".jp-NotebookKernelLogo img", ".jp-Notebook-ExecutionIndicator[data-status='idle']"),
+    ),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(FRONT_ENDS))
+def lab(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, ollama: OllamaTestServer
+) -> Iterator[dict[str, Any]]:
+    scratch = tmp_path_factory.mktemp(f"branches-{request.param}")
     book = notebook(SEED, "nbchat.panel()", ids=["seed", "panel"])
     env = {"NBCHAT_DATA_DIR": str(scratch / "data"), "OLLAMA_HOST": ollama.url}
     ollama.reply_words = ["four, ", "said ", "the first reply"]
-    with running_lab(scratch, {"branches.ipynb": book}, env) as lab:
-        yield lab
+    with running_lab(scratch, {"branches.ipynb": book}, env, app=request.param) as lab:
+        yield {**lab, "app": request.param}
     ollama.reply_words = None
 
 
-def test_regenerate_edit_switch_show_earlier_and_an_interrupted_reply_in_jupyterlab(
+def test_regenerate_edit_switch_show_earlier_and_an_interrupted_reply(
     lab: dict[str, Any], browser: Any, ollama: OllamaTestServer
 ) -> None:
     from playwright.sync_api import expect
 
     page = browser.new_page(viewport={"width": 1280, "height": 1100})
     page.set_default_timeout(30_000)
-    page.goto(f"{lab['url']}/lab/tree/branches.ipynb?token={lab['token']}")
-    page.wait_for_selector(KERNEL_IDLE, timeout=90_000)
+    path, ready = FRONT_ENDS[lab["app"]]
+    page.goto(f"{lab['url']}{path}?token={lab['token']}")
+    for selector in ready:
+        page.wait_for_selector(selector, timeout=90_000)
     page.click(".jp-Notebook .jp-Cell .jp-InputArea-editor")
     page.keyboard.press("Shift+Enter")
     expect(page.locator(".jp-Cell").nth(0).locator(".jp-OutputArea-output")).to_have_text(
@@ -88,7 +102,7 @@ def test_regenerate_edit_switch_show_earlier_and_an_interrupted_reply_in_jupyter
     expect(messages.last).to_contain_text("four, said the first reply")
     expect(page.locator(".nbchat-regenerate")).to_have_count(1)
     expect(page.locator(".nbchat-alt-counter")).to_have_count(0)  # one reply: no switcher yet
-    shot(page, "branches-1-one-reply")
+    shot(page, lab["app"], "1-one-reply")
 
     # Regenerate: a new reply streams in place of the first; ‹ 2 / 2 › switches between them.
     ollama.reply_words = ["four, ", "said ", "the second reply"]
@@ -98,12 +112,12 @@ def test_regenerate_edit_switch_show_earlier_and_an_interrupted_reply_in_jupyter
     expect(reply).to_contain_text("four, said the second reply")
     expect(messages).to_have_count(2)
     expect(reply.locator("button.nbchat-alt-next")).to_be_disabled()
-    shot(page, "branches-2-regenerated")
+    shot(page, lab["app"], "2-regenerated")
     reply.locator("button.nbchat-alt-prev").click()
     expect(messages.last.locator(".nbchat-alt-counter")).to_have_text("1 / 2")
     expect(messages.last).to_contain_text("four, said the first reply")
     expect(messages.last.locator("button.nbchat-alt-prev")).to_be_disabled()
-    shot(page, "branches-3-previous-reply")
+    shot(page, lab["app"], "3-previous-reply")
     messages.last.locator("button.nbchat-alt-next").click()
     expect(messages.last.locator(".nbchat-alt-counter")).to_have_text("2 / 2")
     expect(messages.last).to_contain_text("four, said the second reply")
@@ -114,7 +128,12 @@ def test_regenerate_edit_switch_show_earlier_and_an_interrupted_reply_in_jupyter
     question.locator("button.nbchat-edit").click()
     editor = question.locator(".nbchat-edit-text textarea")
     expect(editor).to_have_value("what is 2+2?")
-    shot(page, "branches-4-editing")
+    editor.press("Escape")  # changed its mind: the editor closes, nothing is sent
+    expect(page.locator(".nbchat-edit-text")).to_have_count(0)
+    expect(question.locator("button.nbchat-edit")).to_be_visible()
+    question.locator("button.nbchat-edit").click()
+    expect(editor).to_have_value("what is 2+2?")
+    shot(page, lab["app"], "4-editing")
     cells = page.locator(".jp-Notebook .jp-Cell").count()
     editor.fill("")
     editor.press_sequentially("what is 3+3?")  # real key presses: none is taken as a notebook shortcut
@@ -124,13 +143,13 @@ def test_regenerate_edit_switch_show_earlier_and_an_interrupted_reply_in_jupyter
     expect(messages.first.locator(".nbchat-alt-counter")).to_have_text("2 / 2")
     expect(messages.first).to_contain_text("what is 3+3?")
     expect(page.locator(".nbchat-edit-text")).to_have_count(0)  # the editor closed
-    shot(page, "branches-5-edited")
+    shot(page, lab["app"], "5-edited")
     messages.first.locator("button.nbchat-alt-prev").click()
     expect(messages.first).to_contain_text("what is 2+2?")
     expect(messages.first.locator(".nbchat-alt-counter")).to_have_text("1 / 2")
     expect(messages.last).to_contain_text("four, said the second reply")  # the old branch, as it was left
     expect(messages.last.locator(".nbchat-alt-counter")).to_have_text("2 / 2")
-    shot(page, "branches-6-old-branch")
+    shot(page, lab["app"], "6-old-branch")
 
     # A 1,000-message conversation opens at its newest 50, fast; Show earlier adds 50 a click.
     opened = []
@@ -150,13 +169,13 @@ def test_regenerate_edit_switch_show_earlier_and_an_interrupted_reply_in_jupyter
     earlier = page.locator("button.nbchat-show-earlier")
     expect(earlier).to_have_text("Show 50 earlier (950 more)")
     expect(messages.first).to_contain_text("question 475")
-    shot(page, "branches-7-long-newest")
+    shot(page, lab["app"], "7-long-newest")
     earlier.click()
     expect(messages).to_have_count(100)
     expect(messages.first).to_contain_text("question 450")
     expect(earlier).to_have_text("Show 50 earlier (900 more)")
     page.locator(".nbchat-messages").evaluate("list => { list.scrollTop = 0; }")
-    shot(page, "branches-8-long-earlier")
+    shot(page, lab["app"], "8-long-earlier")
 
     # The reply whose kernel died: its drafted text, marked interrupted.
     choose(page, ".nbchat-conversations", "died")
@@ -166,5 +185,5 @@ def test_regenerate_edit_switch_show_earlier_and_an_interrupted_reply_in_jupyter
         "interrupted: the kernel stopped while this reply was being written"
     )
     expect(messages.last.locator("button.nbchat-regenerate")).to_be_visible()
-    shot(page, "branches-9-interrupted")
+    shot(page, lab["app"], "9-interrupted")
     page.close()

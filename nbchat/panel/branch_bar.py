@@ -6,7 +6,7 @@ about 50 messages, and every ipywidget is a model (plus its layout and style) th
 sends and the page builds before the conversation appears. This bar is one model for all of a
 message's tools; a question's own text is drawn by it too (``value``), so a question is one
 widget, as it was before it had tools. Its buttons take no focus from the notebook (a click
-would make the panel's cell the active one), and Ctrl/Cmd+Enter in the editor sends.
+would make the panel's cell the active one); in the editor Ctrl/Cmd+Enter sends, Escape cancels.
 
 The page reports ``{"event": "switch", "step": -1 | 1}``, ``{"event": "regenerate"}``,
 ``{"event": "edit"}``, ``{"event": "send", "text": ...}`` and ``{"event": "cancel"}``; the
@@ -63,6 +63,10 @@ function render({ model, el }) {
         event.preventDefault();
         event.stopPropagation();
         if (!model.get("busy")) model.send({ event: "send", text: area.value });
+      } else if (event.key === "Escape") {
+        event.preventDefault();
+        event.stopPropagation();  // not the notebook's Escape (command mode)
+        model.send({ event: "cancel" });
       }
     });
     holder.append(area);
