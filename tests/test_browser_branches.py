@@ -105,8 +105,12 @@ def test_regenerate_edit_switch_show_earlier_and_an_interrupted_reply(
     shot(page, lab["app"], "1-one-reply")
 
     # Regenerate: a new reply streams in place of the first; ‹ 2 / 2 › switches between them.
-    ollama.reply_words = ["four, ", "said ", "the second reply"]
+    ollama.reply_words, ollama.chunk_delay_s = ["four, ", "said ", "the second reply"], 0.3
     page.click("button.nbchat-regenerate")
+    expect(page.locator(".nbchat-messages.nbchat-busy")).to_have_count(1)  # every tool disabled meanwhile
+    expect(page.locator(".nbchat-edit")).to_have_css("pointer-events", "none")
+    expect(page.locator(".nbchat-messages.nbchat-busy")).to_have_count(0, timeout=30_000)
+    ollama.chunk_delay_s = 0.0
     reply = messages.last
     expect(reply.locator(".nbchat-alt-counter")).to_have_text("2 / 2", timeout=30_000)
     expect(reply).to_contain_text("four, said the second reply")

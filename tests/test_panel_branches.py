@@ -235,14 +235,27 @@ def test_regenerate_is_on_the_last_reply_only_and_every_tool_waits_while_a_reply
     bar(shown[-1]).regenerate()
     assert heard.calls == [("regenerate",)]
 
-    messages.show(path, tree=MessageTree(path), busy=True)
-    assert bar(shown[-1]).busy and bar(shown[0]).busy
-    bar(shown[-1]).regenerate()
-    assert heard.calls == [("regenerate",)]  # not while a reply streams
     longer = list(MessageTree.linear([*path, Message("user", "more?")]).messages)
     messages.show(longer, tree=MessageTree(longer))
     assert views(messages)[5] is shown[-1] and not can_regenerate(shown[-1])
-    assert not bar(shown[0]).busy  # idle again
+
+
+def test_while_a_reply_streams_the_list_says_so_once_for_every_bar() -> None:
+    """The page disables every tool under the list's class ``nbchat-busy``: one change at a
+    reply's start and end, however many messages are shown (the session refuses the rest)."""
+    messages = MessageList()
+    path = chat(25)
+    messages.show(path, tree=MessageTree(path))
+    assert "nbchat-busy" not in messages.view._dom_classes
+    changes: list[object] = []
+    for view in views(messages):
+        view_bar = view if isinstance(view, QuestionView) else view.tools  # type: ignore[attr-defined]
+        if view_bar is not None:
+            view_bar.observe(changes.append)
+    messages.show(path, tree=MessageTree(path), busy=True)
+    assert "nbchat-busy" in messages.view._dom_classes and changes == []
+    messages.show(path, tree=MessageTree(path))
+    assert "nbchat-busy" not in messages.view._dom_classes and changes == []
 
 
 def test_edit_opens_an_inline_editor_with_the_question_and_send_reports_the_new_text() -> None:
@@ -267,10 +280,6 @@ def test_edit_opens_an_inline_editor_with_the_question_and_send_reports_the_new_
     question.edit()
     question.cancel()
     assert not question.editing and len(heard.calls) == 2
-    messages.show(path, tree=MessageTree(path), busy=True)
-    question.edit()
-    question.send_edit("while a reply streams")
-    assert len(heard.calls) == 2 and question.editing  # kept open to send once the reply has ended
 
 
 def test_a_question_is_one_widget_holding_its_text_and_its_tools() -> None:
@@ -359,11 +368,15 @@ def test_regenerate_streams_a_new_reply_and_the_old_one_is_kept_behind_the_switc
     panel.send_button.click()
     settled(panel)
     server.reply_words = ["second ", "answer"]
-    server.chunk_delay_s = 0.05
+    server.chunk_delay_s = 0.3  # streaming long enough to try things meanwhile
     bar(shown(panel)[-1]).regenerate()
     wait_until(lambda: panel._live is not None)
     assert [view.message.content for view in shown(panel)] == ["hello"]  # the old reply is not under it
     assert panel.messages.children[-1] is panel._live and panel.stop_button.disabled is False
+    assert "nbchat-busy" in panel.messages._dom_classes  # the page disables every tool
+    bar(shown(panel)[0]).edit()
+    bar(shown(panel)[0]).send_edit("sneaked past the page")  # the session refuses it, and says so
+    assert "still streaming" in panel.status.value and len(panel.session.tree()) == 2
     settled(panel)
     server.chunk_delay_s = 0.0
     assert sent_history(server) == [("user", "hello")]  # the question alone, not the reply it replaces

@@ -36,6 +36,8 @@ function render({ model, el }) {
   editor.className = "nbchat-editor";
   el.append(body, bar, editor);
   let shownHtml = null, area = null, send = null;
+  // While a reply streams the list says so once (its class), not every bar: see _CSS.
+  const busy = () => Boolean(el.closest(".nbchat-busy"));
 
   const button = (label, icon, name, title, message) => {
     const node = document.createElement("button");
@@ -62,7 +64,7 @@ function render({ model, el }) {
       if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
         event.preventDefault();
         event.stopPropagation();
-        if (!model.get("busy")) model.send({ event: "send", text: area.value });
+        if (!busy()) model.send({ event: "send", text: area.value });
       } else if (event.key === "Escape") {
         event.preventDefault();
         event.stopPropagation();  // not the notebook's Escape (command mode)
@@ -90,29 +92,27 @@ function render({ model, el }) {
     }
     body.className = html ? "nbchat-message-body nbchat-msg-" + model.get("message_id") : "";
     body.style.display = html ? "" : "none";
-    const busy = model.get("busy"), position = model.get("position"), total = model.get("total");
+    const position = model.get("position"), total = model.get("total");
     const parts = [];
     if (total > 1) {
       const prev = button("‹", "", "nbchat-alt-prev", "The previous alternative",
         { event: "switch", step: -1 });
-      prev.disabled = busy || position <= 1;
+      prev.disabled = position <= 1;
       const counter = document.createElement("span");
       counter.className = "nbchat-alt-counter";
       counter.textContent = model.get("counter");
       const next = button("›", "", "nbchat-alt-next", "The next alternative", { event: "switch", step: 1 });
-      next.disabled = busy || position >= total;
+      next.disabled = position >= total;
       parts.push(prev, counter, next);
     }
     if (model.get("can_regenerate")) {
       const regenerate = button("Regenerate", "refresh", "nbchat-regenerate",
         "A new reply to the same question; this one is kept", { event: "regenerate" });
-      regenerate.disabled = busy;
       parts.push(regenerate);
     }
     if (model.get("editable")) {
       const edit = button("Edit", "pencil", "nbchat-edit",
         "Change this question and send it again: a new branch", { event: "edit" });
-      edit.disabled = busy;
       parts.push(edit);
     }
     bar.replaceChildren(...parts);
@@ -123,12 +123,11 @@ function render({ model, el }) {
       editor.replaceChildren();
       area = send = null;
     }
-    if (send) send.disabled = busy;
     editor.style.display = editing ? "" : "none";
   };
   draw();
   for (const name of ["value", "message_id", "counter", "position", "total", "can_regenerate",
-                      "editable", "editing", "busy"]) {
+                      "editable", "editing"]) {
     model.on("change:" + name, draw);
   }
 }
@@ -147,6 +146,8 @@ _CSS = """
 .nbchat-edit-buttons { display: flex; gap: 4px; margin-top: 4px; }
 .nbchat-edit-buttons .widget-button { width: auto; padding: 0 10px; }
 .nbchat-show-earlier { align-self: center; }
+.nbchat-busy .nbchat-message-tools button, .nbchat-busy .nbchat-edit-send {
+  pointer-events: none; opacity: 0.5; }
 """
 
 
@@ -154,7 +155,9 @@ class BranchBar(anywidget.AnyWidget):
     """A message's tools (and, for a question, its text: ``value``, HTML), drawn by the page.
 
     ``on_switch(step)``, ``on_regenerate()``, ``on_send(text)`` hear the page (or the methods
-    below); opening and closing the editor is the bar's own (``editing``).
+    below); opening and closing the editor is the bar's own (``editing``). While a reply streams
+    the page shows every bar's buttons disabled (the list's ``nbchat-busy`` class: one change
+    for the list, not one per message) and the session refuses what gets through.
     """
 
     _esm = _ESM
@@ -168,7 +171,6 @@ class BranchBar(anywidget.AnyWidget):
     can_regenerate = traitlets.Bool(False).tag(sync=True)
     editable = traitlets.Bool(False).tag(sync=True)
     editing = traitlets.Bool(False).tag(sync=True)
-    busy = traitlets.Bool(False).tag(sync=True)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -179,12 +181,12 @@ class BranchBar(anywidget.AnyWidget):
 
     def switch(self, step: int) -> None:
         """What ‹ (-1) and › (+1) do: ask for the neighbouring alternative, if there is one."""
-        if not self.busy and 1 <= self.position + step <= self.total and self.total > 1:
+        if 1 <= self.position + step <= self.total and self.total > 1:
             self.on_switch(step)
 
     def regenerate(self) -> None:
         """What *Regenerate* does."""
-        if self.can_regenerate and not self.busy:
+        if self.can_regenerate:
             self.on_regenerate()
 
     def edit(self) -> None:
@@ -194,7 +196,7 @@ class BranchBar(anywidget.AnyWidget):
 
     def send_edit(self, text: str) -> None:
         """What the editor's *Send* (or Ctrl/Cmd+Enter) does with the text typed."""
-        if self.editing and not self.busy:
+        if self.editing:
             self.on_send(text)
 
     def cancel(self) -> None:

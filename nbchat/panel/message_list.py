@@ -83,7 +83,8 @@ class MessageList:
         ``unsaved`` maps a question's message id to the Markdown of its unsaved reply; ``live``
         (the streaming reply's widget) belongs to whoever follows the reply, and answers
         ``live_after`` (a regenerated reply: the path is shown up to its question, then it).
-        ``tree`` (every branch) gives each message its alternatives; ``busy`` disables the tools."""
+        ``tree`` (every branch) gives each message its alternatives; ``busy`` (a reply streams)
+        disables the tools: the list's class ``nbchat-busy``, one change however many are shown."""
         with self._lock:
             self._last = {
                 "messages": messages,
@@ -173,15 +174,15 @@ class MessageList:
             view = place(message.id, message)[0]
             if isinstance(view, MessageView):
                 alternatives = _alternatives(tree, message)
-                view.set_tools(
-                    alternatives, last_reply=message.id == last and message.role == "assistant", busy=busy
-                )
+                view.set_tools(alternatives, last_reply=message.id == last and message.role == "assistant")
             if message.id in unsaved:
                 place(f"unsaved:{message.id}", unsaved.pop(message.id))
         for question_id, markdown in unsaved.items():  # its question is not shown: at the end
             place(f"unsaved:{question_id}", markdown)
         if live is not None:
             children.append(live)
+        if busy != ("nbchat-busy" in self.view._dom_classes):
+            (self.view.add_class if busy else self.view.remove_class)("nbchat-busy")
         dropped = [shown for key, shown in self._shown.items() if kept.get(key) is not shown]
         self._shown = kept
         if tuple(children) != self.view.children:

@@ -45,10 +45,9 @@ class MessageView(Protocol):
 
     message: Message
 
-    def set_tools(self, alternatives: Sequence[str], *, last_reply: bool, busy: bool) -> None:
+    def set_tools(self, alternatives: Sequence[str], *, last_reply: bool) -> None:
         """Show the tools for the message's place now: ``alternatives`` are the ids of it and its
-        siblings, oldest first; ``last_reply`` whether it ends the path (Regenerate); ``busy``
-        while a reply streams (every tool disabled: one reply at a time)."""
+        siblings, oldest first; ``last_reply`` whether it ends the path (Regenerate)."""
 
 
 class _Tools:
@@ -58,14 +57,13 @@ class _Tools:
         self.message, self.actions = message, actions
         self.alternatives: tuple[str, ...] = (message.id,)
 
-    def place(self, bar: BranchBar, alternatives: Sequence[str], *, busy: bool) -> None:
+    def place(self, bar: BranchBar, alternatives: Sequence[str]) -> None:
         self.alternatives = tuple(alternatives) or (self.message.id,)
         ids = self.alternatives
         position = ids.index(self.message.id) + 1 if self.message.id in ids else 1
         with bar.hold_sync():
             bar.position, bar.total = position, len(ids)
             bar.counter = alternatives_counter(position, len(ids)) if len(ids) > 1 else ""
-            bar.busy = busy
 
     def switch(self, step: int) -> None:
         ids = self.alternatives
@@ -94,8 +92,8 @@ class QuestionView(BranchBar):
         self.on_switch = self._tools.switch
         self.on_send = self._resend
 
-    def set_tools(self, alternatives: Sequence[str], *, last_reply: bool, busy: bool) -> None:
-        self._tools.place(self, alternatives, busy=busy)
+    def set_tools(self, alternatives: Sequence[str], *, last_reply: bool) -> None:
+        self._tools.place(self, alternatives)
 
     def _resend(self, text: str) -> None:
         if self._tools.actions.edit(self.message.id, text):
@@ -119,7 +117,7 @@ class ReplyView(widgets.Output):
         self._markdown = markdown_output(message_markdown(message))
         self.outputs = self._markdown
 
-    def set_tools(self, alternatives: Sequence[str], *, last_reply: bool, busy: bool) -> None:
+    def set_tools(self, alternatives: Sequence[str], *, last_reply: bool) -> None:
         if self.tools is None:
             if len(alternatives) < 2 and not last_reply:
                 return
@@ -128,7 +126,7 @@ class ReplyView(widgets.Output):
             self.tools.on_regenerate = self._tools.actions.regenerate
             self.outputs = (*self._markdown, _widget_output(self.tools))
         self.tools.can_regenerate = last_reply  # no longer last: the page hides an empty bar
-        self._tools.place(self.tools, alternatives, busy=busy)
+        self._tools.place(self.tools, alternatives)
 
 
 def _widget_output(widget: widgets.Widget) -> dict[str, Any]:
