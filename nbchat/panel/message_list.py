@@ -56,7 +56,10 @@ class MessageList:
         self._branches = branches or BranchActions()
         self._shown: dict[str, tuple[widgets.Widget, ...]] = {}  # by message id ("unsaved:" + question id)
         self.show_earlier_button = classed(
-            widgets.Button(description="", icon="angle-up", layout={"width": "auto"}), "nbchat-show-earlier"
+            widgets.Button(
+                icon="angle-up", tooltip="Older messages of this conversation", layout={"width": "auto"}
+            ),
+            "nbchat-show-earlier",
         )
         self.show_earlier_button.on_click(lambda _: self.show_earlier())
         self._lock = threading.RLock()  # a click (main thread) and a redraw (a reply's thread)
@@ -125,9 +128,7 @@ class MessageList:
     def close(self) -> None:
         """Close every widget of the list, with the bars shown inside replies (no box's children)."""
         with self._lock:
-            shown = [
-                part for widgets_ in self._shown.values() for widget in widgets_ for part in parts(widget)
-            ]
+            shown = [part for each in self._shown.values() for widget in each for part in parts(widget)]
             self._shown = {}
         close_widgets(*self.rows, self.show_earlier_button, *shown)
 
