@@ -188,21 +188,20 @@ class ConversationStore:
         (by another kernel too) are indexed again first, one stat per file. An empty query is
         a ``SearchError``; a missing or damaged index is rebuilt, never an error.
         """
-        with self._mutex:
-            while True:  # the lock is let go between slices of a long catch-up: other kernels append
-                with self._reading() as refused:
-                    files = self._stamps() if refused is None or self._dir.is_dir() else {}
-                    hits = self._index.search(
-                        query,
-                        limit,
-                        files,
-                        lambda cid: self._indexable(cid, refused),
-                        locked=refused is None,
-                        slice_s=SEARCH_SLICE_S,
-                    )
+        while True:  # both locks are let go between slices of a long catch-up: replies keep saving
+            with self._mutex, self._reading() as refused:
+                files = self._stamps() if refused is None or self._dir.is_dir() else {}
+                hits = self._index.search(
+                    query,
+                    limit,
+                    files,
+                    lambda cid: self._indexable(cid, refused),
+                    locked=refused is None,
+                    slice_s=SEARCH_SLICE_S,
+                )
                 if hits is not None:  # a reply streaming here is shown live, not as a message to open
                     return [hit for hit in hits if hit.message_id not in self._streaming]
-                time.sleep(SEARCH_PAUSE_S)
+            time.sleep(SEARCH_PAUSE_S)
 
     def _stamps(self) -> dict[str, Stamp]:
         """(inode, size) of every conversation file: what the search index compares with its own."""

@@ -16,6 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import warnings
 from datetime import timedelta
@@ -607,21 +608,26 @@ def fresh_store(store: ConversationStore) -> ConversationStore:
     return ConversationStore(store.directory.parent.parent, store.username)
 
 
-def test_building_a_big_index_lets_other_kernels_append_meanwhile(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(nbchat.store, "SEARCH_SLICE_S", 0.05)  # many slices of a short build
-    data = tmp_path / "data"
-    store = store_of(data)
-    for n in range(120):  # written in the store's line format: 12,000 messages in a blink
+def big_history(store: ConversationStore, conversations: int = 120) -> None:
+    """``conversations`` of 100 messages, written in the store's line format: fast to make, slow to index."""
+    store.directory.mkdir(parents=True, exist_ok=True)
+    for n in range(conversations):
         chat = Conversation(id=new_id(), title=f"Chat {n}", created=utcnow(), updated=utcnow())
         lines, parent = [records.header_line(chat)], None
         for m in range(100):
             message = Message("user", f"crane{n}x number {m} " + "filler words " * 10, parent=parent)
             lines.append(records.message_line(message))
             parent = message.id
-        (store.directory / f"{chat.id}.jsonl").parent.mkdir(parents=True, exist_ok=True)
         (store.directory / f"{chat.id}.jsonl").write_bytes(b"".join(lines))
+
+
+def test_building_a_big_index_lets_other_kernels_append_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(nbchat.store, "SEARCH_SLICE_S", 0.05)  # many slices of a short build
+    data = tmp_path / "data"
+    store = store_of(data)
+    big_history(store)
     writer = subprocess.Popen(
         [sys.executable, "-c", WORKER, str(data), "append", "7"], cwd=REPO, stdout=subprocess.PIPE, text=True
     )
@@ -636,6 +642,40 @@ def test_building_a_big_index_lets_other_kernels_append_meanwhile(
     assert ended - started > 0.3, "the build was too quick to show anything"
     assert len(during) >= 3, (ended - started, len(out.splitlines()))  # the writer was not shut out
     assert len(hits) == 100 and {h.role for h in hits} == {"user"}
+
+
+def test_building_a_big_index_lets_a_reply_of_the_same_kernel_keep_saving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(nbchat.store, "SEARCH_SLICE_S", 0.05)
+    store = store_of(tmp_path / "data")
+    big_history(store)
+    chat = store.create("Streaming")
+    question = store.append(chat.id, Message("user", "a long answer, please"))
+    saved: list[float] = []
+    searching = threading.Event()
+    done = threading.Event()
+
+    def stream() -> None:  # the session's reply thread, saving its text so far
+        searching.wait(10)
+        while not done.is_set():
+            store.append_draft(chat.id, records.Draft("d" * 32, question.id, None, utcnow(), "more ", ""))
+            saved.append(time.time())
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    try:
+        started = time.time()
+        searching.set()
+        hits = store.search("crane7x", limit=1000)
+        ended = time.time()
+    finally:
+        done.set()
+        thread.join(10)
+    assert ended - started > 0.3, "the build was too quick to show anything"
+    assert len([t for t in saved if started < t < ended]) >= 3  # the reply was not held up by the search
+    assert len(hits) == 100
 
 
 # -- the index is a function of the files --------------------------------------------------------
