@@ -663,8 +663,11 @@ class SearchIndex:
 
     def _recover(self, exc: BaseException, *, damaged: bool, last: bool) -> None:
         """After a failed search: rebuild a damaged file, or move to memory; raise if that was tried."""
-        if last or (self._in_memory and not damaged):
-            raise exc
+        if last or (self._in_memory and not damaged):  # even an index in memory failed: say so
+            raise SearchError(
+                f"Searching failed even after rebuilding the search index ({type(exc).__name__}: {exc}). "
+                "Your conversations are unaffected; try again, or free some memory."
+            ) from exc
         if damaged:
             log.debug("search index %s is damaged; rebuilding it", self._path, exc_info=exc)
             try:
