@@ -58,9 +58,13 @@ def chat(panel: ChatPanel, title: str, *questions: str) -> str:
 
 
 def hooked(panel: ChatPanel, message_id: str) -> int:
-    """How many shown widgets carry ``message_id``'s DOM hook (a message view or its body)."""
-    shown = [w for view in panel.messages.children for w in (view, *getattr(view, "children", ()))]
-    return sum(f"nbchat-msg-{message_id}" in w._dom_classes for w in shown)
+    """How many shown widgets carry ``message_id``'s DOM hook: a reply has it in its classes, a
+    question (one anywidget that draws its own body) on the body it draws from its ``message_id``."""
+    shown = panel.messages.children
+    return sum(
+        f"nbchat-msg-{message_id}" in view._dom_classes or getattr(view, "message_id", None) == message_id
+        for view in shown
+    )
 
 
 def hit(title: str, snippet: str, *, message_id: str | None = "m1", role: str | None = "user") -> SearchHit:
