@@ -25,12 +25,19 @@ full disk) stays shown, marked, with the reason in the status line. Every
 control has a stable CSS class (``nbchat-send``, ...; listed in the README)
 for tests and users' own styles.
 
+Conversations grow as trees: the last reply has *Regenerate*, a question
+*Edit*, and a message with alternatives "‹ 2 / 3 ›"; the list shows the newest
+50 messages of the path shown, with *Show earlier* for the rest (no widget is
+made for a hidden message). A search box finds words in every conversation and
+opens a hit at its message; *Export* writes the conversation next to the notebook.
+
 The modules: ``controller`` (``ChatPanel``: the session wired to the parts),
-the parts ``login_form``, ``conversation_bar``, ``settings_row``,
-``pull_row``, ``message_list`` (with ``code_actions`` and its ``code_buttons``),
-``live_reply``, ``context_row`` and ``composer`` (each knows nothing of the
-others or of the session), ``cells`` (one panel per notebook
-cell) and ``kit`` (what the parts share).
+the parts ``login_form``, ``conversation_bar``, ``search_box``,
+``export_control``, ``settings_row``, ``pull_row``, ``message_list`` (with
+``message_view`` and its ``branch_bar``, ``code_actions`` and its
+``code_buttons``, ``follow_newest``), ``live_reply``, ``context_row`` and
+``composer`` (each knows nothing of the others or of the session), ``cells``
+(one panel per notebook cell) and ``kit`` (what the parts share).
 """
 
 from __future__ import annotations
