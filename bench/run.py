@@ -7,7 +7,8 @@ Each figure is measured side by side with its reference in this one run on this 
 each module's docstring): ``engines.py`` (import time, Ollama client, Qwen3 streaming),
 ``ui.py`` (the panel in a real kernel), ``store.py`` (appends, listing), ``memory.py``
 (``unload()``), ``context.py`` (summaries of the kernel's objects, what attaching costs a send),
-``search.py`` (full-text search over 100,000 messages, what the index adds to an append).
+``search.py`` (full-text search over 100,000 messages, what the index adds to an append),
+``long_chat.py`` (opening 1,000 messages in the browser, streaming into a long conversation).
 Targets are checked and shown; the run does not stop at a miss.
 
     .venv/bin/python bench/run.py --only search   # one module's figures, merged into results.json
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import context
 import engines
+import long_chat
 import memory
 import search
 import store
@@ -104,6 +106,16 @@ TARGETS: dict[str, tuple[str, str, Callable[[object], bool] | None]] = {
         lambda v: float(v) < 0.20,
     ),
     "index_append_overhead_mean": ("the same with means (FTS5 merges now and then)", "—", None),
+    "open_1000_messages_s": (
+        "open a 1,000-message conversation in the panel, JupyterLab + Chromium (median)",
+        "< 0.5 s",
+        lambda v: float(v) < 0.5,
+    ),
+    "stream_cost_ratio_long_vs_new": (
+        "kernel CPU of a streamed reply with the panel, 1,000-message conversation ÷ new one",
+        "≤ 1.2",
+        lambda v: float(v) <= 1.2,
+    ),
 }
 
 
@@ -165,6 +177,7 @@ def main() -> int:
         ("context", context.measure),
         ("qwen", lambda: engines.bench_qwen(args.quick)),
         ("search", search.measure_in_scratch),
+        ("long", long_chat.measure),
     ):
         if only is not None and name not in only:
             continue
