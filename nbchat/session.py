@@ -27,6 +27,7 @@ from nbchat.config import Config, load_config
 from nbchat.errors import (
     ConfigError,
     ContextOverflow,
+    ExportError,
     InvalidValue,
     ModelNotChosen,
     NbchatError,
@@ -396,7 +397,16 @@ class ChatSession:
         from nbchat.export import export_conversation
 
         conversation = self._store().get(conversation_id)
-        return export_conversation(conversation, format, path, directory=Path.cwd())
+        try:
+            here = Path.cwd()
+        except FileNotFoundError:  # the notebook's folder was deleted or renamed under the kernel
+            if path is None or not Path(path).is_absolute():
+                raise ExportError(
+                    "The kernel's working folder no longer exists (moved or deleted?), so there is no "
+                    "'next to the notebook'; give an absolute path, or restart the kernel."
+                ) from None
+            here = Path(path).parent
+        return export_conversation(conversation, format, path, directory=here)
 
     def _ready_to_reply(self) -> Conversation:
         """The current conversation, when a reply can start in it now (a model chosen, none streaming)."""

@@ -7,12 +7,13 @@ asked ("You said: …") and records every request, so each test sees what histor
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from conftest import chatting
 from nbchat import ChatSession, ConversationStore
-from nbchat.errors import InvalidValue, MessageNotFound, ReplyInProgress
+from nbchat.errors import ExportError, InvalidValue, MessageNotFound, ReplyInProgress
 from nbchat.testing.ollama_server import OllamaTestServer
 
 
@@ -167,3 +168,19 @@ def test_open_at_selects_the_conversation_on_the_branch_holding_a_message(
     opened = session.open_at(conversation.id, old.id)
     assert opened.id == conversation.id
     assert [m.content for m in session.history()] == ["one", "You said: one"]
+
+
+def test_export_from_a_kernel_whose_folder_was_deleted_says_so(
+    session: ChatSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session.send("one").wait(30)
+    current = session.current
+    assert current is not None
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    with pytest.raises(ExportError, match="working folder no longer exists"):
+        session.export(current.id, "markdown")
+    written = session.export(current.id, None, tmp_path / "kept.md")
+    assert written == tmp_path / "kept.md" and "one" in written.read_text()
