@@ -482,7 +482,8 @@ WORKER = textwrap.dedent(
                 except FileNotFoundError:
                     pass
             store.search("filler")
-        print(seq, time.time(), flush=True)
+        sys.stdout.write(f"{seq} {time.time()}\\n")  # one write: a line is whole or absent
+        sys.stdout.flush()
         seq += 1
     """
 )
@@ -638,7 +639,8 @@ def test_building_a_big_index_lets_other_kernels_append_meanwhile(
     ended = time.time()
     writer.kill()
     out, _ = writer.communicate(timeout=30)
-    during = [float(line.split()[1]) for line in out.splitlines() if started < float(line.split()[1]) < ended]
+    times = [float(line.split()[1]) for line in out.splitlines()]
+    during = [t for t in times if started < t < ended]
     assert ended - started > 39 * nbchat.store.SEARCH_PAUSE_S  # a pause after each slice
     assert len(during) >= 3, (ended - started, len(out.splitlines()))  # the writer was not shut out
     assert len(hits) == 100 and {h.role for h in hits} == {"user"}
