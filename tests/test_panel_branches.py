@@ -58,6 +58,8 @@ def counter(view: MessageView) -> str:
 
 
 def can_regenerate(view: MessageView) -> bool:
+    if isinstance(view, QuestionView):
+        return bool(view.can_regenerate)
     return isinstance(view, ReplyView) and view.tools is not None and view.tools.can_regenerate
 
 
@@ -238,6 +240,20 @@ def test_regenerate_is_on_the_last_reply_only_and_every_tool_waits_while_a_reply
     longer = list(MessageTree.linear([*path, Message("user", "more?")]).messages)
     messages.show(longer, tree=MessageTree(longer))
     assert views(messages)[5] is shown[-1] and not can_regenerate(shown[-1])
+
+
+def test_a_question_left_without_an_answer_offers_regenerate_to_answer_it() -> None:
+    """Its kernel died before a word of the reply was saved, or saving failed: the path ends in it."""
+    heard = Heard()
+    messages = MessageList(branches=heard.actions())
+    path = list(MessageTree.linear([*chat(1), Message("user", "unanswered")]).messages)
+    messages.show(path, tree=MessageTree(path))
+    shown = views(messages)
+    assert [can_regenerate(view) for view in shown] == [False, False, True]
+    bar(shown[-1]).regenerate()
+    assert heard.calls == [("regenerate",)]
+    messages.show(path, tree=MessageTree(path), live=widgets.Output())  # a reply to it is streaming
+    assert not can_regenerate(views(messages)[-1])
 
 
 def test_while_a_reply_streams_the_list_says_so_once_for_every_bar() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import chatting
-from nbchat import ChatSession, ConversationStore
+from nbchat import ChatSession, ConversationStore, Message
 from nbchat.errors import ExportError, InvalidValue, MessageNotFound, ReplyInProgress
 from nbchat.testing.ollama_server import OllamaTestServer
 
@@ -184,3 +184,16 @@ def test_export_from_a_kernel_whose_folder_was_deleted_says_so(
         session.export(current.id, "markdown")
     written = session.export(current.id, None, tmp_path / "kept.md")
     assert written == tmp_path / "kept.md" and "one" in written.read_text()
+
+
+def test_regenerate_answers_a_question_that_was_left_without_a_reply(
+    session: ChatSession, server: OllamaTestServer
+) -> None:
+    """Its kernel died before any of the reply was saved: the path ends in the question."""
+    session.send("one").wait(30)
+    current = session.current
+    assert current is not None
+    ConversationStore(session.config.data_dir, "alice").append(current.id, Message("user", "two"))
+    session.regenerate().wait(30)
+    assert contents(session) == ["one", "You said: one", "two", "You said: two"]
+    assert sent(server) == ["one", "You said: one", "two"]

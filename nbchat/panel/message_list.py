@@ -175,7 +175,7 @@ class MessageList:
             view = place(message.id, message)[0]
             if isinstance(view, MessageView):
                 alternatives = _alternatives(tree, message)
-                view.set_tools(alternatives, last_reply=message.id == last and message.role == "assistant")
+                view.set_tools(alternatives, last_reply=message.id == last)
             if message.id in unsaved:
                 place(f"unsaved:{message.id}", unsaved.pop(message.id))
         for question_id, markdown in unsaved.items():  # its question is not shown: at the end

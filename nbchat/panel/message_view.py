@@ -91,8 +91,12 @@ class QuestionView(BranchBar):
         self._tools = _Tools(message, actions)
         self.on_switch = self._tools.switch
         self.on_send = self._resend
+        self.on_regenerate = actions.regenerate
 
     def set_tools(self, alternatives: Sequence[str], *, last_reply: bool) -> None:
+        # A question that ends the path has no answer (its kernel died before a word of it was
+        # saved, or saving failed): Regenerate answers it.
+        self.can_regenerate = last_reply
         self._tools.place(self, alternatives)
 
     def _resend(self, text: str) -> None:
