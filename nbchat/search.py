@@ -62,7 +62,6 @@ FILE_MODE = 0o600  # as the conversation files: the user's words
 SCHEMA_VERSION = 1  # PRAGMA user_version of an index this module built; any other is rebuilt
 MAX_QUERY_CHARS = 1_000
 MAX_QUERY_WORDS = 32
-DEFAULT_LIMIT = 20
 MAX_LIMIT = 1_000
 
 # What marks a matched word inside ``snippet()``'s output; removed from indexed text first.
