@@ -129,7 +129,7 @@ class FileState:
 
     def tree(self, hidden: Iterable[str] = ()) -> MessageTree:
         """Every message; open drafts as interrupted replies, but ``hidden`` ones (streaming here)."""
-        hide = frozenset(hidden) & self.entries.keys()
+        hide = frozenset(h for h in hidden if isinstance(self.entries.get(h), OpenDraft))  # never a saved one
         if self._tree is not None and self._tree[0] == hide:
             return self._tree[1]
         if hide:  # a reply another kernel answered is shown, whoever is writing it

@@ -738,3 +738,16 @@ def test_a_late_draft_of_a_saved_reply_is_ignored_and_does_not_switch_the_branch
     fresh = ConversationStore(store.directory.parent.parent, "alice").get(conversation.id)
     assert [m.id for m in fresh.messages] == [q1.id, a1.id, edited.id]
     assert fresh.tree.get(a2.id).content == "a2"
+
+
+def test_a_reply_this_store_drafted_is_shown_once_any_store_has_saved_it(store: ConversationStore) -> None:
+    """Its drafts are hidden here (the reply is shown live), its saved message never is."""
+    conversation = store.create("Chat")
+    question = store.append(conversation.id, Message("user", "q"))
+    reply = Message("assistant", "the answer", parent=question.id)
+    store.append_draft(conversation.id, records.Draft(reply.id, question.id, None, reply.time, "the", ""))
+    assert [m.id for m in store.get(conversation.id).messages] == [question.id]
+    other = ConversationStore(store.directory.parent.parent, "alice")
+    assert other.get(conversation.id).messages[-1].stats == {"partial": True, "interrupted": True}
+    other.append(conversation.id, reply)
+    assert [m.content for m in store.get(conversation.id).messages] == ["q", "the answer"]
