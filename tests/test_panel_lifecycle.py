@@ -67,6 +67,19 @@ def every_widget(root: widgets.Widget) -> list[widgets.Widget]:
     return list(seen.values())
 
 
+def test_a_panel_whose_account_another_kernel_deleted_shows_the_login_form_on_its_next_redraw(
+    session: ChatSession,
+) -> None:
+    """The login ends underneath it (the same race as a logout in another thread): no traceback."""
+    panel = ChatPanel(session)
+    other = ChatSession(session.config, accounts=session.accounts)
+    other.login("alice", PASSWORD)
+    other.delete_account(PASSWORD)
+    panel.refresh()
+    assert panel.login_view in panel.children and panel.chat_view not in panel.children
+    panel.close()
+
+
 def test_a_closed_panel_no_longer_redraws_on_session_changes(session: ChatSession) -> None:
     panel = ChatPanel(session)
     refreshes = count_refreshes(panel)

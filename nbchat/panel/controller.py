@@ -18,7 +18,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from nbchat.errors import NbchatError, NbchatWarning
+from nbchat.errors import NbchatError, NbchatWarning, NotLoggedIn
 from nbchat.notebook import CodeBlock
 from nbchat.panel.composer import Composer
 from nbchat.panel.context_row import ContextRow
@@ -185,7 +185,10 @@ class ChatPanel(widgets.VBox):
             if self.session.user is None:
                 self._show_logged_out()
             else:
-                self._show_logged_in()
+                try:
+                    self._show_logged_in()
+                except NotLoggedIn:  # logged out (by another thread, or another kernel) meanwhile
+                    self._show_logged_out()
             self._close_retired()
 
     def _show_logged_out(self) -> None:
