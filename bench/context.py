@@ -15,8 +15,6 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shutil
 import statistics
@@ -25,7 +23,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
+
+from common import figures_main
 
 ROUNDS = 5
 REPLY_CHUNKS = 200
@@ -146,17 +145,7 @@ def measure() -> dict[str, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--json", help="also write the figures to this file")
-    args = parser.parse_args()
-    figures = measure()
-    for key, value in figures.items():
-        print(f"{key:32} {value:12.4f}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
-    return 0
+    return figures_main(__doc__, lambda args: measure())
 
 
 if __name__ == "__main__":

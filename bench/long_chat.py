@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import figures_main, run_in_kernel
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))  # the browser suites' JupyterLab and Chromium helpers
 
@@ -110,23 +112,6 @@ def measure_open(messages: int = MESSAGES, opens: int = OPENS) -> dict[str, floa
     return {"open_1000_messages_s": statistics.median(times), "open_1000_messages_shown": float(shown)}
 
 
-def run_in_kernel(client: object, code: str) -> list[str]:
-    """Execute ``code``; return what it printed, line by line (errors raise)."""
-    lines: list[str] = []
-
-    def output(message: dict) -> None:
-        content = message["content"]
-        if message["msg_type"] == "stream":
-            lines.extend(content["text"].splitlines())
-        elif message["msg_type"] == "error":
-            raise RuntimeError("\n".join(content["traceback"]))
-
-    reply = client.execute_interactive(code, output_hook=output, timeout=300)  # type: ignore[attr-defined]
-    if reply["content"]["status"] != "ok":
-        raise RuntimeError(f"the kernel failed: {reply['content']}")
-    return lines
-
-
 def measure_stream(messages: int = MESSAGES, rounds: int = ROUNDS) -> dict[str, float]:
     from jupyter_client.manager import start_new_kernel
 
@@ -182,23 +167,11 @@ def measure() -> dict[str, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--json", help="also write the figures to this file")
-    parser.add_argument("--only", choices=("open", "stream"), help="measure one of the two")
-    args = parser.parse_args()
-    if args.only == "open":
-        figures = measure_open()
-    elif args.only == "stream":
-        figures = measure_stream()
-    else:
-        figures = measure()
-    for key, value in figures.items():
-        print(f"{key:32} {value:12.4f}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
-    return 0
+    def options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--only", choices=("open", "stream"), help="measure one of the two")
+
+    steps = {"open": measure_open, "stream": measure_stream, None: measure}
+    return figures_main(__doc__, lambda args: steps[args.only](), options=options)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from common import figures_main
+
 CHILD = r"""
 import gc, json, os, sys, time
 import nbchat
@@ -74,19 +76,13 @@ def measure(hidden_size: int, layers: int) -> dict[str, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    def options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--hidden-size", type=int, default=768)
+        parser.add_argument("--layers", type=int, default=12)
+
+    return figures_main(
+        __doc__, lambda args: measure(args.hidden_size, args.layers), digits=3, options=options
     )
-    parser.add_argument("--hidden-size", type=int, default=768)
-    parser.add_argument("--layers", type=int, default=12)
-    parser.add_argument("--json", help="also write the figures to this file")
-    args = parser.parse_args()
-    figures = measure(args.hidden_size, args.layers)
-    for key, value in figures.items():
-        print(f"{key:32} {value:12.3f}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
-    return 0
 
 
 if __name__ == "__main__":

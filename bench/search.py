@@ -21,15 +21,13 @@ only measure the disk's patience.
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
 import random
-import shutil
 import statistics
-import tempfile
 import time
 from pathlib import Path
+
+from common import figures_main, in_scratch
 
 from nbchat import ConversationStore, Message, records
 from nbchat.types import Conversation, new_id, utcnow
@@ -155,26 +153,11 @@ def measure(scratch: Path) -> dict[str, float]:
     }
 
 
-def measure_in_scratch() -> dict[str, float]:
-    scratch = Path(tempfile.mkdtemp(prefix="nbchat-bench-search-"))
-    try:
-        return measure(scratch)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+measure_in_scratch = in_scratch(measure, "nbchat-bench-search-")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--json", help="also write the figures to this file")
-    args = parser.parse_args()
-    figures = measure_in_scratch()
-    for key, value in figures.items():
-        print(f"{key:32} {value:12.6f}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
-    return 0
+    return figures_main(__doc__, lambda args: measure_in_scratch(), digits=6)
 
 
 if __name__ == "__main__":

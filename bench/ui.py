@@ -13,14 +13,14 @@ side by side; the kernel's CPU time (all threads) of the two is compared:
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
+
+from common import figures_main, run_in_kernel
 
 CHUNKS = 3000
 CHUNK_DELAY_S = 0.001
@@ -64,23 +64,6 @@ def one_reply(with_panel):
         gc.collect()
     print("RESULT " + json.dumps({{"cpu": cpu, "wall": wall, "redraws": len(redraws)}}))
 """
-
-
-def run_in_kernel(client: object, code: str) -> list[str]:
-    """Execute ``code``; return what it printed, line by line (errors raise)."""
-    lines: list[str] = []
-
-    def output(message: dict) -> None:
-        content = message["content"]
-        if message["msg_type"] == "stream":
-            lines.extend(content["text"].splitlines())
-        elif message["msg_type"] == "error":
-            raise RuntimeError("\n".join(content["traceback"]))
-
-    reply = client.execute_interactive(code, output_hook=output, timeout=300)  # type: ignore[attr-defined]
-    if reply["content"]["status"] != "ok":
-        raise RuntimeError(f"the kernel failed: {reply['content']}")
-    return lines
 
 
 def measure() -> dict[str, float]:
@@ -128,17 +111,7 @@ def measure() -> dict[str, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--json", help="also write the figures to this file")
-    args = parser.parse_args()
-    figures = measure()
-    for key, value in figures.items():
-        print(f"{key:32} {value:12.4f}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
-    return 0
+    return figures_main(__doc__, lambda args: measure())
 
 
 if __name__ == "__main__":

@@ -66,6 +66,10 @@ class FileState:
     last_used: dict[str, int] = field(default_factory=dict)
     last_message: str | None = None  # the message on the last message line (to upgrade old lines)
     _tree: tuple[frozenset[str], MessageTree] | None = None
+    #: The active path's last message when known without building the tree: a message just
+    #: saved is the most recently used and has no children, so the path ends in it.
+    _leaf: str | None = None
+    _answered: set[str] = field(default_factory=set)  # ids that some entry answers (has children)
 
     def __post_init__(self) -> None:
         if not self.version:
@@ -73,7 +77,14 @@ class FileState:
 
     def copy(self) -> FileState:
         entries = {k: v.copy() if isinstance(v, OpenDraft) else v for k, v in self.entries.items()}
-        return replace(self, entries=entries, last_used=dict(self.last_used), _tree=None)
+        return replace(
+            self,
+            entries=entries,
+            last_used=dict(self.last_used),
+            _tree=None,
+            _leaf=None,
+            _answered=set(self._answered),
+        )
 
     @property
     def ids(self) -> builtins.set[str]:
@@ -98,6 +109,8 @@ class FileState:
         self.lines = number
         self.offset += length
         self._tree = None
+        new_leaf = isinstance(item, Message) and item.id not in self._answered
+        self._leaf = item.id if new_leaf else None
 
     def _take_message(self, message: Message) -> None:
         existing = self.entries.get(message.id)
@@ -126,6 +139,8 @@ class FileState:
     def _check_parent(self, parent: str | None) -> None:
         if parent is not None and parent not in self.entries:
             raise records.RecordError(f"it answers message {parent}, which no earlier line holds")
+        if parent is not None:
+            self._answered.add(parent)
 
     def tree(self, hidden: Iterable[str] = ()) -> MessageTree:
         """Every message; open drafts as interrupted replies, but ``hidden`` ones (streaming here)."""
@@ -143,6 +158,13 @@ class FileState:
         tree = MessageTree(messages, self.last_used)
         self._tree = (hide, tree)
         return tree
+
+    def leaf(self, hidden: Iterable[str] = ()) -> str | None:
+        """The id of the active path's last message (``None`` when empty); O(1) after an append."""
+        if self._leaf is not None:
+            return self._leaf
+        last = self.tree(hidden).leaf()
+        return last.id if last is not None else None
 
     def view(self, hidden: Iterable[str] = ()) -> Conversation:
         return replace(self.conversation, messages=(), tree=self.tree(hidden))

@@ -269,8 +269,7 @@ class ConversationStore:
                 if message.parent not in (None, draft.parent):
                     raise InvalidValue(f"Message {message.id} was drafted as an answer to another message.")
             elif parent is None and not new_root:
-                leaf = state.tree(self._streaming).leaf()
-                parent = leaf.id if leaf is not None else None
+                parent = state.leaf(self._streaming)
             elif parent is not None and parent not in state.entries:
                 raise MessageNotFound(
                     f"Message {message.id} answers {parent}, which this conversation lacks."

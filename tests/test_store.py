@@ -751,3 +751,41 @@ def test_a_reply_this_store_drafted_is_shown_once_any_store_has_saved_it(store: 
     assert other.get(conversation.id).messages[-1].stats == {"partial": True, "interrupted": True}
     other.append(conversation.id, reply)
     assert [m.content for m in store.get(conversation.id).messages] == ["q", "the answer"]
+
+
+def test_after_switching_to_an_earlier_message_the_next_message_answers_the_end_of_that_branch(
+    store: ConversationStore,
+) -> None:
+    """Switching to an alternative that has answers shows its branch to the end; a new message
+    (no parent given) continues from there, in this store and in a fresh one."""
+    conversation = store.create("Chat")
+    q1 = store.append(conversation.id, Message("user", "q1"))
+    a1 = store.append(conversation.id, Message("assistant", "a1"))
+    q2 = store.append(conversation.id, Message("user", "q2"))
+    b1 = store.append(conversation.id, Message("assistant", "b1", parent=q1.id))  # regenerated
+    assert store.select(conversation.id, a1.id).messages[-1].id == q2.id
+    q3 = store.append(conversation.id, Message("user", "q3"))
+    assert q3.parent == q2.id
+    fresh = ConversationStore(store.directory.parent.parent, "alice")
+    fresh.select(conversation.id, b1.id)
+    assert store.get(conversation.id).messages[-1].id == b1.id
+    fresh.select(conversation.id, a1.id)
+    q4 = fresh.append(conversation.id, Message("user", "q4"))
+    assert q4.parent == q3.id
+
+
+def test_a_reply_saved_over_drafts_that_were_answered_meanwhile_continues_below_them(
+    store: ConversationStore,
+) -> None:
+    """Another kernel answered the reply while it looked interrupted; the saved reply keeps its
+    place and the path still runs down to that answer."""
+    conversation = store.create("Chat")
+    question = store.append(conversation.id, Message("user", "q"))
+    reply = Message("assistant", "the whole answer", parent=question.id)
+    store.append_draft(conversation.id, records.Draft(reply.id, question.id, None, reply.time, "the", ""))
+    other = ConversationStore(store.directory.parent.parent, "alice")
+    follow_up = other.append(conversation.id, Message("user", "and then?"))
+    assert follow_up.parent == reply.id
+    store.append(conversation.id, reply)
+    after = store.append(conversation.id, Message("assistant", "next"))
+    assert after.parent == follow_up.id
