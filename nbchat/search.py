@@ -37,7 +37,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -260,8 +262,11 @@ def _hot_journal(path: Path) -> bool:
 class SearchIndex:
     """The search index of one user directory, for one store (one per kernel and login).
 
-    The store calls every method under its own mutex; ``added``, ``rewritten``, ``removed``
-    and ``search`` also under the user's file lock (``search`` without it only in memory).
+    The store calls every method under its own mutex; ``rewritten``, ``removed`` and
+    ``search`` also under the user's file lock (``search`` without it only in memory).
+    ``added`` only queues the update: a writer thread of this index applies it, outside those
+    locks (SQLite's own locking serialises writers of one file), so an append never waits for
+    SQLite; every other method first waits for the queue to empty.
     """
 
     def __init__(self, directory: Path) -> None:
@@ -269,6 +274,11 @@ class SearchIndex:
         self._db: sqlite3.Connection | None = None
         self._inode: int | None = None  # of the file ``_db`` was opened on
         self._in_memory = False  # the file cannot be used: an index in memory, for this store
+        self._db_lock = threading.RLock()  # one user of the connection at a time (writer thread, store)
+        self._work = threading.Condition()  # guards _pending and _worker
+        self._pending = 0  # updates queued and not yet applied
+        self._worker: threading.Thread | None = None
+        self._queue: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
 
     @property
     def path(self) -> Path:
@@ -280,6 +290,93 @@ class SearchIndex:
         return self._in_memory
 
     def close(self) -> None:
+        """Apply the updates still queued, stop the writer thread, close the index (a logout)."""
+        self._caught_up()
+        with self._work:
+            worker, self._worker = self._worker, None
+        if worker is not None:
+            self._queue.put(None)
+            worker.join(5)
+        with self._db_lock:
+            self._close_connection()
+
+    # -- the store's hooks: never raise; ``added`` is written behind ----------------------------
+
+    def added(
+        self,
+        conversation_id: str,
+        message: Message | None,
+        *,
+        inode: int,
+        before: int,
+        after: int,
+        draft: records.Draft | None = None,
+    ) -> None:
+        """One line was appended (``before`` → ``after`` bytes): queued for the writer thread.
+
+        The append does not wait for SQLite (the file is the truth, already saved); every other
+        use of the index first waits for the queue. Updates lost with a killed kernel leave the
+        index behind the file, which the next search sees (its stamp) and catches up.
+        """
+        if not self._in_memory and self._db is None and not self._path.exists():
+            return  # no index yet: the first search builds it from the files
+        with self._work:
+            self._pending += 1
+            if self._worker is None:
+                self._worker = threading.Thread(
+                    target=self._write_behind, name="nbchat-search-index", daemon=True
+                )
+                self._worker.start()
+        self._queue.put((conversation_id, message, inode, before, after, draft))
+
+    def rewritten(self, conversation: Conversation, *, inode: int, size: int) -> None:
+        self._caught_up()
+        with self._db_lock:
+            self._rewritten_now(conversation, inode=inode, size=size)
+
+    def removed(self, conversation_id: str) -> None:
+        self._caught_up()
+        with self._db_lock:
+            self._removed_now(conversation_id)
+
+    def search(
+        self,
+        query: str,
+        limit: int,
+        files: Mapping[str, Stamp],
+        load: Loader,
+        *,
+        locked: bool = True,
+        slice_s: float | None = None,
+    ) -> list[SearchHit] | None:
+        """``_search_now`` once every queued update is in the index."""
+        self._caught_up()
+        with self._db_lock:
+            return self._search_now(query, limit, files, load, locked=locked, slice_s=slice_s)
+
+    def _write_behind(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            conversation_id, message, inode, before, after, draft = job
+            try:
+                with self._db_lock:
+                    self._added_now(
+                        conversation_id, message, inode=inode, before=before, after=after, draft=draft
+                    )
+            finally:
+                with self._work:
+                    self._pending -= 1
+                    self._work.notify_all()
+
+    def _caught_up(self) -> None:
+        """Wait until the writer thread has applied every queued update."""
+        with self._work:
+            while self._pending:
+                self._work.wait()
+
+    def _close_connection(self) -> None:
         if self._db is not None:
             try:
                 self._db.close()
@@ -287,9 +384,7 @@ class SearchIndex:
                 log.debug("closing the search index failed", exc_info=True)
         self._db, self._inode = None, None
 
-    # -- the store's hooks: never raise -----------------------------------------------------
-
-    def added(
+    def _added_now(
         self,
         conversation_id: str,
         message: Message | None,
@@ -323,7 +418,7 @@ class SearchIndex:
         except Exception as exc:
             self._failed("added", exc)
 
-    def rewritten(self, conversation: Conversation, *, inode: int, size: int) -> None:
+    def _rewritten_now(self, conversation: Conversation, *, inode: int, size: int) -> None:
         """The file was written whole (created, renamed, settings, upgraded): new title and stamp.
 
         The messages are indexed again only if some are missing (a rename costs a few rows).
@@ -349,7 +444,7 @@ class SearchIndex:
         except Exception as exc:
             self._failed("rewritten", exc)
 
-    def removed(self, conversation_id: str) -> None:
+    def _removed_now(self, conversation_id: str) -> None:
         """The conversation was deleted."""
         try:
             db = self._existing()
@@ -362,7 +457,7 @@ class SearchIndex:
 
     # -- searching ----------------------------------------------------------------------------
 
-    def search(
+    def _search_now(
         self,
         query: str,
         limit: int,
@@ -573,7 +668,7 @@ class SearchIndex:
             return self._db
         if self._db is not None and self._current():
             return self._db
-        self.close()
+        self._close_connection()
         if not self._path.exists():
             return None
         return self._open()
@@ -599,7 +694,7 @@ class SearchIndex:
             # Checked again each time: the file may have been cut short in place since it was opened.
             if self._db is not None and self._current() and not _header_damaged(self._path):
                 return self._db
-            self.close()
+            self._close_connection()
             if self._path.exists() and _header_damaged(self._path):
                 log.debug("search index %s is not a whole database; rebuilding it", self._path)
                 self._discard()
@@ -655,7 +750,7 @@ class SearchIndex:
 
     def _discard(self) -> None:
         """Delete the index file and its journal (called under the user's lock)."""
-        self.close()
+        self._close_connection()
         for suffix in ("", *_COMPANIONS):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(f"{self._path}{suffix}")
@@ -678,7 +773,7 @@ class SearchIndex:
 
     def _use_memory(self, why: str) -> None:
         log.debug("search index %s cannot be used (%s); searching an index in memory", self._path, why)
-        self.close()
+        self._close_connection()
         self._in_memory = True
 
     def _failed(self, what: str, exc: BaseException) -> None:
@@ -688,9 +783,9 @@ class SearchIndex:
             try:
                 self._discard()
             except OSError:
-                self.close()
+                self._close_connection()
         elif not self._in_memory:
-            self.close()
+            self._close_connection()
 
 
 def _connect(sqlite3: Any, target: str) -> sqlite3.Connection:

@@ -26,6 +26,7 @@ import pytest
 from disks import mount_small_disk, remount_read_only, unmount
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from polling import wait_until
 
 import nbchat.store
 from nbchat import ConversationStore, Message, records
@@ -281,17 +282,22 @@ def test_a_user_with_no_conversations_finds_nothing_and_nothing_is_created(tmp_p
 # -- a cache of the files -------------------------------------------------------------------------
 
 
-def test_an_append_indexes_its_message_at_once_and_the_index_stays_as_long_as_the_file(
+def test_an_append_indexes_its_message_right_after_and_the_index_stays_as_long_as_the_file(
     store: ConversationStore,
 ) -> None:
+    """The index's writer thread applies the append (the append itself never waits for SQLite)."""
     chat = store.create("Now")
     store.search("warm")  # the index exists from here on
     message = store.append(chat.id, Message("user", "indexed right away"))
     path = store.directory / f"{chat.id}.jsonl"
-    assert index_rows(store, "SELECT size FROM conversations WHERE id = ?", chat.id) == [
-        (path.stat().st_size,)
-    ]
+    wait_until(
+        lambda: (
+            index_rows(store, "SELECT size FROM conversations WHERE id = ?", chat.id)
+            == [(path.stat().st_size,)]
+        )
+    )
     assert index_rows(store, "SELECT role FROM entries WHERE message_id = ?", message.id) == [("user",)]
+    assert ids(store.search("indexed right away")) == [message.id]
 
 
 def test_appending_before_any_search_creates_no_index(store: ConversationStore) -> None:
