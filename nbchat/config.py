@@ -51,6 +51,7 @@ SITE_SETTINGS = {
     "max_users": "NBCHAT_MAX_USERS",
     "ollama_host": "OLLAMA_HOST",
     "qwen_model": "NBCHAT_QWEN_MODEL",
+    "qwen_dtype": "NBCHAT_QWEN_DTYPE",
     "openai_base_url": "OPENAI_BASE_URL",
     "openai_api_key": "OPENAI_API_KEY",
     "trust_hub_user": "NBCHAT_TRUST_HUB_USER",
@@ -64,6 +65,7 @@ SITE_TYPES: dict[str, tuple[type, str]] = {
     "max_users": (int, "50"),
     "ollama_host": (str, '"http://ollama.internal:11434"'),
     "qwen_model": (str, '"Qwen/Qwen3-1.7B"'),
+    "qwen_dtype": (str, '"bfloat16"'),
     "openai_base_url": (str, '"http://vllm.internal:8000/v1"'),
     "openai_api_key": (str, '"sk-..."'),
     "trust_hub_user": (bool, "true"),
@@ -142,6 +144,8 @@ class Config:
     max_users: int = DEFAULT_MAX_USERS
     ollama_host: str = f"http://127.0.0.1:{DEFAULT_OLLAMA_PORT}"
     qwen_model: str = DEFAULT_QWEN_MODEL
+    qwen_dtype: str = "auto"  # auto | bfloat16 | float16 | float32, for every local model
+    qwen_dtype_source: str | None = None  # the variable or site file key that set it (None: default)
     openai_base_url: str | None = None
     openai_api_key: str | None = field(default=None, repr=False)
     hub_user: str | None = None
@@ -189,6 +193,8 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
         max_users=_positive_int(name("NBCHAT_MAX_USERS"), merged.get("NBCHAT_MAX_USERS"), DEFAULT_MAX_USERS),
         ollama_host=parse_ollama_host(merged.get("OLLAMA_HOST"), name=name("OLLAMA_HOST")),
         qwen_model=(merged.get("NBCHAT_QWEN_MODEL") or "").strip() or DEFAULT_QWEN_MODEL,
+        qwen_dtype=_dtype(name("NBCHAT_QWEN_DTYPE"), merged.get("NBCHAT_QWEN_DTYPE")),
+        qwen_dtype_source=name("NBCHAT_QWEN_DTYPE") if merged.get("NBCHAT_QWEN_DTYPE") else None,
         openai_base_url=check_openai_base_url(merged.get("OPENAI_BASE_URL"), name=name("OPENAI_BASE_URL")),
         openai_api_key=_api_key(name("OPENAI_API_KEY"), merged.get("OPENAI_API_KEY")),
         hub_user=hub_user,
@@ -380,6 +386,18 @@ def _path(name: str, raw: str, what: str) -> Path:
             f"{name} names the home of {raw.split('/', 1)[0]!r}, a user this machine does not know; "
             f"set it to the full path of {what}."
         ) from None
+
+
+def _dtype(name: str, raw: str | None) -> str:
+    """The precision of local models: ``auto`` unless set (``precision`` says what auto picks)."""
+    from nbchat.backends.local.precision import check_choice  # imports no torch
+
+    if raw is None or not raw.strip():
+        return "auto"
+    try:
+        return check_choice(raw, name)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _positive_int(name: str, raw: str | None, default: int) -> int:

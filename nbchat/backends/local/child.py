@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, cast
 
 from nbchat.backends.local.devices import empty_device_caches
+from nbchat.backends.local.precision import choose
 
 
 def main(argv: list[str]) -> None:
@@ -131,9 +132,8 @@ def _load(source: str, dtype_name: str, local_only: bool) -> _State:
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    device, dtype = _pick_device(torch)
-    if dtype_name != "auto":
-        dtype = getattr(torch, dtype_name)
+    device, dtype_name, native_bf16 = choose(torch, dtype_name)  # precision.py: auto by the hardware
+    dtype = getattr(torch, dtype_name)
     model = AutoModelForCausalLM.from_pretrained(
         source,
         dtype=dtype,
@@ -147,7 +147,8 @@ def _load(source: str, dtype_name: str, local_only: bool) -> _State:
     tensors = itertools.chain(model.parameters(), model.buffers())
     info = {
         "device": device,
-        "dtype": str(dtype).removeprefix("torch."),
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),  # what the weights are in
+        "native_bf16": native_bf16,  # what computes bf16 natively here (a CPU feature, the GPU), or None
         "parameters": sum(p.numel() for p in model.parameters()),
         "memory_bytes": sum(t.numel() * t.element_size() for t in tensors),
         "max_position_embeddings": int(getattr(model.config, "max_position_embeddings", 32768)),
@@ -157,15 +158,6 @@ def _load(source: str, dtype_name: str, local_only: bool) -> _State:
         "pid": os.getpid(),
     }
     return _State(model, eos_ids, info)
-
-
-def _pick_device(torch: Any) -> tuple[str, Any]:
-    """cuda, then mps, then cpu; half precision on a GPU (bf16 where supported), float32 on CPU."""
-    if torch.cuda.is_available():
-        return "cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if torch.backends.mps.is_available():
-        return "mps", torch.float16
-    return "cpu", torch.float32
 
 
 def _generate(

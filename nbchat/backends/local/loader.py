@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from nbchat.backends.base import LoadPhase, LoadProgress, ProgressCallback
-from nbchat.backends.local import ENV_MODEL, PREFIX
+from nbchat.backends.local import ENV_MODEL, PREFIX, precision
 from nbchat.backends.local.process import POLL_S, LocalModel, spawn
-from nbchat.config import DEFAULT_QWEN_MODEL
+from nbchat.config import DEFAULT_QWEN_MODEL, load_config
 from nbchat.errors import GenerationFailed, ModelLoadError
 
 LOAD_TIMEOUT_S = 3600.0
@@ -65,6 +65,7 @@ def start(
             f"'transformers:<path>') at a local directory holding config.json, the weights and the "
             f"tokenizer files, or use a Hugging Face hub id such as {DEFAULT_QWEN_MODEL!r}."
         )
+    requested, origin = requested_dtype(dtype)
     process = spawn()  # its interpreter starts while the tokenizer loads here
     try:
         progress("tokenizer")
@@ -77,7 +78,7 @@ def start(
     progress("weights")
     handle = LocalModel(key, tokenizer, process)
     try:
-        handle.send("load", key, dtype or "auto", local_only)
+        handle.send("load", key, requested, local_only)
         deadline = time.monotonic() + LOAD_TIMEOUT_S
         while (message := handle.receive(timeout=POLL_S)) is None:
             check_abort()
@@ -86,6 +87,7 @@ def start(
         if message[0] == "load_error":
             raise ModelLoadError(load_error_message(key, message[1], message[2]))
         handle.info = dict(message[1], load_seconds=time.perf_counter() - started)
+        handle.info["dtype_reason"] = dtype_reason(handle.info, origin)
     except GenerationFailed:  # the process died while loading
         handle.shutdown()
         code = process.returncode
@@ -100,6 +102,25 @@ def start(
         raise
     progress("ready")
     return handle
+
+
+def requested_dtype(explicit: str | None) -> tuple[str, str | None]:
+    """The dtype to ask the model process for, and the setting that asked (None: ``auto`` decides).
+
+    ``TransformersBackend(dtype=...)`` wins, then ``NBCHAT_QWEN_DTYPE``, then the site file's
+    ``qwen_dtype``; all read now, so a value set in a running kernel holds for the next load.
+    """
+    if explicit is not None:
+        return explicit, f"TransformersBackend(dtype={explicit!r})"
+    config = load_config()
+    return config.qwen_dtype, config.qwen_dtype_source if config.qwen_dtype != "auto" else None
+
+
+def dtype_reason(info: dict[str, Any], origin: str | None) -> str:
+    """The model process's report (device, dtype, native bf16) and the setting, as one line."""
+    return precision.reason(
+        str(info.get("dtype")), str(info.get("device")), info.get("native_bf16"), origin
+    )
 
 
 def load_tokenizer(key: str) -> tuple[Any, bool]:
@@ -149,8 +170,8 @@ def load_error_message(key: str, kind: str, detail: str) -> str:
     if kind == "oom":
         return (
             f"Not enough memory to load {key!r} ({first_line}). Use a smaller model (Qwen/Qwen3-0.6B), "
-            "close other notebooks that hold models, or load it in half precision "
-            "(TransformersBackend(dtype='bfloat16'): half the memory of float32 on a CPU)."
+            f"close other notebooks that hold models, or load it in half precision ({precision.ENV_DTYPE}="
+            "bfloat16, or TransformersBackend(dtype='bfloat16'): half the memory of float32 on a CPU)."
         )
     where = "the local directory" if looks_like_path(key) else "the local Hugging Face cache, then the hub"
     return (
