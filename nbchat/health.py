@@ -61,6 +61,8 @@ class HealthReport:
             local = "; ".join(_describe_loaded(entry) for entry in loaded)
         else:
             local = f"not loaded (loads on first use: {', '.join(self.local.get('configured') or [])})"
+            if "precision" in self.local:
+                local += f"; {_describe_precision(self.local['precision'])}"
         storage = self.storage
         writable = "writable" if storage.get("writable") else "NOT writable"
         free = storage.get("free_bytes")
@@ -109,6 +111,7 @@ def check_health(config: Config | None = None, session: dict[str, Any] | None = 
     config = config or load_config()
     ollama = backend_for("ollama", config).health()
     local = backend_for("transformers", config).health()
+    local["precision"] = _precision(config)
     storage = _check_storage(config)
     accounts: dict[str, Any] = {"max_users": config.max_users}
     try:
@@ -164,10 +167,32 @@ def _check_storage(config: Config) -> dict[str, Any]:
     return report
 
 
+def _precision(config: Config) -> dict[str, Any]:
+    """The dtype setting of local models and what ``auto`` finds on this CPU (no torch: the flags)."""
+    from nbchat.backends.local.precision import cpu_bf16_feature, cpu_flags
+
+    flags = cpu_flags()
+    return {
+        "setting": config.qwen_dtype,
+        "source": config.qwen_dtype_source,
+        "cpu_bf16": cpu_bf16_feature(flags) if flags is not None else None,
+    }
+
+
+def _describe_precision(precision: dict[str, Any]) -> str:
+    setting = precision.get("setting")
+    if setting != "auto":
+        return f"precision {setting}, set by {precision.get('source')}"
+    feature = precision.get("cpu_bf16")
+    on_cpu = f"bfloat16 on this CPU ({feature})" if feature else "float32 on this CPU (no native bf16)"
+    return f"precision auto: {on_cpu}, half precision on a GPU"
+
+
 def _describe_loaded(entry: dict[str, Any]) -> str:
     memory = entry.get("process_rss_bytes") or entry.get("memory_bytes")
     size = f", {memory / 2**20:.0f} MiB" if isinstance(memory, int) else ""
-    return f"{entry.get('model')} on {entry.get('device')} ({entry.get('dtype')}{size})"
+    why = entry.get("dtype_reason") or entry.get("dtype")
+    return f"{entry.get('model')} on {entry.get('device')} ({why}{size})"
 
 
 def _escape(text: str) -> str:
