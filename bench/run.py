@@ -31,6 +31,7 @@ import context
 import engines
 import long_chat
 import memory
+import qwen_precision
 import search
 import store
 import ui
@@ -58,6 +59,26 @@ TARGETS: dict[str, tuple[str, str, Callable[[object], bool] | None]] = {
     "qwen_stream_ratio": ("Qwen3: the lower of the two", "≥ 0.97", lambda v: float(v) >= 0.97),
     "qwen_raw_control_ratio": ("Qwen3: a second raw process ÷ raw (the noise floor)", "—", None),
     "qwen_ttft_overhead_s": ("Qwen3: first visible text, nbchat − raw first token", "—", None),
+    "qwen_bf16_decode_speedup": (
+        "Qwen3 decode tokens/s, bfloat16 ÷ float32, CPU with native bf16 (null: none)",
+        "≥ 1.25",
+        lambda v: v is not None and float(v) >= 1.25,
+    ),
+    "qwen_bf16_prefill_speedup": (
+        "Qwen3 prefill of ~512 tokens, float32 time ÷ bfloat16 time",
+        "≥ 3",
+        lambda v: v is not None and float(v) >= 3,
+    ),
+    "qwen_bf16_reason": ("why bf16 is (not) measured", "—", None),
+    "qwen_bandwidth_fraction": (
+        "Qwen3 decode: tokens/s × weight bytes per token ÷ measured read bandwidth (auto's dtype)",
+        "≥ 0.7",
+        lambda v: float(v) >= 0.7,
+    ),
+    "qwen_read_bandwidth_gb_s": ("read bandwidth a torch sweep measures, GB/s", "—", None),
+    "qwen_int8_decode_speedup": ("Qwen3 decode, int8 weight-only (torchao) ÷ bf16", "> 1 to offer it", None),
+    "qwen_int8_reason": ("why int8 is (not) measured", "—", None),
+    "qwen_precision_checkpoint": ("the precision bench's checkpoint", "—", None),
     "ollama_client_ratio": (
         "Ollama: nbchat ÷ official client, 20,000 chunks",
         "≥ 1.1",
@@ -178,6 +199,7 @@ def main() -> int:
         ("context", context.measure),
         ("qwen", lambda: engines.bench_qwen(args.quick)),
         ("search", search.measure_in_scratch),
+        ("qwen_precision", qwen_precision.measure_in_scratch),
     ):
         if only is not None and name not in only:
             continue
