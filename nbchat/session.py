@@ -509,6 +509,30 @@ class ChatSession:
         backend_for("ollama", self.config).pull(ref.name, progress)  # type: ignore[attr-defined]
         return model_id
 
+    def warm_up(self, model_id: str | None = None, *, on_status: Callable[[str], None] | None = None) -> None:
+        """Start loading a local model now, in the background, so the first reply does not wait for it.
+
+        ``model_id`` defaults to the current conversation's model. Returns at once; a no-op for
+        server engines (nothing to load) and outside the site policy. Never raises: a model that
+        cannot be loaded is reported when a message is sent, as without warm-up. ``on_status``
+        hears, from another thread, "<model> is loading in the background…" and "<model> ready"
+        (or why it could not be loaded).
+        """
+        from nbchat.backends import resolve
+        from nbchat.backends.local import PREFIX
+
+        try:
+            model = model_id if model_id is not None else self.settings.model
+            if model is None or not self.config.policy.allows_model(model):
+                return
+            backend, name = resolve(model, self.config)
+        except NbchatError:
+            return
+        if backend.prefix != PREFIX:
+            return
+        args = (backend, name, model, on_status)
+        threading.Thread(target=_warm, args=args, name="nbchat-warm-up", daemon=True).start()
+
     def health(self) -> HealthReport:
         return check_health(
             self.config,
@@ -611,7 +635,7 @@ def _start_reply(
         think=settings.think,
         context_size=window,
     )
-    return backend.stream(name, kept, params)
+    return _follow_turn(reply, backend.stream(name, kept, params))
 
 
 def _check_prompt(prompt: object) -> None:
@@ -667,6 +691,46 @@ def _as_sent(message: Message) -> Message:
             "mention fewer objects or attach fewer cells."
         )
     return replace(message, content=text, context=())
+
+
+def _follow_turn(reply: Reply, stream: ReplyStream) -> ReplyStream:
+    """A local model serves one reply at a time: while this one waits for it, its status says so."""
+
+    def progress(step: LoadProgress) -> None:
+        if step.phase == "waiting":
+            reply.set_status(f"Waiting for {reply.model}: another reply is using it…")
+        elif step.phase == "turn":
+            reply.set_status(f"{reply.model} is free after {step.elapsed_s:.1f} s of waiting; generating…")
+
+    if hasattr(stream, "on_progress"):  # the engine's reply can wait for its turn (transformers:)
+        stream.on_progress = progress
+    return stream
+
+
+def _warm(backend: Backend, name: str, model: str, on_status: Callable[[str], None] | None) -> None:
+    """In a thread of its own: load ``model`` now; a failure is only said (the send reports it again)."""
+
+    def say(text: str) -> None:
+        if on_status is not None:
+            try:
+                on_status(text)
+            except Exception:  # a view's bug must not end the warm-up
+                import logging
+
+                logging.getLogger(__name__).exception("An nbchat warm-up listener failed")
+
+    def progress(step: LoadProgress) -> None:
+        if step.phase != "ready":
+            say(f"{model} is loading in the background…")
+
+    try:
+        backend.prepare(name, on_progress=progress)
+    except NbchatError as exc:
+        say(f"{model} could not be loaded: {exc}")
+    except Exception as exc:  # never into a thread's traceback: the send says it as today
+        say(f"{model} could not be loaded: {type(exc).__name__}: {exc}")
+    else:
+        say(f"{model} ready")
 
 
 def _prepare_with_progress(reply: Reply, backend: Backend, name: str) -> None:

@@ -15,9 +15,9 @@ import queue
 import threading
 import time
 from collections.abc import Generator, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
-from nbchat.backends.base import LoadProgress, ProgressCallback, ReplyStream
+from nbchat.backends.base import LoadPhase, LoadProgress, ProgressCallback, ReplyStream
 from nbchat.backends.chat import ThinkParser, chat_messages
 from nbchat.backends.local import ENV_MODEL, PREFIX, registry
 from nbchat.backends.local.loader import LoadCancelled
@@ -211,6 +211,9 @@ class TransformersReply(ReplyStream):
         self._request_id = next(_REQUEST_IDS)
         self.prompt: str | None = None  # the exact text the model was given, once known
         self.token_ids: list[int] = []  # the generated token ids, eos included, as they arrived
+        #: Hears ``waiting`` when another reply holds the model, then ``turn`` when this one gets it
+        #: (``elapsed_s``: seconds waited); the session sets it to the reply's status line.
+        self.on_progress: ProgressCallback | None = backend._on_progress
 
     def _on_cancel(self) -> None:
         handle = self._handle
@@ -250,19 +253,30 @@ class TransformersReply(ReplyStream):
     def _wait_for_turn(self, handle: LocalModel) -> LocalModel | None:
         """Wait while another reply uses the model; None if cancelled meanwhile.
 
-        A process that froze or died under the reply before is replaced by a fresh one; an
-        unloaded model is an error (unloading is deliberate).
+        Waiting is reported (``on_progress``: ``waiting``, then ``turn``), so the user sees why
+        nothing streams yet. A process that froze or died under the reply before is replaced by
+        a fresh one; an unloaded model is an error (unloading is deliberate).
         """
+        waited_since: float | None = None
         while True:
-            while not handle.turn.acquire(timeout=POLL_S):
-                if self.cancelled:
-                    return None
-                if handle.dead == "unloaded":
-                    raise _unloaded(handle)
+            if not handle.turn.acquire(blocking=False):
+                waited_since = waited_since or time.perf_counter()
+                self._report("waiting", 0.0)
+                while not handle.turn.acquire(timeout=POLL_S):
+                    if self.cancelled:
+                        return None
+                    if handle.dead == "unloaded":
+                        raise _unloaded(handle)
             if handle.dead is None:
                 if self.cancelled:
                     handle.turn.release()
                     return None
+                if waited_since is not None:
+                    try:
+                        self._report("turn", time.perf_counter() - waited_since)
+                    except BaseException:  # a listener's failure must not keep the model's turn
+                        handle.turn.release()
+                        raise
                 return handle
             handle.turn.release()
             if handle.dead == "unloaded":
@@ -271,6 +285,11 @@ class TransformersReply(ReplyStream):
                 handle = self._handle = self._backend._loaded_model(self._model, cancel=self._cancel)
             except LoadCancelled:
                 return None
+
+    def _report(self, phase: str, elapsed_s: float) -> None:
+        on_progress = self.on_progress
+        if on_progress is not None:
+            on_progress(LoadProgress(self.model_id, cast(LoadPhase, phase), elapsed_s))
 
     def _relay(self, handle: LocalModel, prompt_ids: list[int]) -> Generator[Chunk, None, GenerationStats]:
         """Turn the child's token ids into text and thinking chunks until it reports the end.

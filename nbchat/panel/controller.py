@@ -364,16 +364,29 @@ class ChatPanel(widgets.VBox):
         self.export_control.exported(path, Path.cwd())
 
     def _choose_model(self, model: str | None) -> None:
-        def choose() -> None:
+        def choose() -> bool:
             if self.session.current is None:
                 if model is None:
-                    return
+                    return False
                 self.session.new_conversation()
             self.session.configure(model=model)
+            return True
 
-        self._act(choose)
+        if self._act(choose) and model is not None:
+            self._warm_up(model)
         if self.session.user is not None:
             self.refresh()  # after a refusal, the stored choice shows again
+
+    def _warm_up(self, model: str) -> None:
+        """A local model starts loading as soon as it is chosen (warm start); until a reply starts,
+        the status line says how far it got."""
+
+        def say(text: str) -> None:
+            reply = self.session.reply
+            if not self._closed and (reply is None or reply.done):
+                self.composer.say(html.escape(text))
+
+        self.session.warm_up(model, on_status=say)
 
     def _change_setting(self, name: str, value: Any) -> None:
         if self.session.current is None:

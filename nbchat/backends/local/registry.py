@@ -13,13 +13,14 @@ starts a fresh one.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import gc
 import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
 
-from nbchat.backends.base import ProgressCallback
+from nbchat.backends.base import LoadProgress, ProgressCallback
 from nbchat.backends.local import PREFIX
 from nbchat.backends.local.devices import empty_device_caches
 from nbchat.backends.local.loader import LoadCancelled, resolve, start
@@ -41,6 +42,16 @@ class _Load:
     waiters: int = 0
     handle: LocalModel | None = None
     error: BaseException | None = None
+    listeners: list[ProgressCallback] = field(default_factory=list)  # every waiter's, not only the first's
+    last: LoadProgress | None = None  # the latest phase, told to a waiter who joins late
+
+    def tell(self, step: LoadProgress) -> None:
+        with _LOCK:
+            self.last = step
+            listeners = list(self.listeners)
+        for listener in listeners:
+            with contextlib.suppress(Exception):  # one view's failure must not end the load
+                listener(step)
 
 
 def load(
@@ -51,9 +62,11 @@ def load(
 ) -> LocalModel:
     """The loaded model for ``model``, loading it (once, whoever asks at the same time) if needed.
 
-    ``on_progress`` hears the phases of a load this call starts. When ``cancel``
-    is set, this caller stops waiting within ``POLL_S`` (``LoadCancelled``); the
-    load goes on only if someone else still waits for it.
+    ``on_progress`` hears the phases of the load while this call waits for it,
+    also when it joins a load someone else started (a warm start): first the
+    phase it is in, then each later one. When ``cancel`` is set, this caller
+    stops waiting within ``POLL_S`` (``LoadCancelled``); the load goes on only
+    if someone else still waits for it.
     """
     key = resolve(model)
     with _LOCK:
@@ -63,10 +76,14 @@ def load(
         job = _LOADING.get(key)
         if job is None or job.abort.is_set():  # an abandoned load is ending: start afresh
             job = _LOADING[key] = _Load(key)
-            threading.Thread(
-                target=_run, args=(job, on_progress, dtype), name="nbchat-model-load", daemon=True
-            ).start()
+            threading.Thread(target=_run, args=(job, dtype), name="nbchat-model-load", daemon=True).start()
         job.waiters += 1
+        if on_progress is not None:
+            job.listeners.append(on_progress)
+        joined_at = job.last
+    if joined_at is not None and on_progress is not None:
+        with contextlib.suppress(Exception):
+            on_progress(joined_at)
     try:
         while not job.done.wait(POLL_S):
             if cancel is not None and cancel.is_set():
@@ -74,6 +91,8 @@ def load(
     finally:
         with _LOCK:
             job.waiters -= 1
+            if on_progress is not None:
+                job.listeners.remove(on_progress)
             if job.waiters == 0 and not job.done.is_set():
                 job.abort.set()  # nobody wants it any more
     if job.error is not None:
@@ -82,9 +101,9 @@ def load(
     return job.handle
 
 
-def _run(job: _Load, on_progress: ProgressCallback | None, dtype: str | None) -> None:
+def _run(job: _Load, dtype: str | None) -> None:
     try:
-        handle = start(job.key, on_progress, dtype, job.abort)
+        handle = start(job.key, job.tell, dtype, job.abort)
         with _LOCK:
             if not job.abort.is_set():
                 _REGISTRY[job.key] = job.handle = handle
