@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, cast
 
 from nbchat.backends.local.devices import empty_device_caches
+from nbchat.backends.local.kv_cache import Limits, PromptCaches, cache_keyword, usable
 from nbchat.backends.local.precision import choose
 
 
@@ -73,6 +74,8 @@ def main(argv: list[str]) -> None:
             channel.send("done", request_id, report)
         except Exception as exc:
             kind = "oom" if _is_oom(exc) else "failed"
+            if kind == "oom":
+                state.prompts.clear()  # memory for the next reply comes before faster prompts
             channel.send("error", request_id, kind, f"{type(exc).__name__}: {exc}")
             gc.collect()
             empty_device_caches()
@@ -123,6 +126,7 @@ class _State:
     model: Any
     eos_ids: set[int]
     info: dict[str, Any]
+    prompts: PromptCaches  # the KV caches of recent prompts (kv_cache.py)
 
 
 def _load(source: str, dtype_name: str, local_only: bool) -> _State:
@@ -130,6 +134,7 @@ def _load(source: str, dtype_name: str, local_only: bool) -> _State:
     import transformers
     from transformers import AutoModelForCausalLM
 
+    limits = Limits.from_env()  # a mistyped setting fails the load, saying which one
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     device, dtype_name, native_bf16 = choose(torch, dtype_name)  # precision.py: auto by the hardware
@@ -156,8 +161,9 @@ def _load(source: str, dtype_name: str, local_only: bool) -> _State:
         "transformers": transformers.__version__,
         "threads": torch.get_num_threads(),
         "pid": os.getpid(),
+        "prompt_cache": limits.describe(),
     }
-    return _State(model, eos_ids, info)
+    return _State(model, eos_ids, info, PromptCaches(limits))
 
 
 def _generate(
@@ -203,16 +209,26 @@ def _generate(
         torch.seed()  # a fresh process always starts from the same default seed
     input_ids = torch.tensor([ids], device=state.model.device)
     started = time.perf_counter()
+    caching = state.prompts.limits.prompts > 0 and usable(kwargs)
     with torch.inference_mode():
+        cache, reused = state.prompts.take(ids, state.model) if caching else (None, 0)
+        extra = {cache_keyword(state.model): cache} if caching else {}
+        # generate() encodes only the tokens after the cache's: the full ids still go in, for the
+        # logits processors (repetition penalty) and the streamer, which see the whole sequence.
         output = state.model.generate(
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),
             streamer=Relay(),
             stopping_criteria=StoppingCriteriaList([Cancelled()]),
+            **extra,
             **kwargs,
         )
-    new = output[0, len(ids) :].tolist()
+    sequence = output[0].tolist()
+    new = sequence[len(ids) :]
     del output, input_ids
+    if cache is not None:  # it holds every token fed: all but the last one generated
+        state.prompts.keep(sequence[: cache.get_seq_length()], cache)
+        del cache
     if request_id in cancelled:
         reason = "cancelled"
     elif new and new[-1] in state.eos_ids:
@@ -223,7 +239,13 @@ def _generate(
         reason = "stop"
     ttft = times[0] - started if times else None
     rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else None
-    return {"finish_reason": reason, "completion_tokens": len(new), "ttft_s": ttft, "tokens_per_s": rate}
+    return {
+        "finish_reason": reason,
+        "completion_tokens": len(new),
+        "cached_tokens": reused,  # prompt tokens not encoded again: their keys and values were kept
+        "ttft_s": ttft,
+        "tokens_per_s": rate,
+    }
 
 
 def _is_oom(exc: BaseException) -> bool:
