@@ -44,14 +44,39 @@ class _Load:
     error: BaseException | None = None
     listeners: list[ProgressCallback] = field(default_factory=list)  # every waiter's, not only the first's
     last: LoadProgress | None = None  # the latest phase, told to a waiter who joins late
+    telling: threading.RLock = field(default_factory=threading.RLock)  # one step told at a time, in order
 
     def tell(self, step: LoadProgress) -> None:
-        with _LOCK:
-            self.last = step
-            listeners = list(self.listeners)
-        for listener in listeners:
-            with contextlib.suppress(Exception):  # one view's failure must not end the load
-                listener(step)
+        with self.telling:
+            with _LOCK:
+                self.last = step
+                listeners = list(self.listeners)
+            for listener in _distinct(listeners):
+                _call(listener, step)
+
+    def join(self, on_progress: ProgressCallback) -> None:
+        """``on_progress`` hears every later step, and the step the load is in now (if not heard yet)."""
+        with self.telling:
+            with _LOCK:
+                heard = on_progress in self.listeners
+                self.listeners.append(on_progress)
+                now = self.last
+            if now is not None and not heard:
+                _call(on_progress, now)
+
+
+def _call(listener: ProgressCallback, step: LoadProgress) -> None:
+    with contextlib.suppress(Exception):  # one view's failure must not end the load
+        listener(step)
+
+
+def _distinct(listeners: list[ProgressCallback]) -> list[ProgressCallback]:
+    """Each callback once, however many waiters passed it (``events.append`` twice: equal, not hashable)."""
+    distinct: list[ProgressCallback] = []
+    for listener in listeners:
+        if listener not in distinct:
+            distinct.append(listener)
+    return distinct
 
 
 def load(
@@ -78,20 +103,16 @@ def load(
             job = _LOADING[key] = _Load(key)
             threading.Thread(target=_run, args=(job, dtype), name="nbchat-model-load", daemon=True).start()
         job.waiters += 1
-        if on_progress is not None:
-            job.listeners.append(on_progress)
-        joined_at = job.last
-    if joined_at is not None and on_progress is not None:
-        with contextlib.suppress(Exception):
-            on_progress(joined_at)
     try:
+        if on_progress is not None:
+            job.join(on_progress)
         while not job.done.wait(POLL_S):
             if cancel is not None and cancel.is_set():
                 raise LoadCancelled(key)
     finally:
         with _LOCK:
             job.waiters -= 1
-            if on_progress is not None:
+            if on_progress is not None and on_progress in job.listeners:
                 job.listeners.remove(on_progress)
             if job.waiters == 0 and not job.done.is_set():
                 job.abort.set()  # nobody wants it any more
