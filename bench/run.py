@@ -31,6 +31,7 @@ import context
 import engines
 import long_chat
 import memory
+import qwen_cache
 import qwen_precision
 import search
 import store
@@ -79,6 +80,15 @@ TARGETS: dict[str, tuple[str, str, Callable[[object], bool] | None]] = {
     "qwen_int8_decode_speedup": ("Qwen3 decode, int8 weight-only (torchao) ÷ bf16", "> 1 to offer it", None),
     "qwen_int8_reason": ("why int8 is (not) measured", "—", None),
     "qwen_precision_checkpoint": ("the precision bench's checkpoint", "—", None),
+    "qwen_ttft_growth": (
+        "Qwen3 first token after ~2,000 tokens of history ÷ in a new conversation (prompt cache)",
+        "≤ 1.5",
+        lambda v: float(v) <= 1.5,
+    ),
+    "qwen_ttft_growth_uncached": ("that with the cache off: raw re-encoding (the anchor)", "—", None),
+    "qwen_ttft_long_s": ("Qwen3 first token after ~2,000 tokens of history, s (cache on)", "—", None),
+    "qwen_ttft_long_uncached_s": ("the same with the cache off, s", "—", None),
+    "qwen_cache_checkpoint": ("the prompt-cache bench's checkpoint", "—", None),
     "ollama_client_ratio": (
         "Ollama: nbchat ÷ official client, 20,000 chunks",
         "≥ 1.1",
@@ -200,6 +210,7 @@ def main() -> int:
         ("qwen", lambda: engines.bench_qwen(args.quick)),
         ("search", search.measure_in_scratch),
         ("qwen_precision", qwen_precision.measure_in_scratch),
+        ("qwen_cache", qwen_cache.measure_in_scratch),
     ):
         if only is not None and name not in only:
             continue
