@@ -334,3 +334,27 @@ def test_a_mistyped_cache_setting_fails_the_load_naming_it(checkpoint: Path) -> 
         with pytest.raises(ModelLoadError, match="NBCHAT_QWEN_CACHE_MB must be a number of megabytes"):
             TransformersBackend().load(path)
     assert os.environ.get("NBCHAT_QWEN_CACHE_MB") is None
+
+
+def test_the_limits_come_from_the_environment_and_bad_values_say_how_to_fix_them() -> None:
+    from nbchat.backends.local.kv_cache import Limits
+
+    assert Limits.from_env({}) == Limits(4, 2048 * 2**20)
+    assert Limits.from_env({"NBCHAT_QWEN_CACHE_PROMPTS": " 0 ", "NBCHAT_QWEN_CACHE_MB": "0.5"}) == Limits(
+        0, 2**19
+    )
+    for name, value in (("NBCHAT_QWEN_CACHE_PROMPTS", "2.5"), ("NBCHAT_QWEN_CACHE_MB", "-1")):
+        with pytest.raises(
+            ValueError, match=f"{name} must be .* of at least 0 \\(0 turns the prompt cache off\\)"
+        ):
+            Limits.from_env({name: value})
+
+
+def test_the_common_prefix_is_found_wherever_two_prompts_part() -> None:
+    from nbchat.backends.local.kv_cache import _common_prefix
+
+    base = list(range(1000))
+    for cut in (0, 1, 2, 499, 998, 999):
+        other = [*base[:cut], -1, *base[cut + 1 :]]
+        assert _common_prefix(base, other) == cut == common_prefix(base, other)
+    assert _common_prefix(base, base[:300]) == 300 and _common_prefix([], base) == 0
