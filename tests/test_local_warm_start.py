@@ -179,3 +179,22 @@ def test_a_panel_whose_qwen3_cannot_load_says_so_at_once_and_the_send_reports_it
     status = panel.status
     wait_until(lambda: "nbchat-error" in status.value and "No model directory" in status.value, 10)
     panel.close()
+
+
+def test_opening_a_conversation_on_qwen3_in_the_panel_loads_the_model_before_the_first_send(
+    config: Config, server: OllamaTestServer, fresh: Callable[[str], str]
+) -> None:
+    path = fresh("picked")
+    session = session_on(config, server, path)
+    session.login("alice", PASSWORD)
+    local = session.new_conversation("On qwen3")
+    session.configure(model="qwen3")
+    session.new_conversation("On Ollama")
+    session.configure(model="ollama:qwen3:1.7b")  # a server's model: nothing to load
+    panel = ChatPanel(session)
+    assert f"transformers:{path}" not in loaded()
+
+    panel.conversations.value = local.id
+    wait_until(lambda: panel.status.value == "qwen3 ready", 120)
+    assert f"transformers:{path}" in loaded()
+    panel.close()

@@ -321,7 +321,8 @@ class ChatPanel(widgets.VBox):
         current = self.session.current
         if current is None or current.id != conversation_id:
             self.message_list.jump()
-            self._act(lambda: self.session.select(conversation_id))
+            if self._act(lambda: self.session.select(conversation_id)) is not None:
+                self._warm_up(None)  # a conversation on a local model: load it before the first send
 
     def _new_conversation(self) -> None:
         self.message_list.jump()
@@ -377,9 +378,9 @@ class ChatPanel(widgets.VBox):
         if self.session.user is not None:
             self.refresh()  # after a refusal, the stored choice shows again
 
-    def _warm_up(self, model: str) -> None:
-        """A local model starts loading as soon as it is chosen (warm start); until a reply starts,
-        the status line says how far it got."""
+    def _warm_up(self, model: str | None) -> None:
+        """A local model (``model``, or the current conversation's) starts loading as soon as it is
+        chosen (warm start); until a reply starts, the status line says how far it got."""
 
         def say(text: str) -> None:
             reply = self.session.reply

@@ -54,14 +54,10 @@ class _Load:
             for listener in _distinct(listeners):
                 _call(listener, step)
 
-    def join(self, on_progress: ProgressCallback) -> None:
-        """``on_progress`` hears every later step, and the step the load is in now (if not heard yet)."""
+    def catch_up(self, on_progress: ProgressCallback, now: LoadProgress | None) -> None:
+        """Tell a waiter who joined at step ``now`` that step, unless a later one reached it already."""
         with self.telling:
-            with _LOCK:
-                heard = on_progress in self.listeners
-                self.listeners.append(on_progress)
-                now = self.last
-            if now is not None and not heard:
+            if now is not None and self.last is now:
                 _call(on_progress, now)
 
 
@@ -99,13 +95,18 @@ def load(
         if handle is not None and handle.alive:
             return handle
         job = _LOADING.get(key)
-        if job is None or job.abort.is_set():  # an abandoned load is ending: start afresh
+        starting = job is None or job.abort.is_set()  # (an abandoned load is ending: start afresh)
+        if job is None or starting:
             job = _LOADING[key] = _Load(key)
-            threading.Thread(target=_run, args=(job, dtype), name="nbchat-model-load", daemon=True).start()
         job.waiters += 1
+        joined_at = job.last if on_progress is not None and on_progress not in job.listeners else None
+        if on_progress is not None:
+            job.listeners.append(on_progress)  # before the load starts: its starter hears every step
+        if starting:
+            threading.Thread(target=_run, args=(job, dtype), name="nbchat-model-load", daemon=True).start()
     try:
         if on_progress is not None:
-            job.join(on_progress)
+            job.catch_up(on_progress, joined_at)
         while not job.done.wait(POLL_S):
             if cancel is not None and cancel.is_set():
                 raise LoadCancelled(key)
