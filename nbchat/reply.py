@@ -93,6 +93,7 @@ class Reply:
         self.context_window: int | None = None  # the model's, once known (the reply has started)
         self.prompt_tokens: int | None = None  # what the prompt sent takes of it (the engine's count)
         self.status = ""  # what happens before the first token (loading a local model), for views
+        self.waiting_for_turn = False  # a local model is busy with another reply: this one waits
         self.save_error: NbchatError | None = None  # why the reply is not on disk, if saving failed
         self._start: Start | None = start
         self._save: Save | None = save

@@ -698,8 +698,10 @@ def _follow_turn(reply: Reply, stream: ReplyStream) -> ReplyStream:
 
     def progress(step: LoadProgress) -> None:
         if step.phase == "waiting":
+            reply.waiting_for_turn = True
             reply.set_status(f"Waiting for {reply.model}: another reply is using it…")
         elif step.phase == "turn":
+            reply.waiting_for_turn = False
             reply.set_status(f"{reply.model} is free after {step.elapsed_s:.1f} s of waiting; generating…")
 
     if hasattr(stream, "on_progress"):  # the engine's reply can wait for its turn (transformers:)

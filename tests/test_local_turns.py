@@ -146,3 +146,23 @@ def test_the_backends_progress_callback_hears_waiting_then_turn_and_the_waiting_
     assert events[1].elapsed_s >= 0.3  # how long it waited
     assert second.reply.token_ids == alone.token_ids and second.reply.text == alone.text
     assert second.reply.stats is not None and second.reply.stats.finish_reason in ("length", "stop")
+
+
+def test_a_panel_whose_reply_waits_for_the_model_says_so_in_its_status_line(
+    make_session: Callable[..., ChatSession], server: OllamaTestServer, model: str
+) -> None:
+    from nbchat.panel import ChatPanel
+
+    alice = on_model(make_session(server, "alice"), "alice", model, 8000)
+    bob = on_model(make_session(server, "bob"), "bob", model, 12)
+    panel = ChatPanel(bob)
+    running = alice.send("Tell me a long story, please.")
+    wait_until(lambda: len(running.text) > 20, 60)
+    panel.prompt.value = QUESTION
+    panel.send_button.click()
+    wait_until(lambda: "Waiting for" in panel.status.value, 10)
+    assert "Generating with" in panel.status.value and "another reply is using it" in panel.status.value
+    assert stop(running) < STOP_WITHIN_S
+    wait_until(lambda: bob.reply is not None and bob.reply.done, 60)
+    assert "Waiting for" not in panel.status.value  # its turn came, and it ended
+    panel.close()

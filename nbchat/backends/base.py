@@ -18,7 +18,8 @@ from typing import Any, Literal, Protocol
 from nbchat.errors import BackendError
 from nbchat.types import Chunk, GenerationParams, GenerationStats, Message
 
-LoadPhase = Literal["tokenizer", "weights", "ready"]
+#: ``waiting``: another reply has the model; ``turn``: it let go, and this reply starts.
+LoadPhase = Literal["tokenizer", "weights", "ready", "waiting", "turn"]
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 from collections.abc import Generator, Mapping, Sequence
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from nbchat.backends.base import LoadPhase, LoadProgress, ProgressCallback, ReplyStream
 from nbchat.backends.chat import ThinkParser, chat_messages
@@ -286,10 +286,10 @@ class TransformersReply(ReplyStream):
             except LoadCancelled:
                 return None
 
-    def _report(self, phase: str, elapsed_s: float) -> None:
+    def _report(self, phase: LoadPhase, elapsed_s: float) -> None:
         on_progress = self.on_progress
         if on_progress is not None:
-            on_progress(LoadProgress(self.model_id, cast(LoadPhase, phase), elapsed_s))
+            on_progress(LoadProgress(self.model_id, phase, elapsed_s))
 
     def _relay(self, handle: LocalModel, prompt_ids: list[int]) -> Generator[Chunk, None, GenerationStats]:
         """Turn the child's token ids into text and thinking chunks until it reports the end.

@@ -54,9 +54,16 @@ class LiveReply:
             if text != shown and text.strip():
                 self.output.outputs = markdown_output(text)
                 shown = text
+            waiting = reply.waiting_for_turn and not reply.text  # another reply has the local model
             if not sized and reply.context_window is not None:  # the prompt is fitted: say how full
                 self._on_status(generating_status(reply))
-                sized = True
+                sized, said = True, ""
+            elif sized and waiting and reply.status != said:
+                self._on_status(f"{generating_status(reply)} · {html.escape(reply.status)}")
+                said = reply.status
+            elif sized and said and not waiting:  # its turn came: back to how full the context is
+                self._on_status(generating_status(reply))
+                said = ""
             elif not sized and reply.status and reply.status != said:  # loading a local model: how far
                 self._on_status(html.escape(reply.status))
                 said = reply.status
