@@ -145,7 +145,7 @@ def backend_generator(checkpoint: str) -> Callable[[], Run]:
     from nbchat.backends.transformers import TransformersBackend
     from nbchat.types import GenerationParams, Message
 
-    backend = TransformersBackend(generate_kwargs={"min_new_tokens": NEW_TOKENS})
+    backend = TransformersBackend(dtype="float32", generate_kwargs={"min_new_tokens": NEW_TOKENS})  # as raw
     backend.load(checkpoint)
     params = GenerationParams(temperature=0.0, max_new_tokens=NEW_TOKENS)
     messages = [Message("user", PROMPT)]

@@ -745,7 +745,8 @@ def _prepare_with_progress(reply: Reply, backend: Backend, name: str) -> None:
 
     def progress(step: LoadProgress) -> None:
         if step.phase == "ready":
-            reply.set_status(f"{model} loaded in {step.elapsed_s:.1f} s; generating…")
+            how = f" ({step.detail})" if step.detail else ""  # its precision, and why
+            reply.set_status(f"{model} loaded in {step.elapsed_s:.1f} s{how}; generating…")
         else:
             reply.set_status(phases.get(step.phase, f"Loading {model}…"))
 

@@ -26,6 +26,10 @@ settings.load_profile("ci" if os.environ.get("CI") else "dev")
 def pytest_configure(config: pytest.Config) -> None:
     # Notebook kernels (nbval) inherit this environment: point them at scratch space too.
     os.environ["NBCHAT_DATA_DIR"] = tempfile.mkdtemp(prefix="nbchat-test-data-")
+    # Local models in float32 whatever this CPU supports (auto picks bfloat16 where it is native),
+    # so greedy outputs and memory figures are the same on every machine; the precision tests
+    # (tests/test_local_precision.py) set or remove it themselves.
+    os.environ.setdefault("NBCHAT_QWEN_DTYPE", "float32")
 
 
 class FakeClock:

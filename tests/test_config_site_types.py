@@ -20,6 +20,7 @@ def load_site(tmp_path: Path, text: str, **env: str) -> None:
 
 # (the TOML line, the key as the error names it, what the error says was found)
 WRONG_TYPES = [
+    ("[nbchat]\nqwen_dtype = 16", "nbchat.qwen_dtype", "an integer"),
     ("[nbchat]\ndata_dir = 5", "nbchat.data_dir", "an integer"),
     ('[nbchat]\ndata_dir = ["/a"]', "nbchat.data_dir", "an array"),
     ("[nbchat]\ndata_dir = { path = '/a' }", "nbchat.data_dir", "a table"),

@@ -544,6 +544,8 @@ def test_loading_a_local_model_says_how_far_it_got(session: ChatSession, tmp_pat
         reply.wait(120)
         assert any("the tokenizer" in s for s in statuses) or any("the weights" in s for s in statuses)
         assert any("loaded in" in s for s in statuses)
+        # ...and in which precision, and why (the tests run local models in float32).
+        assert any("s (float32: set by NBCHAT_QWEN_DTYPE" in s for s in statuses), statuses
         assert reply.markdown() and not reply.markdown().startswith("*Loading")
     finally:
         unload(str(path))

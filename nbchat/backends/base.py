@@ -29,6 +29,7 @@ class LoadProgress:
     model: str
     phase: LoadPhase
     elapsed_s: float
+    detail: str = ""  # on ``ready``: the precision and why ("bfloat16: this CPU has AMX-BF16")
 
 
 ProgressCallback = Callable[[LoadProgress], None]

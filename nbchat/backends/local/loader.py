@@ -51,9 +51,9 @@ def start(
     """A new model process with ``key`` loaded; ``abort`` (when set) ends it half-way: ``LoadCancelled``."""
     started = time.perf_counter()
 
-    def progress(phase: LoadPhase) -> None:
+    def progress(phase: LoadPhase, detail: str = "") -> None:
         if on_progress is not None:
-            on_progress(LoadProgress(f"{PREFIX}:{key}", phase, time.perf_counter() - started))
+            on_progress(LoadProgress(f"{PREFIX}:{key}", phase, time.perf_counter() - started, detail))
 
     def check_abort() -> None:
         if abort is not None and abort.is_set():
@@ -100,7 +100,7 @@ def start(
     except BaseException:
         handle.shutdown()
         raise
-    progress("ready")
+    progress("ready", str(handle.info.get("dtype_reason") or ""))
     return handle
 
 
