@@ -3,11 +3,12 @@
     .venv/bin/python bench/qwen_cache.py            # about 1-2 minutes on 2 cores
     .venv/bin/python bench/run.py --only qwen_cache # the same, merged into results.json
 
-One random checkpoint of Qwen3's architecture (``tiny_qwen3``: hidden 1024, 8 layers, 0.1 B
-parameters, a context of 4,096; big enough that encoding 2,000 tokens takes seconds here, small
-enough to run in a minute or two) is loaded twice through nbchat's real backend: as users get
-it (the prompt cache on, the dtype ``auto`` picks) and with ``NBCHAT_QWEN_CACHE_PROMPTS=0``,
-which re-encodes every prompt in full as raw ``generate`` does. Each round, on each model:
+One random checkpoint of Qwen3's architecture (``tiny_qwen3``: Qwen3-1.7B's hidden size 2048,
+its attention shape and its vocabulary of 151,936 rows, 4 of its 28 layers: 0.5 B parameters, a
+context of 4,096; encoding 2,000 tokens takes about a second here in bfloat16, and the run stays
+near a minute) is loaded twice through nbchat's real backend: as users get it (the prompt cache
+on, the dtype ``auto`` picks) and with ``NBCHAT_QWEN_CACHE_PROMPTS=0``, which re-encodes every
+prompt in full as raw ``generate`` does. Each round, on each model:
 
 - a **new conversation**: a system prompt new to the process (its round number first) and the
   question; the time to the first token is that of a one-token reply, through
@@ -17,7 +18,12 @@ which re-encodes every prompt in full as raw ``generate`` does. Each round, on e
   whose last answer the model process itself generated (the previous turn, not timed), then
   the same question; the same one-token reply is timed.
 
-Rounds alternate the two models, so a drift of the machine hits both alike. The figures:
+The long conversation's new tokens are the previous answer (Qwen3's template renders past
+answers without their think block, so they are encoded again: in every engine) and the
+question, about as many as the new conversation's; what remains is attending to the 2,000
+cached tokens, which grows with the layers as the rest does. A first round warms both
+processes up and is not counted; the others alternate the two models, so a drift of the
+machine hits both alike. The figures:
 
 - ``qwen_ttft_growth``: long ÷ new with the cache (target ≤ 1.5);
 - ``qwen_ttft_growth_uncached``: the same with the cache off, the anchor (raw re-encoding);
@@ -38,7 +44,7 @@ from typing import Any
 
 from common import figures_main, in_scratch
 
-HIDDEN, LAYERS, CONTEXT = 1024, 8, 4096
+HIDDEN, LAYERS, VOCAB, CONTEXT = 2048, 4, 151_936, 4096  # Qwen3-1.7B's width and vocabulary
 HISTORY_TOKENS = 2000
 PREVIOUS_REPLY_TOKENS = 24
 QUESTION = "And now, one more question: what should we do next?"
@@ -87,7 +93,13 @@ def measure(scratch: Path, rounds: int = 3) -> Mapping[str, Any]:
     logging.disable_progress_bar()
     started = time.perf_counter()
     cached = str(
-        tiny_qwen3(scratch / "cached", hidden_size=HIDDEN, num_layers=LAYERS, max_position_embeddings=CONTEXT)
+        tiny_qwen3(
+            scratch / "cached",
+            hidden_size=HIDDEN,
+            num_layers=LAYERS,
+            vocab_size=VOCAB,
+            max_position_embeddings=CONTEXT,
+        )
     )
     uncached = str(scratch / "uncached")
     os.mkdir(uncached)
@@ -112,23 +124,25 @@ def measure(scratch: Path, rounds: int = 3) -> Mapping[str, Any]:
     try:
         for model in (cached, uncached):  # warm-up: a process's first generate is slower
             backend.stream(model, [Message("user", "Hello!")], answer).wait()
-        for number in range(rounds):
+        for number in range(rounds + 1):  # round 0 warms up: not counted
             for model in (cached, uncached) if number % 2 == 0 else (uncached, cached):
                 question = Message("user", QUESTION)
                 new = [Message("system", f"Round {number}: a new conversation. Be brief."), question]
                 fresh = first_token_s(backend, model, new)[0]
-                times[model]["new"].append(fresh)
                 messages = conversation(backend, model, number)
                 reply = backend.stream(model, messages, answer).wait()  # the previous turn
                 messages += [Message("assistant", reply.text), question]
                 elapsed, prompt_tokens, reused = first_token_s(backend, model, messages)
+                name = "cached" if model == cached else "uncached"
+                print(f"  round {number} {name}: new {fresh:.3f} s, long {elapsed:.3f} s", flush=True)
+                if number == 0:
+                    continue
+                times[model]["new"].append(fresh)
                 times[model]["long"].append(elapsed)
                 if model == cached:
                     history_tokens = prompt_tokens
                     if reused is not None:
                         shares.append(reused / prompt_tokens)
-                name = "cached" if model == cached else "uncached"
-                print(f"  round {number} {name}: new {fresh:.3f} s, long {elapsed:.3f} s", flush=True)
     finally:
         unload()
     median = {m: {k: statistics.median(v) for k, v in t.items()} for m, t in times.items()}
@@ -141,7 +155,8 @@ def measure(scratch: Path, rounds: int = 3) -> Mapping[str, Any]:
         "qwen_ttft_history_tokens": history_tokens,
         "qwen_ttft_cached_share": statistics.median(shares) if shares else None,
         "qwen_cache_checkpoint": (
-            f"random Qwen3, hidden {HIDDEN}, {LAYERS} layers, {int(info['parameters']) / 1e9:.2f} B "
+            f"random Qwen3, hidden {HIDDEN}, {LAYERS} layers, vocab {VOCAB:,}, "
+            f"{int(info['parameters']) / 1e9:.2f} B "
             f"parameters, {info['dtype']}"
         ),
     }
