@@ -416,6 +416,8 @@ class GenerationStats:
     error: str | None = None
     #: True when ``completion_tokens``/``tokens_per_s`` are estimated (counted chunks), not reported
     tokens_estimated: bool | None = None
+    #: Prompt tokens a local model did not encode again (its KV cache from the previous turn)
+    cached_tokens: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The form saved in a message's ``stats``: only what is known."""

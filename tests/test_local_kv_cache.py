@@ -324,6 +324,10 @@ def test_the_whole_chat_through_the_backend_is_the_same_with_and_without_the_cac
         with_cache = backend.stream(cached, messages, params).wait()
         without = backend.stream(uncached, messages, params).wait()
         assert with_cache.token_ids == without.token_ids, number  # sampling with a seed too
+        # The reply's stats say how much of the prompt was not encoded again.
+        assert with_cache.stats is not None and without.stats is not None
+        assert (with_cache.stats.cached_tokens or 0) > (0 if number else -1)
+        assert not without.stats.cached_tokens
         messages.append(Message("assistant", with_cache.text))
 
 

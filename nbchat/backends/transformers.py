@@ -350,6 +350,7 @@ def _final_stats(end: list[Any], prompt_tokens: int) -> GenerationStats:
         completion_tokens=report["completion_tokens"],
         ttft_s=report["ttft_s"],
         tokens_per_s=report["tokens_per_s"],
+        cached_tokens=report.get("cached_tokens"),
     )
 
 
