@@ -164,5 +164,6 @@ def test_a_panel_whose_reply_waits_for_the_model_says_so_in_its_status_line(
     assert "Generating with" in panel.status.value and "another reply is using it" in panel.status.value
     assert stop(running) < STOP_WITHIN_S
     wait_until(lambda: bob.reply is not None and bob.reply.done, 60)
+    wait_until(lambda: panel._live is None, 10)  # the panel has shown the end of the reply
     assert "Waiting for" not in panel.status.value  # its turn came, and it ended
     panel.close()
