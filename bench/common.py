@@ -4,10 +4,13 @@ directory, and running code in a real kernel."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
+import subprocess
+import sys
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,3 +65,28 @@ def run_in_kernel(client: Any, code: str) -> list[str]:
     if reply["content"]["status"] != "ok":
         raise RuntimeError(f"the kernel failed: {reply['content']}")
     return lines
+
+
+@contextlib.contextmanager
+def kernel_with_ollama(chunks: int, delay_s: float, prefix: str) -> Iterator[tuple[Any, str, str]]:
+    """A real kernel (jupyter_client), the loopback Ollama server in a process of its own (not
+    competing with the kernel or the bench) streaming ``chunks`` chunks ``delay_s`` apart, and a
+    scratch data dir: yields (kernel client, server URL, data dir); all three go afterwards."""
+    from jupyter_client.manager import start_new_kernel
+
+    command = [sys.executable, "-m", "nbchat.testing.ollama_server", "--chunk-count", str(chunks)]
+    server = subprocess.Popen([*command, "--chunk-delay", str(delay_s)], stdout=subprocess.PIPE, text=True)
+    data = tempfile.mkdtemp(prefix=prefix)
+    try:
+        assert server.stdout is not None
+        url = server.stdout.readline().split(" ", 1)[1].strip()
+        manager, client = start_new_kernel(kernel_name="python3")
+        try:
+            yield client, url, data
+        finally:
+            client.stop_channels()
+            manager.shutdown_kernel(now=True)
+    finally:
+        server.terminate()
+        server.wait(10)
+        shutil.rmtree(data, ignore_errors=True)

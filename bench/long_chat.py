@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import figures_main, run_in_kernel
+from common import figures_main, kernel_with_ollama, run_in_kernel
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))  # the browser suites' JupyterLab and Chromium helpers
@@ -113,26 +112,7 @@ def measure_open(messages: int = MESSAGES, opens: int = OPENS) -> dict[str, floa
 
 
 def measure_stream(messages: int = MESSAGES, rounds: int = ROUNDS) -> dict[str, float]:
-    from jupyter_client.manager import start_new_kernel
-
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "nbchat.testing.ollama_server",
-            "--chunk-count",
-            str(CHUNKS),
-            "--chunk-delay",
-            str(CHUNK_DELAY_S),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert server.stdout is not None
-    url = server.stdout.readline().split(" ", 1)[1].strip()
-    data = tempfile.mkdtemp(prefix="nbchat-bench-long-")
-    manager, client = start_new_kernel(kernel_name="python3")
-    try:
+    with kernel_with_ollama(CHUNKS, CHUNK_DELAY_S, "nbchat-bench-long-") as (client, url, data):
         setup = f"import os\nos.environ['OLLAMA_HOST'] = {url!r}\nos.environ['NBCHAT_DATA_DIR'] = {data!r}\n"
         run_in_kernel(
             client, setup + SEED.format(password=PASSWORD, messages=messages, max_tokens=CHUNKS + 10)
@@ -148,11 +128,6 @@ def measure_stream(messages: int = MESSAGES, rounds: int = ROUNDS) -> dict[str, 
             for kind, conversation_id in (("new", fresh), ("long", ids[0])):
                 line = run_in_kernel(client, f"one_reply({conversation_id!r})")[-1]
                 results[kind].append(json.loads(line.removeprefix("RESULT ")))
-    finally:
-        client.stop_channels()
-        manager.shutdown_kernel(now=True)
-        server.terminate()
-        server.wait(10)
     long_cpu = statistics.median(r["cpu"] for r in results["long"])
     new_cpu = statistics.median(r["cpu"] for r in results["new"])
     return {

@@ -14,13 +14,9 @@ side by side; the kernel's CPU time (all threads) of the two is compared:
 from __future__ import annotations
 
 import json
-import shutil
 import statistics
-import subprocess
-import sys
-import tempfile
 
-from common import figures_main, run_in_kernel
+from common import figures_main, kernel_with_ollama, run_in_kernel
 
 CHUNKS = 3000
 CHUNK_DELAY_S = 0.001
@@ -67,38 +63,13 @@ def one_reply(with_panel):
 
 
 def measure() -> dict[str, float]:
-    from jupyter_client.manager import start_new_kernel
-
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "nbchat.testing.ollama_server",
-            "--chunk-count",
-            str(CHUNKS),
-            "--chunk-delay",
-            str(CHUNK_DELAY_S),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert server.stdout is not None
-    url = server.stdout.readline().split(" ", 1)[1].strip()
-    data = tempfile.mkdtemp(prefix="nbchat-bench-ui-")
-    manager, client = start_new_kernel(kernel_name="python3")
-    try:
+    with kernel_with_ollama(CHUNKS, CHUNK_DELAY_S, "nbchat-bench-ui-") as (client, url, data):
         run_in_kernel(client, KERNEL_SETUP.format(url=url, data=data, max_tokens=CHUNKS + 10, chunks=CHUNKS))
         plain, shown = [], []
         for _ in range(ROUNDS):
             for with_panel, results in ((False, plain), (True, shown)):
                 line = run_in_kernel(client, f"one_reply({with_panel})")[-1]
                 results.append(json.loads(line.removeprefix("RESULT ")))
-    finally:
-        client.stop_channels()
-        manager.shutdown_kernel(now=True)
-        server.terminate()
-        server.wait(10)
-        shutil.rmtree(data, ignore_errors=True)
     extra = [s["cpu"] - p["cpu"] for p, s in zip(plain, shown, strict=True)]
     return {
         "redraws_per_s": statistics.median(s["redraws"] / s["wall"] for s in shown),
