@@ -141,6 +141,19 @@ def browser() -> Iterator[object]:
 
 
 @pytest.fixture
+def kernel_session(
+    make_session: Callable[..., ChatSession], server: OllamaTestServer, monkeypatch: pytest.MonkeyPatch
+) -> ChatSession:
+    """The kernel's one session (what ``%chat`` uses), on scratch data and the loopback server,
+    with alice's and bob's accounts."""
+    import nbchat.session
+
+    session = make_session(server, "alice", "bob")
+    monkeypatch.setattr(nbchat.session, "_session", session)
+    return session
+
+
+@pytest.fixture
 def shell(session: ChatSession) -> Iterator[Any]:
     """A real IPython shell with the extension loaded, on the module's ``session`` (the kernel's one)."""
     from IPython.core.interactiveshell import InteractiveShell

@@ -18,12 +18,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from consumer import Consumer
 from polling import wait_until
 
 from nbchat.backends.base import LoadProgress
-from nbchat.backends.transformers import TransformersBackend, TransformersReply, loaded, unload
+from nbchat.backends.transformers import TransformersBackend, loaded, unload
 from nbchat.testing.tiny_qwen3 import tiny_qwen3
-from nbchat.types import Chunk, GenerationParams, Message
+from nbchat.types import GenerationParams, Message
 
 pytestmark = pytest.mark.slow
 
@@ -73,28 +74,6 @@ def child_pids() -> set[int]:
         with contextlib.suppress(OSError):
             pids.update(int(p) for p in (task / "children").read_text().split())
     return {pid for pid in pids if running(pid)}
-
-
-class Consumer:
-    """Iterates a reply in a thread of its own, as the session does, recording every chunk."""
-
-    def __init__(self, reply: TransformersReply) -> None:
-        self.reply = reply
-        self.chunks: list[Chunk] = []
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        with contextlib.suppress(Exception):
-            for chunk in self.reply:
-                self.chunks.append(chunk)
-
-    def stop(self) -> float:
-        """Cancel the reply; return how many seconds it took to end (inf: it did not within 30 s)."""
-        asked = time.monotonic()
-        self.reply.cancel()
-        self.thread.join(30)
-        return time.monotonic() - asked if not self.thread.is_alive() else float("inf")
 
 
 def test_stop_while_waiting_for_the_turn_ends_that_reply_and_leaves_the_other_generating(

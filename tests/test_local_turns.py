@@ -10,22 +10,21 @@ wait for.) Each case is run for real with the tiny Qwen3, greedy, in threads.
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from consumer import Consumer
 from polling import wait_until
 
 from conftest import chatting
 from nbchat import ChatSession
 from nbchat.backends.base import LoadProgress
-from nbchat.backends.transformers import TransformersBackend, TransformersReply, unload
+from nbchat.backends.transformers import TransformersBackend, unload
 from nbchat.reply import Reply
 from nbchat.testing.ollama_server import OllamaTestServer
 from nbchat.testing.tiny_qwen3 import tiny_qwen3
-from nbchat.types import Chunk, GenerationParams, Message
+from nbchat.types import GenerationParams, Message
 
 pytestmark = pytest.mark.slow
 
@@ -42,28 +41,6 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     TransformersBackend().load(path)
     yield path
     unload(path)
-
-
-class Consumer:
-    """Iterates a backend reply in a thread of its own (user code streaming), recording every chunk."""
-
-    def __init__(self, reply: TransformersReply) -> None:
-        self.reply = reply
-        self.chunks: list[Chunk] = []
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        with contextlib.suppress(Exception):
-            for chunk in self.reply:
-                self.chunks.append(chunk)
-
-    def stop(self) -> float:
-        """Cancel the reply; how many seconds it took to end (inf: not within 30 s)."""
-        asked = time.monotonic()
-        self.reply.cancel()
-        self.thread.join(30)
-        return time.monotonic() - asked if not self.thread.is_alive() else float("inf")
 
 
 def stop(reply: Reply) -> float:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import _thread
 import threading
-from collections.abc import Callable
 
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
@@ -27,13 +26,8 @@ MODEL = "ollama:llama3.2:1b"
 
 
 @pytest.fixture
-def session(
-    make_session: Callable[..., ChatSession], server: OllamaTestServer, monkeypatch: pytest.MonkeyPatch
-) -> ChatSession:
-    """The kernel's one session (what ``%chat`` uses), on scratch data and the loopback server."""
-    session = make_session(server, "alice", "bob")
-    monkeypatch.setattr(nbchat.session, "_session", session)
-    return session
+def session(kernel_session: ChatSession) -> ChatSession:
+    return kernel_session
 
 
 def run(shell: InteractiveShell, cell: str) -> CapturedIO:

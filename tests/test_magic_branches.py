@@ -8,7 +8,6 @@ land in a real folder, the kernel's working directory, and are opened again with
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 import nbformat
@@ -16,7 +15,6 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import CapturedIO, capture_output
 
-import nbchat.session
 from conftest import PASSWORD
 from nbchat import ChatSession
 from nbchat.magic import ChatAnswer
@@ -26,13 +24,8 @@ MODEL = "ollama:llama3.2:1b"
 
 
 @pytest.fixture
-def session(
-    make_session: Callable[..., ChatSession], server: OllamaTestServer, monkeypatch: pytest.MonkeyPatch
-) -> ChatSession:
-    """The kernel's one session (what ``%chat`` uses), on scratch data and the loopback server."""
-    session = make_session(server, "alice", "bob")
-    monkeypatch.setattr(nbchat.session, "_session", session)
-    return session
+def session(kernel_session: ChatSession) -> ChatSession:
+    return kernel_session
 
 
 @pytest.fixture
