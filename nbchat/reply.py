@@ -40,7 +40,7 @@ from nbchat.types import (
 )
 
 if TYPE_CHECKING:
-    from nbchat.backends.base import ReplyStream
+    from nbchat.backends.base import LoadProgress, ReplyStream
 
 Listener = Callable[["Reply"], None]
 Start = Callable[["Reply"], "ReplyStream | None"]  # None: stopped before there was anything to stream
@@ -94,6 +94,7 @@ class Reply:
         self.prompt_tokens: int | None = None  # what the prompt sent takes of it (the engine's count)
         self.status = ""  # what happens before the first token (loading a local model), for views
         self.waiting_for_turn = False  # a local model is busy with another reply: this one waits
+        self.download: LoadProgress | None = None  # the model's download, while one runs (views draw a bar)
         self.save_error: NbchatError | None = None  # why the reply is not on disk, if saving failed
         self._start: Start | None = start
         self._save: Save | None = save
@@ -198,12 +199,16 @@ class Reply:
             if listener in self._listeners:
                 self._listeners.remove(listener)
 
-    def set_status(self, status: str) -> None:
-        """Say what is happening before the first token; listeners hear of it (any thread)."""
+    def set_status(self, status: str, download: LoadProgress | None = None) -> None:
+        """Say what is happening before the first token; listeners hear of it (any thread).
+
+        ``download`` is the model's download step while one runs (None once it is over).
+        """
         with self._changed:
             if self._ended:
                 return
             self.status = status
+            self.download = download
             self._changed.notify_all()
             listeners = list(self._listeners)
         for listener in listeners:
@@ -309,6 +314,7 @@ class Reply:
                 return
             with self._changed:
                 self._ended = True  # from here on no chunk is added: what is saved is what is shown
+                self.download = None
             with self._drafting:  # no draft after the saved message: readers see one reply
                 self._draft = None
             self.stats, self.error = stats, error

@@ -744,7 +744,9 @@ def _prepare_with_progress(reply: Reply, backend: Backend, name: str) -> None:
     }
 
     def progress(step: LoadProgress) -> None:
-        if step.phase == "ready":
+        if step.phase == "download":  # the first use on this machine: the weights come from the hub
+            reply.set_status(f"Downloading {model}: {step.download_text()}", download=step)
+        elif step.phase == "ready":
             how = f" ({step.detail})" if step.detail else ""  # its precision, and why
             reply.set_status(f"{model} loaded in {step.elapsed_s:.1f} s{how}; generating…")
         else:

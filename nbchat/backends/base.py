@@ -18,18 +18,72 @@ from typing import Any, Literal, Protocol
 from nbchat.errors import BackendError
 from nbchat.types import Chunk, GenerationParams, GenerationStats, Message
 
-#: ``waiting``: another reply has the model; ``turn``: it let go, and this reply starts.
-LoadPhase = Literal["tokenizer", "weights", "ready", "waiting", "turn"]
+#: ``download``: the weights come from the hub (repeated, with bytes); ``waiting``: another reply has
+#: the model; ``turn``: it let go, and this reply starts.
+LoadPhase = Literal["download", "tokenizer", "weights", "ready", "waiting", "turn"]
 
 
 @dataclass(frozen=True)
 class LoadProgress:
-    """One step of loading a model: ``tokenizer``, then ``weights``, then ``ready``."""
+    """One step of loading a model: ``download`` (only the first time), ``tokenizer``, ``weights``, ``ready``.
+
+    A ``download`` step repeats a few times a second with the bytes on disk so far
+    (``done_bytes``, resumed bytes included), the ``total_bytes`` to have, and the
+    recent speed (``bytes_per_s``, None until it is known).
+    """
 
     model: str
     phase: LoadPhase
     elapsed_s: float
     detail: str = ""  # on ``ready``: the precision and why ("bfloat16: this CPU has AMX-BF16")
+    done_bytes: int | None = None
+    total_bytes: int | None = None
+    bytes_per_s: float | None = None
+
+    @property
+    def fraction(self) -> float | None:
+        """How much of a download is done, 0 to 1 (None when this is no download step)."""
+        if self.done_bytes is None or not self.total_bytes:
+            return None
+        return min(1.0, max(0.0, self.done_bytes / self.total_bytes))
+
+    @property
+    def seconds_left(self) -> float | None:
+        """The download's time left at its recent speed (None while the speed is unknown)."""
+        if self.done_bytes is None or self.total_bytes is None or not self.bytes_per_s:
+            return None
+        return max(0.0, self.total_bytes - self.done_bytes) / self.bytes_per_s
+
+    def download_text(self) -> str:
+        """``1.2 GB of 3.4 GB (35%), 25.0 MB/s, about 1 min 30 s left``: what a person reads."""
+        if self.done_bytes is None:
+            return ""
+        parts = [f"{size_text(self.done_bytes)} of {size_text(self.total_bytes or 0)}"]
+        if (fraction := self.fraction) is not None:
+            parts[0] += f" ({fraction:.0%})"
+        if self.bytes_per_s:
+            parts.append(f"{size_text(self.bytes_per_s)}/s")
+        if (left := self.seconds_left) is not None:
+            parts.append(f"about {duration_text(left)} left")
+        return ", ".join(parts)
+
+
+def size_text(size: float) -> str:
+    """Bytes in decimal units, as download tools and the hub's pages show them: ``3.4 GB``."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size:.0f} B"
+
+
+def duration_text(seconds: float) -> str:
+    """``45 s``, ``3 min 20 s``, ``1 h 5 min``: rounded the way a countdown is read."""
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60} s"
+    return f"{whole // 3600} h {whole % 3600 // 60} min"
 
 
 ProgressCallback = Callable[[LoadProgress], None]
