@@ -1,4 +1,4 @@
-"""The prompt box (Ctrl/Cmd+Enter sends), *Send*, *Stop* and the status line."""
+"""The prompt box (Ctrl/Cmd+Enter sends), *Send*, *Stop*, the status line and a model's download bar."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from typing import Any
 
 import ipywidgets as widgets
 
+from nbchat.backends.base import LoadProgress
+from nbchat.panel.download_bar import DownloadBar
 from nbchat.panel.kit import classed, close_widgets, error_html
 
 PLACEHOLDER = "Message… (Ctrl+Enter or Cmd+Enter sends)"
@@ -27,17 +29,22 @@ class Composer:
             widgets.Button(description="Stop", icon="stop", disabled=True), "nbchat-stop"
         )
         self.status = classed(widgets.HTML(), "nbchat-status")
+        self.download_bar = DownloadBar()  # shown only while a local model downloads
         self.send_button.on_click(lambda _: self._send())
         self.stop_button.on_click(lambda _: on_stop())
         if hasattr(self.prompt, "on_submit"):
             self.prompt.on_submit(lambda _: self._send())
         self.rows: tuple[widgets.Widget, ...] = (
             self.prompt,
-            widgets.HBox([self.send_button, self.stop_button, self.status]),
+            widgets.HBox([self.send_button, self.stop_button, self.download_bar.progress, self.status]),
         )
 
     def say(self, status_html: str) -> None:
         self.status.value = status_html
+
+    def show_download(self, step: LoadProgress | None) -> None:
+        """The bar at a download step's fraction (the status line says the bytes); None hides it."""
+        self.download_bar.show(step)
 
     def error(self, message: str) -> None:
         self.status.value = error_html(message)
@@ -58,6 +65,7 @@ class Composer:
     def clear(self) -> None:
         self.prompt.value = ""
         self.status.value = ""
+        self.download_bar.show(None)
 
     def close(self) -> None:
         close_widgets(*self.rows)

@@ -141,6 +141,7 @@ class ChatPanel(widgets.VBox):
         self.send_button = self.composer.send_button
         self.stop_button = self.composer.stop_button
         self.status = self.composer.status
+        self.download_progress = self.composer.download_bar.progress
         self.include_cells = self.context_row.include_cells
         self.explain_button = self.context_row.explain_button
         self.search = self.search_box.query
@@ -270,7 +271,12 @@ class ChatPanel(widgets.VBox):
     def _follow(self, reply: Reply) -> None:
         """Show ``reply`` as it streams, redrawn at a bounded rate by a thread of its own."""
         self._unfollow()
-        self._following = LiveReply(reply, on_status=self.composer.say, on_end=self._reply_ended)
+        self._following = LiveReply(
+            reply,
+            on_status=self.composer.say,
+            on_download=self.composer.show_download,
+            on_end=self._reply_ended,
+        )
         self.composer.say(generating_status(reply))
 
     def _unfollow(self) -> None:

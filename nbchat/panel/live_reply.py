@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import html
+import math
 import threading
+import time
 from collections.abc import Callable
 
 import ipywidgets as widgets
 
+from nbchat.backends.base import LoadProgress
+from nbchat.panel.download_bar import DOWNLOAD_REDRAW_INTERVAL_S
 from nbchat.panel.kit import classed, close_widgets, error_html, markdown_output
 from nbchat.render import context_facts, reply_markdown, token_facts
 from nbchat.reply import Reply
@@ -21,16 +25,27 @@ class LiveReply:
 
     ``on_status(html)`` hears what happens before the first token (a local
     model loading), then how full the context is once that is known;
-    ``on_end(reply)`` is called once, from the redraw thread, when the reply
-    has ended and its final form is drawn.
+    ``on_download(step)`` hears a model's download steps (at most every
+    ``DOWNLOAD_REDRAW_INTERVAL_S``), then None once it is over (or the view
+    stops); ``on_end(reply)`` is called once, from the redraw thread, when the
+    reply has ended and its final form is drawn.
     """
 
     def __init__(
-        self, reply: Reply, *, on_status: Callable[[str], None], on_end: Callable[[Reply], None]
+        self,
+        reply: Reply,
+        *,
+        on_status: Callable[[str], None],
+        on_end: Callable[[Reply], None],
+        on_download: Callable[[LoadProgress | None], None] | None = None,
     ) -> None:
         self.reply = reply
         self._on_status, self._on_end = on_status, on_end
+        self._on_download = on_download or (lambda _step: None)
         self._stop = threading.Event()
+        self._drawing = threading.Lock()  # one redraw at a time: stop() never races a bar being shown
+        self._bar_shown = False
+        self._shown = ""  # the Markdown the output shows
         self.output = classed(
             widgets.Output(), "nbchat-message", "nbchat-message-assistant", "nbchat-streaming"
         )
@@ -38,39 +53,69 @@ class LiveReply:
         threading.Thread(target=self._redraw, name="nbchat-panel-redraw", daemon=True).start()
 
     def stop(self) -> None:
-        """Stop redrawing (the reply itself goes on); the thread ends within one interval."""
-        self._stop.set()
+        """Stop redrawing (the reply itself goes on) and take a download bar away."""
+        with self._drawing:
+            self._stop.set()
+            self._hide_bar()
 
     def close(self) -> None:
         self.stop()
         close_widgets(self.output)
 
     def _redraw(self) -> None:
-        reply, shown, said, sized = self.reply, "", "", False
+        reply, said, sized = self.reply, "", False
+        downloaded_at = -math.inf
         while not reply.join(REDRAW_INTERVAL_S):
+            with self._drawing:
+                if self._stop.is_set():
+                    return
+                download = reply.download
+                if download is not None:  # the hub reports often: draw a few times a second at most
+                    if time.monotonic() - downloaded_at >= DOWNLOAD_REDRAW_INTERVAL_S:
+                        downloaded_at = time.monotonic()
+                        self._bar_shown = True
+                        self._on_download(download)
+                        said = self._say_changed(reply.status, said)
+                        self._draw_text()
+                    continue
+                self._hide_bar()
+                self._draw_text()
+                waiting = reply.waiting_for_turn and not reply.text  # another reply has the local model
+                if not sized and reply.context_window is not None:  # the prompt is fitted: say how full
+                    self._on_status(generating_status(reply))
+                    sized, said = True, ""
+                elif sized and waiting and reply.status != said:
+                    self._on_status(f"{generating_status(reply)} · {html.escape(reply.status)}")
+                    said = reply.status
+                elif sized and said and not waiting:  # its turn came, or the download is over
+                    self._on_status(generating_status(reply))
+                    said = ""
+                elif not sized:  # loading a local model: how far
+                    said = self._say_changed(reply.status, said)
+        with self._drawing:
             if self._stop.is_set():
                 return
-            text = reply_markdown(reply)
-            if text != shown and text.strip():
-                self.output.outputs = markdown_output(text)
-                shown = text
-            waiting = reply.waiting_for_turn and not reply.text  # another reply has the local model
-            if not sized and reply.context_window is not None:  # the prompt is fitted: say how full
-                self._on_status(generating_status(reply))
-                sized, said = True, ""
-            elif sized and waiting and reply.status != said:
-                self._on_status(f"{generating_status(reply)} · {html.escape(reply.status)}")
-                said = reply.status
-            elif sized and said and not waiting:  # its turn came: back to how full the context is
-                self._on_status(generating_status(reply))
-                said = ""
-            elif not sized and reply.status and reply.status != said:  # loading a local model: how far
-                self._on_status(html.escape(reply.status))
-                said = reply.status
-        if self._stop.is_set():
-            return
-        self.output.outputs = markdown_output(reply_markdown(reply))
+            self._hide_bar()
+            self.output.outputs = markdown_output(reply_markdown(reply))
         self._on_end(reply)
+
+    def _draw_text(self) -> None:
+        text = reply_markdown(self.reply)
+        if text != self._shown and text.strip():
+            self.output.outputs = markdown_output(text)
+            self._shown = text
+
+    def _say_changed(self, status: str, said: str) -> str:
+        """Put ``status`` on the status line if it is new; what the line says now."""
+        if status and status != said:
+            self._on_status(html.escape(status))
+            return status
+        return said
+
+    def _hide_bar(self) -> None:
+        if self._bar_shown:
+            self._bar_shown = False
+            self._on_download(None)
 
 
 def generating_status(reply: Reply) -> str:
