@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
@@ -611,12 +611,15 @@ def find_conversation(session: ChatSession, wanted: str) -> str:
 
 
 def stream_into_cell(reply: Reply) -> ChatAnswer:
-    """Show the reply as Markdown while it streams (redrawn at most every 0.1 s)."""
+    """Show the reply as Markdown while it streams (redrawn at most every ``REDRAW_INTERVAL_S``);
+    before its first token, what it waits for: a local model downloading (with a bar) or loading,
+    or another reply using it, so a first use is never minutes of a bare "…"."""
     from IPython.display import Markdown, display
 
     handle = display(Markdown("…"), display_id=True)
     shown_at = 0.0
     try:
+        show_status_until_text(reply, lambda markdown: handle.update(Markdown(markdown)))
         for _ in reply:
             if time.monotonic() - shown_at >= REDRAW_INTERVAL_S:
                 handle.update(Markdown(reply.markdown()))
@@ -628,6 +631,34 @@ def stream_into_cell(reply: Reply) -> ChatAnswer:
         pass  # shown below, under the partial text
     handle.update(Markdown(reply.markdown() + stats_footer(reply)))
     return ChatAnswer(reply)
+
+
+def show_status_until_text(reply: Reply, show: Callable[[str], object]) -> None:
+    """Until the reply's first text (or its end), ``show`` its status whenever it changes, at most
+    every ``REDRAW_INTERVAL_S``: iterating the reply would wake only on chunks."""
+    shown = "…"
+    while not reply.join(REDRAW_INTERVAL_S):
+        if reply.text or reply.thinking:
+            return
+        markdown = status_markdown(reply)
+        if markdown != shown:
+            show(markdown)
+            shown = markdown
+
+
+def status_markdown(reply: Reply) -> str:
+    """The reply's status in italics, under it a text bar while its model downloads."""
+    markdown = reply.markdown() if reply.status else "…"
+    step = reply.download
+    fraction = step.fraction if step is not None else None
+    return markdown if fraction is None else f"{markdown}\n\n`{text_bar(fraction)}`"
+
+
+def text_bar(fraction: float, width: int = 20) -> str:
+    """``[███████░░░░░░░░░░░░░] 35%``: a download's progress where no widget can be drawn."""
+    fraction = min(1.0, max(0.0, fraction))
+    filled = int(fraction * width + 1e-9)
+    return f"[{'█' * filled}{'░' * (width - filled)}] {fraction:.0%}"
 
 
 def code_into_next_cell(reply: Reply) -> None:
