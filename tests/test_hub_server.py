@@ -31,7 +31,7 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from huggingface_hub.file_download import http_get
+from huggingface_hub.file_download import get_hf_file_metadata, http_get
 from polling import wait_until
 
 from nbchat.testing.hub_server import HubTestServer
@@ -163,6 +163,10 @@ def test_resolve_answers_as_the_hub_does_with_ranges_and_no_xet_headers(
         assert http.get(content, headers={"Range": "bytes=10-19"}).content == weights[10:20]
         assert http.get(content, headers={"Range": f"bytes={len(weights)}-"}).status_code == 416
 
+        registry = http.get(f"{hub.url}/api/agent-harnesses")  # huggingface_hub asks once a day
+        assert registry.json() == {"standardEnvVars": [], "harnesses": {}}
+        assert http.get(f"{hub.url}/api/spaces/x/y").status_code == 404
+
         config = http.get(hf_hub_url(REPO, "config.json", endpoint=hub.url))
         assert config.status_code == 200 and config.content == (repo_dir / "config.json").read_bytes()
         assert config.headers["Accept-Ranges"] == "bytes" and len(config.headers["X-Repo-Commit"]) == 40
@@ -237,19 +241,29 @@ def test_a_download_killed_between_calls_is_restarted_and_its_partial_blob_is_le
         assert partial.exists() and partial.stat().st_size == kept, "the orphan stays"
 
 
-def test_a_partial_blob_resumes_from_its_size_with_huggingface_hubs_http_get(
+def test_a_partial_blob_resumed_with_http_get_then_moved_into_blobs_is_adopted_by_snapshot_download(
     hub: HubTestServer, repo_dir: Path, tmp_path: Path
 ) -> None:
-    """The server honours a resume from a partial file's size, as nbchat's own download path would ask it."""
+    """What a resuming download path can build on: the server honours ``Range`` from a partial file's
+    size, and snapshot_download takes a complete ``blobs/<etag>`` as downloaded (one HEAD, no GET)."""
     weights = (repo_dir / "model.safetensors").read_bytes()
-    partial = tmp_path / "model.safetensors.incomplete"
+    cache = tmp_path / "cache"
+    blobs = cache / "models--tiny--Qwen3-test" / "blobs"
+    blobs.mkdir(parents=True)
+    meta = get_hf_file_metadata(hf_hub_url(REPO, "model.safetensors", endpoint=hub.url), endpoint=hub.url)
+    assert meta.etag == hashlib.sha256(weights).hexdigest() and meta.size == len(weights)
+    partial = blobs / f"{meta.etag}.incomplete"
     partial.write_bytes(weights[:1_234_567])
-    location = httpx.head(hf_hub_url(REPO, "model.safetensors", endpoint=hub.url)).headers["Location"]
     with partial.open("ab") as f:
-        http_get(location, f, resume_size=partial.stat().st_size, expected_size=len(weights))
+        http_get(meta.location, f, resume_size=partial.stat().st_size, expected_size=meta.size)
     assert partial.read_bytes() == weights
     assert gets(hub, "model.safetensors") == ["bytes=1234567-"]
     assert hub.body_bytes_sent == len(weights) - 1_234_567
+    partial.replace(blobs / meta.etag)
+
+    folder = snapshot_download(REPO, endpoint=hub.url, cache_dir=cache)
+    assert files_of(Path(folder)) == files_of(repo_dir)
+    assert gets(hub, "model.safetensors") == ["bytes=1234567-"], "the blob in place was not fetched again"
 
 
 # --- errors ----------------------------------------------------------------------------------------------
@@ -295,10 +309,10 @@ def test_the_command_line_server_serves_a_repo_given_on_the_command_line(
 ) -> None:
     command = [sys.executable, "-m", "nbchat.testing.hub_server", "--repo", f"{REPO}={repo_dir}"]
     proc = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
     try:
         ready, _, _ = select.select([proc.stdout], [], [], 10.0)
         assert ready, "no READY line within 10 s"
-        assert proc.stdout is not None
         word, url = proc.stdout.readline().split()
         assert word == "READY" and url.startswith("http://127.0.0.1:")
         path = hf_hub_download(REPO, "model.safetensors", endpoint=url, cache_dir=tmp_path)

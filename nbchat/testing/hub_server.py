@@ -67,6 +67,7 @@ _TREE = re.compile(rf"^/api/models/{_REPO}/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?
 _RESOLVE = re.compile(rf"^/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)$")
 _CDN = re.compile(r"^/cdn/(?P<sha256>[0-9a-f]{64})$")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_NO_HARNESSES: dict[str, Any] = {"standardEnvVars": [], "harnesses": {}}
 
 
 def _git_blob_id(size: int, chunks: list[bytes] | None = None, path: Path | None = None) -> str:
@@ -199,6 +200,11 @@ class _HubHandler(LoopbackHandler["HubTestServer"]):
                 return
             if self.command == "GET" and (m := _TREE.match(path)):
                 self._tree(m["repo"], unquote(m["rev"]), unquote(m["path"] or "").strip("/"), query)
+                return
+            if self.command == "GET" and path == "/api/agent-harnesses":
+                # huggingface_hub fetches this registry once a day to name an AI agent in its
+                # user agent; the hub answers it, so the rig does (with no harness known).
+                self._reply(200, dumps(_NO_HARNESSES), self.json_content_type, {})
                 return
             if self.command == "GET" and (m := _INFO.match(path)):
                 self._info(m["repo"], unquote(m["rev"] or "main"), query)
