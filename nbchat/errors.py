@@ -204,3 +204,7 @@ class ExportError(NbchatError):
 
 class SearchError(NbchatError):
     """A search query nbchat cannot run (empty, or not words); the index itself is never the cause."""
+
+
+class ModelNotDownloaded(ModelLoadError):
+    """A hub model is not on this machine yet and this load was not to download it (a warm start)."""

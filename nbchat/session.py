@@ -30,6 +30,7 @@ from nbchat.errors import (
     ExportError,
     InvalidValue,
     ModelNotChosen,
+    ModelNotDownloaded,
     NbchatError,
     NbchatWarning,
     NoContext,
@@ -726,7 +727,9 @@ def _warm(backend: Backend, name: str, model: str, on_status: Callable[[str], No
             say(f"{model} is loading in the background…")
 
     try:
-        backend.prepare(name, on_progress=progress)
+        backend.prepare(name, on_progress=progress, download=False)  # gigabytes only when asked for
+    except ModelNotDownloaded as exc:
+        say(str(exc))
     except NbchatError as exc:
         say(f"{model} could not be loaded: {exc}")
     except Exception as exc:  # never into a thread's traceback: the send says it as today

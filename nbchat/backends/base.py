@@ -119,10 +119,12 @@ class Backend(Protocol):
         on_progress: ProgressCallback | None = None,
         *,
         cancel: threading.Event | None = None,
+        download: bool = True,
     ) -> None:
         """Make ``model`` ready to stream: a local model is loaded (reporting each phase to
         ``on_progress``); a server's models need nothing. Called in the reply's thread; returns
-        soon after ``cancel`` is set (Stop during a first load), leaving nothing half loaded."""
+        soon after ``cancel`` is set (Stop during a first load), leaving nothing half loaded. With
+        ``download`` False a model not on this machine yet is not fetched: ``ModelNotDownloaded``."""
         ...
 
     def count_tokens(self, model: str, messages: Sequence[Message], *, think: bool = False) -> int:

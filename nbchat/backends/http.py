@@ -96,6 +96,7 @@ class HttpBackend(ABC):
         on_progress: ProgressCallback | None = None,
         *,
         cancel: threading.Event | None = None,
+        download: bool = True,
     ) -> None:
         """Nothing to do: a server loads its models itself, on the first request."""
 

@@ -151,19 +151,27 @@ class TransformersBackend:
         on_progress: ProgressCallback | None = None,
         *,
         cancel: threading.Event | None = None,
+        download: bool = True,
     ) -> None:
         """Load ``model`` unless it is loaded, reporting each phase to ``on_progress``; free once loaded.
 
         When ``cancel`` is set (Stop), this returns within a poll (50 ms) without the model, and a
-        load nobody else waits for is ended: nothing half-loaded stays behind.
+        load nobody else waits for is ended: nothing half-loaded stays behind. A hub model not on
+        this machine is downloaded first (``download`` steps), unless ``download`` is False: then
+        ``ModelNotDownloaded`` (a warm start never starts a download of gigabytes on its own).
         """
         with contextlib.suppress(LoadCancelled):
-            self._loaded_model(model, on_progress, cancel)
+            self._loaded_model(model, on_progress, cancel, download=download)
 
     def _loaded_model(
-        self, model: str, on_progress: ProgressCallback | None = None, cancel: threading.Event | None = None
+        self,
+        model: str,
+        on_progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+        *,
+        download: bool = True,
     ) -> LocalModel:
-        return registry.load(model, on_progress or self._on_progress, self._dtype, cancel)
+        return registry.load(model, on_progress or self._on_progress, self._dtype, cancel, download=download)
 
     def loaded(self) -> list[str]:
         return loaded()

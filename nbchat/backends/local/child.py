@@ -52,10 +52,13 @@ def main(argv: list[str]) -> None:
     cancelled: set[int] = set()
     threading.Thread(target=_read_requests, args=(requests, cancelled), daemon=True).start()
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    request = requests.get()
+    if request[0] == "fetch":  # a hub id: its files first (found in the cache, or downloaded)
+        _fetch(channel, *request[1:])
+        request = requests.get()
     import torch  # noqa: F401 - the slow imports overlap with the kernel's tokenizer loading
     import transformers  # noqa: F401
 
-    request = requests.get()
     if request[0] != "load":
         os._exit(0)
     try:
@@ -81,6 +84,31 @@ def main(argv: list[str]) -> None:
             empty_device_caches()
         finally:
             cancelled.discard(request_id)
+
+
+def _fetch(channel: _Channel, repo_id: str, allow_download: bool) -> None:
+    """Answer ``["fetched", folder]`` or ``["fetch_error", kind, detail]``; ``["download", done, total,
+    bytes_per_s]`` a few times a second while files come from the hub. The kernel waits for it before
+    loading the tokenizer, and kills this process to cancel (the partial files stay, for a resume)."""
+    from nbchat.backends.local import download
+
+    try:
+        folder = download.find_cached(repo_id)
+        if folder is None:
+            problem = download.hub_problem()
+            if problem is not None:
+                raise download.DownloadFailed("offline", problem)
+            if not allow_download:
+                chosen = download.plan(repo_id)
+                raise download.DownloadFailed("not_cached", str(chosen.total))
+            folder = download.fetch(repo_id, lambda *step: channel.send("download", *step))
+    except download.DownloadFailed as failure:
+        channel.send("fetch_error", failure.kind, failure.detail)
+        os._exit(1)
+    except Exception as exc:  # a bug or an odd hub: the kernel still hears why
+        channel.send("fetch_error", "failed", f"{type(exc).__name__}: {exc}")
+        os._exit(1)
+    channel.send("fetched", folder)
 
 
 class _Channel:

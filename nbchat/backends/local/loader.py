@@ -6,20 +6,17 @@ knows *how*, and what to tell the user when it cannot be done.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import socket
 import threading
 import time
-import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nbchat.backends.base import LoadPhase, LoadProgress, ProgressCallback
-from nbchat.backends.local import ENV_MODEL, PREFIX, precision
+from nbchat.backends.base import LoadPhase, LoadProgress, ProgressCallback, size_text
+from nbchat.backends.local import ENV_MODEL, PREFIX, download, precision
 from nbchat.backends.local.process import POLL_S, LocalModel, spawn
 from nbchat.config import DEFAULT_QWEN_MODEL, load_config
-from nbchat.errors import GenerationFailed, ModelLoadError
+from nbchat.errors import GenerationFailed, ModelLoadError, ModelNotDownloaded
 
 LOAD_TIMEOUT_S = 3600.0
 
@@ -46,14 +43,24 @@ def looks_like_path(name: str) -> bool:
 
 
 def start(
-    key: str, on_progress: ProgressCallback | None, dtype: str | None, abort: threading.Event | None = None
+    key: str,
+    on_progress: ProgressCallback | None,
+    dtype: str | None,
+    abort: threading.Event | None = None,
+    *,
+    allow_download: bool = True,
 ) -> LocalModel:
-    """A new model process with ``key`` loaded; ``abort`` (when set) ends it half-way: ``LoadCancelled``."""
+    """A new model process with ``key`` loaded; ``abort`` (when set) ends it half-way: ``LoadCancelled``.
+
+    A hub id's files come first: from the Hugging Face cache, else downloaded by the model process
+    (``download`` steps with the bytes), unless ``allow_download`` is False (``ModelNotDownloaded``).
+    """
     started = time.perf_counter()
 
-    def progress(phase: LoadPhase, detail: str = "") -> None:
+    def progress(phase: LoadPhase, detail: str = "", **download: Any) -> None:
         if on_progress is not None:
-            on_progress(LoadProgress(f"{PREFIX}:{key}", phase, time.perf_counter() - started, detail))
+            elapsed = time.perf_counter() - started
+            on_progress(LoadProgress(f"{PREFIX}:{key}", phase, elapsed, detail, **download))
 
     def check_abort() -> None:
         if abort is not None and abort.is_set():
@@ -66,19 +73,16 @@ def start(
             f"tokenizer files, or use a Hugging Face hub id such as {DEFAULT_QWEN_MODEL!r}."
         )
     requested, origin = requested_dtype(dtype)
-    process = spawn()  # its interpreter starts while the tokenizer loads here
+    handle = LocalModel(key, None, spawn())  # its interpreter starts while the tokenizer loads here
     try:
+        source = key
+        if not looks_like_path(key):
+            source = fetch_files(handle, key, progress, check_abort, allow_download)
         progress("tokenizer")
-        tokenizer, local_only = load_tokenizer(key)
+        handle.tokenizer = load_tokenizer(key, source)
         check_abort()
-    except BaseException:
-        process.kill()
-        process.communicate()  # reaps it and closes both pipes
-        raise
-    progress("weights")
-    handle = LocalModel(key, tokenizer, process)
-    try:
-        handle.send("load", key, requested, local_only)
+        progress("weights")
+        handle.send("load", source, requested, True)
         deadline = time.monotonic() + LOAD_TIMEOUT_S
         while (message := handle.receive(timeout=POLL_S)) is None:
             check_abort()
@@ -90,18 +94,55 @@ def start(
         handle.info["dtype_reason"] = dtype_reason(handle.info, origin)
     except GenerationFailed:  # the process died while loading
         handle.shutdown()
-        code = process.returncode
+        code = handle.process.returncode
         kind = "oom" if code in (-9, 137) else "load"
         detail = f"the model process exited with code {code} while loading"
         raise ModelLoadError(load_error_message(key, kind, detail)) from None
     except LoadCancelled:
-        handle.kill("loading was cancelled")
+        handle.kill("loading was cancelled")  # a download stops here; its partial files stay, resumable
         raise
     except BaseException:
         handle.shutdown()
         raise
     progress("ready", str(handle.info.get("dtype_reason") or ""))
     return handle
+
+
+def fetch_files(
+    handle: LocalModel,
+    repo_id: str,
+    progress: Callable[..., None],
+    check_abort: Callable[[], None],
+    allow_download: bool,
+) -> str:
+    """The local folder of hub model ``repo_id``, downloaded by the model process if need be."""
+    handle.send("fetch", repo_id, allow_download)
+    while True:
+        message = handle.receive(timeout=POLL_S)
+        check_abort()
+        if message is None:
+            continue
+        if message[0] == "download":
+            progress("download", done_bytes=message[1], total_bytes=message[2], bytes_per_s=message[3])
+        elif message[0] == "fetched":
+            return str(message[1])
+        elif message[0] == "fetch_error":
+            raise fetch_error(repo_id, message[1], message[2])
+
+
+def fetch_error(repo_id: str, kind: str, detail: str) -> ModelLoadError:
+    if kind == "not_cached":
+        size = f" ({size_text(int(detail))})" if detail.isdigit() else ""
+        return ModelNotDownloaded(
+            f"{repo_id} is not on this machine yet: the first message to it downloads it{size}."
+        )
+    if kind == "offline":
+        return ModelLoadError(
+            f"Could not load model {repo_id!r}: it is not in the local Hugging Face cache and the hub "
+            f"is unreachable ({detail}). Download it where the hub is reachable, or set {ENV_MODEL} "
+            "to a local directory holding config.json, the weights and the tokenizer files."
+        )
+    return ModelLoadError(download.message(repo_id, kind, detail))
 
 
 def requested_dtype(explicit: str | None) -> tuple[str, str | None]:
@@ -118,51 +159,17 @@ def requested_dtype(explicit: str | None) -> tuple[str, str | None]:
 
 def dtype_reason(info: dict[str, Any], origin: str | None) -> str:
     """The model process's report (device, dtype, native bf16) and the setting, as one line."""
-    return precision.reason(
-        str(info.get("dtype")), str(info.get("device")), info.get("native_bf16"), origin
-    )
+    return precision.reason(str(info.get("dtype")), str(info.get("device")), info.get("native_bf16"), origin)
 
 
-def load_tokenizer(key: str) -> tuple[Any, bool]:
-    """The tokenizer, and whether the model must come from local files only.
-
-    A hub id is looked up in the local cache first; only if it is missing
-    there is the hub asked, and only after a quick check that it can be
-    reached: offline, huggingface_hub retries for most of a minute per file.
-    """
+def load_tokenizer(key: str, source: str) -> Any:
+    """The tokenizer of model ``key`` from ``source``, the local folder holding its files."""
     from transformers import AutoTokenizer
 
     try:
-        if looks_like_path(key):
-            return AutoTokenizer.from_pretrained(key), True
-        with contextlib.suppress(Exception):
-            return AutoTokenizer.from_pretrained(key, local_files_only=True), True
-        problem = hub_problem()
-        if problem is not None:
-            raise ModelLoadError(
-                f"Could not load model {key!r}: it is not in the local Hugging Face cache and the hub "
-                f"is unreachable ({problem}). Download it where the hub is reachable, or set {ENV_MODEL} "
-                "to a local directory holding config.json, the weights and the tokenizer files."
-            )
-        return AutoTokenizer.from_pretrained(key), False
-    except ModelLoadError:
-        raise
+        return AutoTokenizer.from_pretrained(source)
     except Exception as exc:  # transformers raises OSError, ValueError, HF hub errors...
         raise ModelLoadError(load_error_message(key, "load", f"{type(exc).__name__}: {exc}")) from None
-
-
-def hub_problem() -> str | None:
-    """Why the Hugging Face hub cannot be reached now (None if a connection opens within 3 s)."""
-    if (os.environ.get("HF_HUB_OFFLINE") or "").strip().lower() in ("1", "true", "yes", "on"):
-        return "HF_HUB_OFFLINE is set"
-    endpoint = urllib.parse.urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    host = endpoint.hostname or "huggingface.co"
-    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
-    try:
-        socket.create_connection((host, port), timeout=3.0).close()
-    except OSError as exc:
-        return f"{host}: {exc}"
-    return None
 
 
 def load_error_message(key: str, kind: str, detail: str) -> str:

@@ -1,8 +1,10 @@
 """The kernel's handle on one model process: starting it, and the pipe protocol spoken with it.
 
-JSON arrays, one per line. To the process (its stdin): ``["load", source, dtype,
-local_only]``, ``["generate", request_id, prompt_ids, generate_kwargs, seed]``,
-``["cancel", request_id]``, ``["shutdown"]``. From it (its stdout): ``["ready", info]`` or
+JSON arrays, one per line. To the process (its stdin): for a hub id first ``["fetch", repo_id,
+allow_download]``, answered by ``["download", done_bytes, total_bytes, bytes_per_s]`` lines while
+files come from the hub, then ``["fetched", folder]`` or ``["fetch_error", kind, detail]``; then
+``["load", source, dtype, local_only]``, ``["generate", request_id, prompt_ids, generate_kwargs,
+seed]``, ``["cancel", request_id]``, ``["shutdown"]``. From it (its stdout): ``["ready", info]`` or
 ``["load_error", kind, detail]``, then per request ``["tokens", request_id, [ids]]`` and an
 end marker, ``["done", request_id, report]`` or ``["error", request_id, kind, detail]``.
 """

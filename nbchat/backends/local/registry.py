@@ -25,7 +25,7 @@ from nbchat.backends.local import PREFIX
 from nbchat.backends.local.devices import empty_device_caches
 from nbchat.backends.local.loader import LoadCancelled, resolve, start
 from nbchat.backends.local.process import POLL_S, SHUTDOWN_S, FreezeWatch, LocalModel
-from nbchat.errors import BackendError
+from nbchat.errors import BackendError, ModelNotDownloaded
 
 _REGISTRY: dict[str, LocalModel] = {}
 _LOADING: dict[str, _Load] = {}
@@ -37,6 +37,7 @@ class _Load:
     """One model being loaded, and how many callers still wait for it."""
 
     key: str
+    download: bool  # whether it may fetch a hub model's files (a warm start's may not)
     done: threading.Event = field(default_factory=threading.Event)
     abort: threading.Event = field(default_factory=threading.Event)
     waiters: int = 0
@@ -80,6 +81,8 @@ def load(
     on_progress: ProgressCallback | None = None,
     dtype: str | None = None,
     cancel: threading.Event | None = None,
+    *,
+    download: bool = True,
 ) -> LocalModel:
     """The loaded model for ``model``, loading it (once, whoever asks at the same time) if needed.
 
@@ -87,8 +90,25 @@ def load(
     also when it joins a load someone else started (a warm start): first the
     phase it is in, then each later one. When ``cancel`` is set, this caller
     stops waiting within ``POLL_S`` (``LoadCancelled``); the load goes on only
-    if someone else still waits for it.
+    if someone else still waits for it. With ``download`` False a hub model not
+    on this machine raises ``ModelNotDownloaded``; a caller who joined such a
+    load and may download starts a load that does.
     """
+    while True:
+        try:
+            return _load(model, on_progress, dtype, cancel, download)
+        except ModelNotDownloaded:
+            if not download:
+                raise
+
+
+def _load(
+    model: str,
+    on_progress: ProgressCallback | None,
+    dtype: str | None,
+    cancel: threading.Event | None,
+    download: bool,
+) -> LocalModel:
     key = resolve(model)
     with _LOCK:
         handle = _REGISTRY.get(key)
@@ -97,7 +117,7 @@ def load(
         job = _LOADING.get(key)
         starting = job is None or job.abort.is_set()  # (an abandoned load is ending: start afresh)
         if job is None or starting:
-            job = _LOADING[key] = _Load(key)
+            job = _LOADING[key] = _Load(key, download)
         job.waiters += 1
         joined_at = job.last if on_progress is not None and on_progress not in job.listeners else None
         if on_progress is not None:
@@ -125,7 +145,7 @@ def load(
 
 def _run(job: _Load, dtype: str | None) -> None:
     try:
-        handle = start(job.key, job.tell, dtype, job.abort)
+        handle = start(job.key, job.tell, dtype, job.abort, allow_download=job.download)
         with _LOCK:
             if not job.abort.is_set():
                 _REGISTRY[job.key] = job.handle = handle
