@@ -8,7 +8,9 @@ each module's docstring): ``engines.py`` (import time, Ollama client, Qwen3 stre
 ``ui.py`` (the panel in a real kernel), ``store.py`` (appends, listing), ``memory.py``
 (``unload()``), ``context.py`` (summaries of the kernel's objects, what attaching costs a send),
 ``search.py`` (full-text search over 100,000 messages, what the index adds to an append),
-``long_chat.py`` (opening 1,000 messages in the browser, streaming into a long conversation).
+``long_chat.py`` (opening 1,000 messages in the browser, streaming into a long conversation),
+``qwen_precision.py`` / ``qwen_cache.py`` (the local model's dtypes, its prompt cache) and
+``hub_download.py`` (a model's first download from a loopback hub).
 Targets are checked and shown; the run does not stop at a miss.
 
     .venv/bin/python bench/run.py --only search   # one module's figures, merged into results.json
@@ -29,6 +31,7 @@ from pathlib import Path
 
 import context
 import engines
+import hub_download
 import long_chat
 import memory
 import qwen_cache
@@ -89,6 +92,17 @@ TARGETS: dict[str, tuple[str, str, Callable[[object], bool] | None]] = {
     "qwen_ttft_long_s": ("Qwen3 first token after ~2,000 tokens of history, s (cache on)", "—", None),
     "qwen_ttft_long_uncached_s": ("the same with the cache off, s", "—", None),
     "qwen_cache_checkpoint": ("the prompt-cache bench's checkpoint", "—", None),
+    "hub_download_overhead": (
+        "a model's download (2 × 200 MB shards, loopback hub): nbchat's path ÷ plain snapshot_download",
+        "≤ 1.1",
+        lambda v: float(v) <= 1.1,
+    ),
+    "hub_download_mb_s": (
+        "that download through nbchat's path, MB/s (loopback: the client's pace)",
+        "—",
+        None,
+    ),
+    "hub_download_plain_mb_s": ("the same with plain snapshot_download, MB/s", "—", None),
     "ollama_client_ratio": (
         "Ollama: nbchat ÷ official client, 20,000 chunks",
         "≥ 1.1",
@@ -211,6 +225,7 @@ def main() -> int:
         ("search", search.measure_in_scratch),
         ("qwen_precision", qwen_precision.measure_in_scratch),
         ("qwen_cache", qwen_cache.measure_in_scratch),
+        ("hub_download", hub_download.measure_in_scratch),
     ):
         if only is not None and name not in only:
             continue

@@ -21,6 +21,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ PARTIAL = ".nbchat-partial"  # a weights blob being downloaded: <sha256>.nbchat-
 PIECE_BYTES = 1 << 20  # written to disk as it comes: a stop loses at most this much
 RETRIES = 5  # connection failures in a row, with no byte received between them, before giving up
 READ_TIMEOUT_S = 60.0
+PARALLEL = 8  # weights files downloaded at once (huggingface_hub's own default)
 
 Report = Callable[[int, int, float | None], None]  # (bytes on disk, bytes in all, recent bytes/s)
 
@@ -168,14 +170,16 @@ def fetch(repo_id: str, report: Report) -> str:
     chosen = plan(repo_id)
     cache = cache_dir()
     repo_folder = cache / ("models--" + repo_id.replace("/", "--"))
+    blobs = repo_folder / "blobs"
     meter = Meter(repo_folder, chosen)
     _check_space(cache, chosen.total - meter.on_disk())
     result: dict[str, Any] = {}
 
     def download() -> None:
         try:
-            for name in chosen.lfs:
-                fetch_blob(repo_id, name, chosen, repo_folder / "blobs")
+            # The shards side by side, as snapshot_download fetches files: one connection each.
+            with ThreadPoolExecutor(max_workers=PARALLEL, thread_name_prefix="nbchat-blob") as pool:
+                list(pool.map(lambda name: fetch_blob(repo_id, name, chosen, blobs), chosen.lfs))  # raises
             result["folder"] = snapshot_download(
                 repo_id,
                 revision=chosen.commit,
