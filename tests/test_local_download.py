@@ -13,16 +13,20 @@ from __future__ import annotations
 import shutil
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from polling import wait_until
 
+from conftest import chatting
+from nbchat import ChatSession
 from nbchat.backends.base import LoadProgress
 from nbchat.backends.local import download
 from nbchat.backends.transformers import TransformersBackend, loaded, unload
 from nbchat.errors import ModelLoadError, ModelNotDownloaded
 from nbchat.testing.hub_server import HubTestServer
+from nbchat.testing.ollama_server import OllamaTestServer
 from nbchat.testing.tiny_qwen3 import tiny_qwen3
 from nbchat.types import GenerationParams, Message
 
@@ -245,3 +249,29 @@ def test_a_send_that_joins_a_warm_start_of_a_model_not_downloaded_downloads_it(
     warming.join(30)
     assert f"transformers:{repo}" in loaded()
     assert isinstance(results["warm"], ModelNotDownloaded | None)
+
+
+def test_the_panels_warm_start_says_a_model_not_downloaded_yet_comes_with_the_first_message(
+    hub: HubTestServer,
+    repo: str,
+    checkpoint: Path,
+    make_session: Callable[..., ChatSession],
+    server: OllamaTestServer,
+) -> None:
+    session = chatting(make_session(server, "alice"), "alice", f"transformers:{repo}")
+    session.configure(max_new_tokens=4)
+    said: list[str] = []
+    session.warm_up(on_status=said.append)
+    wait_until(lambda: any("not on this machine yet" in text for text in said), 30)
+    assert said[-1] == (
+        f"{repo} is not on this machine yet: the first message to it downloads it "
+        f"({repo_bytes(checkpoint) / 1e3:.1f} kB)."
+    )
+    assert weights_gets(hub) == [] and f"transformers:{repo}" not in loaded()
+
+    statuses: list[str] = []
+    reply = session.send("hello")
+    reply.subscribe(lambda r: statuses.append(r.status) if r.download is not None else None)
+    reply.wait(120)
+    assert reply.error is None and reply.text
+    assert statuses and all(status.startswith(f"Downloading transformers:{repo}: ") for status in statuses)
