@@ -8,24 +8,31 @@ while the loopback Ollama server holds back its first chunk, so the magic runs e
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import CapturedIO, capture_output
 from polling import wait_until
 
-from conftest import PASSWORD
-from nbchat import ChatSession
+import nbchat.session
+from conftest import PASSWORD, chatting
+from nbchat import Accounts, ChatSession, Config
 from nbchat.backends.base import LoadProgress
 from nbchat.magic import REDRAW_INTERVAL_S, text_bar
 from nbchat.reply import Reply
+from nbchat.testing.hub_server import HubTestServer
 from nbchat.testing.ollama_server import OllamaTestServer
+from nbchat.testing.tiny_qwen3 import tiny_qwen3
 
 MODEL = "ollama:llama3.2:1b"
 TOTAL = 3_400_000_000
@@ -79,7 +86,7 @@ class Meanwhile:
 
 
 @pytest.fixture
-def chatting(
+def chat_shell(
     shell: InteractiveShell, server: OllamaTestServer, passwords: list[str]
 ) -> Iterator[InteractiveShell]:
     passwords.append(PASSWORD)
@@ -97,7 +104,7 @@ def test_the_text_bar_fills_with_the_fraction() -> None:
 
 
 def test_a_download_is_shown_with_a_bar_then_the_load_then_the_reply_in_the_same_output(
-    chatting: InteractiveShell, session: ChatSession
+    chat_shell: InteractiveShell, session: ChatSession
 ) -> None:
     def download(reply: Reply) -> None:
         for done in (1_190_000_000, 2_380_000_000):
@@ -107,7 +114,7 @@ def test_a_download_is_shown_with_a_bar_then_the_load_then_the_reply_in_the_same
         time.sleep(3 * REDRAW_INTERVAL_S)
 
     meanwhile = Meanwhile(session, download)
-    captured = run(chatting, "%chat hello")
+    captured = run(chat_shell, "%chat hello")
     meanwhile.check()
     shown = markdown_shown(captured)
     assert shown[0] == "…"
@@ -126,19 +133,19 @@ def test_a_download_is_shown_with_a_bar_then_the_load_then_the_reply_in_the_same
 
 
 def test_a_reply_waiting_for_its_turn_says_so_in_the_cell(
-    chatting: InteractiveShell, session: ChatSession
+    chat_shell: InteractiveShell, session: ChatSession
 ) -> None:
     meanwhile = Meanwhile(
         session, lambda reply: reply.set_status("Waiting for qwen3: another reply is using it…")
     )
-    shown = markdown_shown(run(chatting, "%chat hello"))
+    shown = markdown_shown(run(chat_shell, "%chat hello"))
     meanwhile.check()
     assert "*Waiting for qwen3: another reply is using it…*" in shown
     assert shown[-1].startswith("Hello there.")
 
 
 def test_a_burst_of_download_steps_is_redrawn_at_a_bounded_rate(
-    chatting: InteractiveShell, session: ChatSession, server: OllamaTestServer
+    chat_shell: InteractiveShell, session: ChatSession, server: OllamaTestServer
 ) -> None:
     server.first_chunk_delay_s = 1.5
 
@@ -150,7 +157,7 @@ def test_a_burst_of_download_steps_is_redrawn_at_a_bounded_rate(
 
     meanwhile = Meanwhile(session, burst)
     started = time.monotonic()
-    shown = markdown_shown(run(chatting, "%chat hello"))
+    shown = markdown_shown(run(chat_shell, "%chat hello"))
     elapsed = time.monotonic() - started
     meanwhile.check()
     downloads = [text for text in shown if "Downloading" in text]
@@ -160,7 +167,7 @@ def test_a_burst_of_download_steps_is_redrawn_at_a_bounded_rate(
 
 
 def test_interrupting_the_kernel_during_a_download_stops_the_reply(
-    chatting: InteractiveShell, session: ChatSession, server: OllamaTestServer
+    chat_shell: InteractiveShell, session: ChatSession, server: OllamaTestServer
 ) -> None:
     import _thread
 
@@ -173,7 +180,7 @@ def test_interrupting_the_kernel_during_a_download_stops_the_reply(
 
     meanwhile = Meanwhile(session, download_then_interrupt)
     started = time.monotonic()
-    shown = markdown_shown(run(chatting, "%chat hello"))
+    shown = markdown_shown(run(chat_shell, "%chat hello"))
     meanwhile.check()
     assert time.monotonic() - started < 10
     assert any("Downloading" in text for text in shown)
@@ -218,3 +225,41 @@ def test_in_a_terminal_ipython_the_status_redraws_do_not_fail() -> None:
     assert done.returncode == 0, done.stderr
     assert "ended: True" in done.stdout
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_the_first_use_of_qwen3_downloads_it_with_a_bar_in_the_cell_then_answers(
+    shell: InteractiveShell,
+    config: Config,
+    server: OllamaTestServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The real thing: the kernel's model process downloads the tiny Qwen3 from a loopback hub."""
+    from nbchat.backends.transformers import unload
+
+    checkpoint = tiny_qwen3(tmp_path / "small", hidden_size=256, num_layers=4)  # 13 MB: MiB pieces
+    size = sum(path.stat().st_size for path in checkpoint.iterdir())
+    repo = f"tiny/Qwen3-{uuid.uuid4().hex[:8]}"
+    with HubTestServer() as hub:
+        hub.add_repo(repo, checkpoint)
+        hub.bytes_per_s = size / 3.0  # about three seconds: several redraws
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        local = replace(config, ollama_host=server.url, qwen_model=repo)
+        session = ChatSession(local, accounts=Accounts(local, bcrypt_rounds=4))
+        session.register("carol", PASSWORD)
+        monkeypatch.setattr(nbchat.session, "_session", chatting(session, "carol", "qwen3"))
+        try:
+            shown = markdown_shown(run(shell, "%chat -n 4 Hello there! How are you?"))
+        finally:
+            unload(repo)
+    downloading = [text for text in shown if text.startswith("*Downloading qwen3: ")]
+    assert len(downloading) >= 2, shown
+    assert all(re.search(r"\n\n`\[█*░*\] \d+%`$", text) for text in downloading), downloading
+    bars = {text.rsplit("`[", 1)[1] for text in downloading}
+    assert len(bars) >= 2, downloading  # the bar grew while the cell watched
+    assert "Downloading" not in shown[-1] and "░" not in shown[-1]
+    assert "`qwen3`" in shown[-1]  # the reply's footer: it answered
+    assert session.history()[-1].role == "assistant"
