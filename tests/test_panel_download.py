@@ -9,20 +9,25 @@ These tests make those calls themselves on real replies: an unstarted ``Reply`` 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from polling import wait_until
 
-from conftest import PASSWORD
-from nbchat import ChatSession
+from conftest import PASSWORD, chatting
+from nbchat import Accounts, ChatSession, Config
 from nbchat.backends.base import LoadProgress
 from nbchat.panel import ChatPanel
 from nbchat.panel.composer import Composer
 from nbchat.panel.download_bar import DOWNLOAD_REDRAW_INTERVAL_S
 from nbchat.panel.live_reply import LiveReply
 from nbchat.reply import Reply
+from nbchat.testing.hub_server import HubTestServer
 from nbchat.testing.ollama_server import OllamaTestServer
+from nbchat.testing.tiny_qwen3 import tiny_qwen3
 from nbchat.types import Message
 
 TOTAL = 3_400_000_000
@@ -201,3 +206,41 @@ def test_stop_during_a_download_ends_the_reply_and_takes_the_bar_away(panel: Cha
     assert reply.cancelled and reply.text == ""
     assert not bar_shown(panel)
     assert not panel.send_button.disabled
+
+
+@pytest.mark.slow
+def test_stop_during_a_real_download_ends_the_reply_takes_the_bar_away_and_stops_the_download(
+    config: Config, server: OllamaTestServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first use of ``qwen3`` from a loopback hub, slow enough to press Stop half-way."""
+    from nbchat.backends.transformers import unload
+
+    checkpoint = tiny_qwen3(tmp_path / "small", hidden_size=256, num_layers=4)  # 13 MB: MiB pieces
+    size = sum(path.stat().st_size for path in checkpoint.iterdir())
+    repo = f"tiny/Qwen3-{uuid.uuid4().hex[:8]}"
+    with HubTestServer() as hub:
+        hub.add_repo(repo, checkpoint)
+        hub.bytes_per_s = size / 30.0
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        local = replace(config, ollama_host=server.url, qwen_model=repo)
+        session = ChatSession(local, accounts=Accounts(local, bcrypt_rounds=4))
+        session.register("carol", PASSWORD)
+        panel = ChatPanel(chatting(session, "carol", "qwen3"))
+        try:
+            reply = send(panel, "Hello there!")
+            wait_until(lambda: bar_shown(panel) and panel.download_progress.value > 0, 60)
+            assert panel.status.value.startswith("Downloading qwen3: ")
+            panel.stop_button.click()
+            wait_until(lambda: reply.done and panel._live is None, 5)
+            assert reply.cancelled and reply.text == ""
+            assert not bar_shown(panel) and not panel.send_button.disabled
+            assert "Downloading" not in panel.status.value
+            time.sleep(1.0)  # the load notices the Stop and lets go of the hub
+            sent = hub.body_bytes_sent
+            time.sleep(1.0)
+            assert hub.body_bytes_sent == sent < size, "the download went on after Stop"
+        finally:
+            panel.close()
+            unload(repo)
