@@ -21,8 +21,12 @@ first words (a KV cache kept across turns must not serve it). The figures:
   with tied embeddings the output layer reads the whole vocabulary matrix) ÷ the read bandwidth
   a torch sweep measures here in the same run (the best of several sums over 1 GiB, with the
   model's thread count); in the dtype ``auto`` picks (target ≥ 0.7).
+- ``qwen_bf16_packing_decode_speedup`` / ``_prefill_speedup``, ``qwen_bandwidth_fraction_unpacked``:
+  a third process loads bf16 with ``NBCHAT_QWEN_PACK_WEIGHTS=0`` (torch's own bf16 kernel):
+  what packing the weights for oneDNN (``packing.py``, what users get) is worth.
 - ``qwen_int8_decode_speedup``: int8 weight-only (torchao through transformers'
-  ``TorchAoConfig``) ÷ bf16, or ``null`` with ``qwen_int8_reason`` where torchao is missing.
+  ``TorchAoConfig``) ÷ bf16, both loaded in this process after the model processes are gone,
+  or ``null`` with ``qwen_int8_reason`` where torchao is missing (``pip install -e '.[bench]'``).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from common import figures_main, in_scratch
 
 HIDDEN, LAYERS, VOCAB = 2048, 8, 151_936  # Qwen3-1.7B's width and vocabulary, 8 of its 28 layers
 DECODE_TOKENS = 32
+UNPACKED = "bfloat16, unpacked"  # NBCHAT_QWEN_PACK_WEIGHTS=0: torch's own bf16 kernel
 PREFILL_TOKENS = 512
 SENTENCE = "The quick brown fox jumps over the lazy dog while the kernel streams a reply. "
 
@@ -85,13 +90,50 @@ def torchao_reason() -> str | None:
     try:
         import torchao  # noqa: F401
     except ImportError:
-        return "torchao is not installed (it is no dependency of nbchat): int8 not measured, not offered"
+        return "torchao is not installed (`pip install torchao` to measure it): int8 not measured"
     return None
+
+
+def int8_speedup(path: str, rounds: int) -> float:
+    """Decode tokens/s of int8 weight-only (torchao via ``TorchAoConfig``) ÷ bf16, both in this process.
+
+    Loaded as transformers users load a quantised model, alternating, greedy ``DECODE_TOKENS``
+    tokens after a short prompt; the first token (the prompt) is timed apart and left out.
+    """
+    import torch
+    from torchao.quantization import Int8WeightOnlyConfig
+    from transformers import AutoModelForCausalLM, TorchAoConfig
+
+    models = {
+        "bfloat16": AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16),
+        "int8": AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch.bfloat16, quantization_config=TorchAoConfig(Int8WeightOnlyConfig())
+        ),
+    }
+    ids = torch.tensor([[9, 8, 7, 6, 5, 4, 3, 2, 1, 10, 11, 12]])
+
+    def rate(model: Any) -> float:
+        with torch.inference_mode():
+            started = time.perf_counter()
+            model.generate(ids, max_new_tokens=1, do_sample=False)
+            first = time.perf_counter() - started
+            started = time.perf_counter()
+            model.generate(ids, max_new_tokens=DECODE_TOKENS, min_new_tokens=DECODE_TOKENS, do_sample=False)
+            return (DECODE_TOKENS - 1) / (time.perf_counter() - started - first)
+
+    rates: dict[str, list[float]] = {name: [] for name in models}
+    for model in models.values():
+        rate(model)  # warm-up
+    for number in range(rounds):
+        for name in list(models) if number % 2 == 0 else list(models)[::-1]:
+            rates[name].append(rate(models[name]))
+    return statistics.median(rates["int8"]) / statistics.median(rates["bfloat16"])
 
 
 def measure(scratch: Path, rounds: int = 3) -> Mapping[str, Any]:
     from transformers.utils import logging
 
+    from nbchat.backends.local.packing import ENV_PACK
     from nbchat.backends.local.precision import cpu_bf16_feature, cpu_flags
     from nbchat.backends.transformers import TransformersBackend, unload
     from nbchat.testing.tiny_qwen3 import tiny_qwen3
@@ -106,11 +148,19 @@ def measure(scratch: Path, rounds: int = 3) -> Mapping[str, Any]:
     paths = {"float32": str(float32_path)}
     if native:
         paths["bfloat16"] = str(hardlinked_copy(float32_path, scratch / "bfloat16"))
+        paths[UNPACKED] = str(hardlinked_copy(float32_path, scratch / "unpacked"))
     decode = {
-        dtype: TransformersBackend(dtype=dtype, generate_kwargs={"min_new_tokens": DECODE_TOKENS})  # type: ignore[arg-type]
-        for dtype in paths
+        way: TransformersBackend(
+            dtype="float32" if way == "float32" else "bfloat16",
+            generate_kwargs={"min_new_tokens": DECODE_TOKENS},
+        )
+        for way in paths
     }
-    infos = {dtype: decode[dtype].load(path) for dtype, path in paths.items()}
+    infos = {}
+    for way, path in paths.items():  # the model process reads the packing switch at its load
+        os.environ[ENV_PACK] = "0" if way == UNPACKED else "1"
+        infos[way] = decode[way].load(path)
+    os.environ.pop(ENV_PACK, None)
     threads = int(infos["float32"]["threads"])
     bandwidth = read_bandwidth(threads)
     greedy = GenerationParams(temperature=0.0, max_new_tokens=DECODE_TOKENS)
@@ -163,6 +213,12 @@ def measure(scratch: Path, rounds: int = 3) -> Mapping[str, Any]:
             qwen_bf16_decode_speedup=tokens_per_s["bfloat16"] / tokens_per_s["float32"],
             qwen_bf16_prefill_speedup=prefill_s["float32"] / prefill_s["bfloat16"],
             qwen_bf16_reason=f"this CPU has {native}",
+            qwen_bf16_packed_linears=infos["bfloat16"]["packed_linears"],
+            qwen_bf16_packing_decode_speedup=tokens_per_s["bfloat16"] / tokens_per_s[UNPACKED],
+            qwen_bf16_packing_prefill_speedup=prefill_s[UNPACKED] / prefill_s["bfloat16"],
+            qwen_bandwidth_fraction_unpacked=tokens_per_s[UNPACKED]
+            * infos[UNPACKED]["memory_bytes"]
+            / bandwidth,
         )
     else:
         figures.update(
@@ -170,10 +226,16 @@ def measure(scratch: Path, rounds: int = 3) -> Mapping[str, Any]:
             qwen_bf16_prefill_speedup=None,
             qwen_bf16_reason="no native bf16 on this CPU (no AVX512-BF16, no AMX-BF16): auto keeps float32",
         )
-    figures["qwen_int8_decode_speedup"] = None
-    figures["qwen_int8_reason"] = (
-        torchao_reason() or "torchao is installed but the int8 run is not written yet"
-    )
+    cannot = torchao_reason() or (None if native else "no native bf16 to compare int8 with")
+    if cannot is None:
+        speedup = int8_speedup(paths["float32"], rounds)
+        figures["qwen_int8_decode_speedup"] = speedup
+        figures["qwen_int8_reason"] = f"torchao int8 weight-only decodes at {speedup:.2f}× bf16 here: " + (
+            "offered" if speedup > 1 else "slower, so not offered as a dtype"
+        )
+    else:
+        figures["qwen_int8_decode_speedup"] = None
+        figures["qwen_int8_reason"] = cannot
     for key, value in figures.items():
         print(f"  {key}: {value}", flush=True)
     return figures

@@ -79,6 +79,12 @@ TARGETS: dict[str, tuple[str, str, Callable[[object], bool] | None]] = {
         "≥ 0.7",
         lambda v: float(v) >= 0.7,
     ),
+    "qwen_bandwidth_fraction_unpacked": ("that with torch's own bf16 kernel (weights not packed)", "—", None),
+    "qwen_bf16_packing_decode_speedup": (
+        "Qwen3 bf16 decode, weights packed for oneDNN ÷ not (packing.py)",
+        "—",
+        None,
+    ),
     "qwen_read_bandwidth_gb_s": ("read bandwidth a torch sweep measures, GB/s", "—", None),
     "qwen_int8_decode_speedup": ("Qwen3 decode, int8 weight-only (torchao) ÷ bf16", "> 1 to offer it", None),
     "qwen_int8_reason": ("why int8 is (not) measured", "—", None),

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hub_repo import repo_bytes, serving
 from polling import wait_until
 
 from conftest import chatting
@@ -52,22 +53,23 @@ def big_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def hub(checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubTestServer]:
-    """The loopback hub, the environment pointed at it, and this test's own empty cache."""
-    with HubTestServer() as server:
-        monkeypatch.setenv("HF_ENDPOINT", server.url)
-        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))
-        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-        yield server
+def served(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[HubTestServer, str]]:
+    """The loopback hub with a repo of the tiny Qwen3 (never loaded yet), this test's own empty cache."""
+    with serving(checkpoint, tmp_path / "hub-cache", monkeypatch) as (hub, repo):
+        yield hub, repo
+        unload(repo)
 
 
 @pytest.fixture
-def repo(hub: HubTestServer, checkpoint: Path) -> Iterator[str]:
-    """A repo of its own on the hub holding the tiny Qwen3 (never loaded yet); unloaded after."""
-    name = f"tiny/Qwen3-{uuid.uuid4().hex[:8]}"
-    hub.add_repo(name, checkpoint)
-    yield name
-    unload(name)
+def hub(served: tuple[HubTestServer, str]) -> HubTestServer:
+    return served[0]
+
+
+@pytest.fixture
+def repo(served: tuple[HubTestServer, str]) -> str:
+    return served[1]
 
 
 @pytest.fixture
@@ -76,10 +78,6 @@ def big_repo(hub: HubTestServer, big_checkpoint: Path) -> Iterator[str]:
     hub.add_repo(name, big_checkpoint)
     yield name
     unload(name)
-
-
-def repo_bytes(checkpoint: Path) -> int:
-    return sum(path.stat().st_size for path in checkpoint.iterdir())
 
 
 def downloads(events: list[LoadProgress]) -> list[LoadProgress]:

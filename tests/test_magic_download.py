@@ -14,12 +14,12 @@ import sys
 import textwrap
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hub_repo import repo_bytes, serving
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import CapturedIO, capture_output
 from polling import wait_until
@@ -30,7 +30,6 @@ from nbchat import Accounts, ChatSession, Config
 from nbchat.backends.base import LoadProgress
 from nbchat.magic import REDRAW_INTERVAL_S, text_bar
 from nbchat.reply import Reply
-from nbchat.testing.hub_server import HubTestServer
 from nbchat.testing.ollama_server import OllamaTestServer
 from nbchat.testing.tiny_qwen3 import tiny_qwen3
 
@@ -239,14 +238,9 @@ def test_the_first_use_of_qwen3_downloads_it_with_a_bar_in_the_cell_then_answers
     from nbchat.backends.transformers import unload
 
     checkpoint = tiny_qwen3(tmp_path / "small", hidden_size=256, num_layers=4)  # 13 MB: MiB pieces
-    size = sum(path.stat().st_size for path in checkpoint.iterdir())
-    repo = f"tiny/Qwen3-{uuid.uuid4().hex[:8]}"
-    with HubTestServer() as hub:
-        hub.add_repo(repo, checkpoint)
-        hub.bytes_per_s = size / 3.0  # about three seconds: several redraws
-        monkeypatch.setenv("HF_ENDPOINT", hub.url)
-        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))
-        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    size = repo_bytes(checkpoint)
+    rate = size / 3.0  # about three seconds: several redraws
+    with serving(checkpoint, tmp_path / "hub-cache", monkeypatch, bytes_per_s=rate) as (_, repo):
         local = replace(config, ollama_host=server.url, qwen_model=repo)
         session = ChatSession(local, accounts=Accounts(local, bcrypt_rounds=4))
         session.register("carol", PASSWORD)

@@ -9,12 +9,12 @@ These tests make those calls themselves on real replies: an unstarted ``Reply`` 
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hub_repo import repo_bytes, serving
 from polling import wait_until
 
 from conftest import PASSWORD, chatting
@@ -25,7 +25,6 @@ from nbchat.panel.composer import Composer
 from nbchat.panel.download_bar import DOWNLOAD_REDRAW_INTERVAL_S
 from nbchat.panel.live_reply import LiveReply
 from nbchat.reply import Reply
-from nbchat.testing.hub_server import HubTestServer
 from nbchat.testing.ollama_server import OllamaTestServer
 from nbchat.testing.tiny_qwen3 import tiny_qwen3
 from nbchat.types import Message
@@ -216,14 +215,8 @@ def test_stop_during_a_real_download_ends_the_reply_takes_the_bar_away_and_stops
     from nbchat.backends.transformers import unload
 
     checkpoint = tiny_qwen3(tmp_path / "small", hidden_size=256, num_layers=4)  # 13 MB: MiB pieces
-    size = sum(path.stat().st_size for path in checkpoint.iterdir())
-    repo = f"tiny/Qwen3-{uuid.uuid4().hex[:8]}"
-    with HubTestServer() as hub:
-        hub.add_repo(repo, checkpoint)
-        hub.bytes_per_s = size / 30.0
-        monkeypatch.setenv("HF_ENDPOINT", hub.url)
-        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))
-        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    size = repo_bytes(checkpoint)
+    with serving(checkpoint, tmp_path / "hub-cache", monkeypatch, bytes_per_s=size / 30.0) as (hub, repo):
         local = replace(config, ollama_host=server.url, qwen_model=repo)
         session = ChatSession(local, accounts=Accounts(local, bcrypt_rounds=4))
         session.register("carol", PASSWORD)

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, BinaryIO, cast
 
+from nbchat.backends.local import packing
 from nbchat.backends.local.devices import empty_device_caches
 from nbchat.backends.local.kv_cache import Limits, PromptCaches, cache_keyword, usable
 from nbchat.backends.local.precision import choose
@@ -175,6 +176,8 @@ def _load(source: str, dtype_name: str, local_only: bool) -> _State:
         device_map=device if device != "cpu" else None,
     )
     model.eval()
+    parameters = sum(p.numel() for p in model.parameters())  # before packing turns weights into buffers
+    packed = packing.pack_linears(model) if packing.wanted(device, dtype_name, native_bf16) else 0
     eos = model.generation_config.eos_token_id
     eos_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
     tensors = itertools.chain(model.parameters(), model.buffers())
@@ -182,7 +185,8 @@ def _load(source: str, dtype_name: str, local_only: bool) -> _State:
         "device": device,
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),  # what the weights are in
         "native_bf16": native_bf16,  # what computes bf16 natively here (a CPU feature, the GPU), or None
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": parameters,
+        "packed_linears": packed,  # linear layers in oneDNN's layout (packing.py), 0 where not
         "memory_bytes": sum(t.numel() * t.element_size() for t in tensors),
         "max_position_embeddings": int(getattr(model.config, "max_position_embeddings", 32768)),
         "torch": torch.__version__,
