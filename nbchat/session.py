@@ -723,7 +723,9 @@ def _warm(backend: Backend, name: str, model: str, on_status: Callable[[str], No
                 logging.getLogger(__name__).exception("An nbchat warm-up listener failed")
 
     def progress(step: LoadProgress) -> None:
-        if step.phase != "ready":
+        if step.phase == "download":  # it joined a load that downloads (a message sent meanwhile)
+            say(f"Downloading {model}: {step.download_text()}")
+        elif step.phase != "ready":
             say(f"{model} is loading in the background…")
 
     try:

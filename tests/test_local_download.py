@@ -273,3 +273,21 @@ def test_the_panels_warm_start_says_a_model_not_downloaded_yet_comes_with_the_fi
     reply.wait(120)
     assert reply.error is None and reply.text
     assert statuses and all(status.startswith(f"Downloading transformers:{repo}: ") for status in statuses)
+
+
+def test_a_warm_start_that_joins_a_download_under_way_says_how_far_it_got(
+    hub: HubTestServer,
+    big_repo: str,
+    make_session: Callable[..., ChatSession],
+    server: OllamaTestServer,
+) -> None:
+    hub.bytes_per_s = 10_000_000  # about 3 s
+    session = chatting(make_session(server, "alice"), "alice", f"transformers:{big_repo}")
+    session.configure(max_new_tokens=4)
+    reply = session.send("hello")  # its load downloads
+    wait_until(lambda: reply.download is not None, 30)
+    said: list[str] = []
+    session.warm_up(on_status=said.append)  # the panel reopened: it joins the load under way
+    reply.wait(120)
+    wait_until(lambda: said[-1:] == [f"transformers:{big_repo} ready"], 30)
+    assert any(text.startswith(f"Downloading transformers:{big_repo}: ") for text in said), said
