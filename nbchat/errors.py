@@ -208,3 +208,25 @@ class SearchError(NbchatError):
 
 class ModelNotDownloaded(ModelLoadError):
     """A hub model is not on this machine yet and this load was not to download it (a warm start)."""
+
+
+class KeyUnlockFailed(AccountError):
+    """An encrypted account's data key could not be unlocked: wrong password, or its key record
+    was altered or belongs to another account (deliberately one error for all three)."""
+
+
+class KeyRecordInvalid(KeyUnlockFailed):
+    """The stored key record is malformed (missing field, bad base64, unknown version or kdf,
+    parameters out of bounds); refused before any key derivation runs."""
+
+
+class DamagedLine(StoreError):
+    """An encrypted line does not open: damaged, truncated, or moved from another file or position.
+
+    ``conversation_id`` and ``position`` name the line as the caller asked for it.
+    """
+
+    def __init__(self, message: str, conversation_id: str, position: int) -> None:
+        super().__init__(message)
+        self.conversation_id = conversation_id
+        self.position = position
