@@ -11,10 +11,10 @@ import time
 from typing import Any
 
 import pytest
-from conftest import PASSWORD
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import PASSWORD
 from nbchat import crypto
 from nbchat.errors import AccountError, DamagedLine, KeyRecordInvalid, KeyUnlockFailed, StoreError
 
@@ -114,7 +114,8 @@ def test_a_wrapped_key_swapped_in_from_another_account_is_detected() -> None:
     _, alice = wrapped("alice")
     _, bob = wrapped("bob")
     with pytest.raises(KeyUnlockFailed):
-        crypto.unwrap_data_key({**alice, "wrapped": bob["wrapped"], "nonce": bob["nonce"]}, PASSWORD, account="alice")
+        swapped = {**alice, "wrapped": bob["wrapped"], "nonce": bob["nonce"]}
+        crypto.unwrap_data_key(swapped, PASSWORD, account="alice")
 
 
 def test_rewrapping_keeps_the_data_key_and_changes_salt_and_wrapped_key() -> None:
@@ -138,7 +139,8 @@ def _without(field: str) -> Any:
 
 
 MALFORMED: list[tuple[str, Any, str]] = [
-    *[(f"missing-{f}", _without(f), f"lacks {f}") for f in ("version", "kdf", "n", "salt", "nonce", "wrapped")],
+    *[(f"missing-{f}", _without(f), f"lacks {f}") for f in ("version", "kdf", "n", "salt", "nonce")],
+    ("missing-wrapped", _without("wrapped"), "lacks wrapped"),
     ("not-an-object", lambda record: [record], "not a JSON object"),
     ("version-2", lambda record: {**record, "version": 2}, "version 2"),
     ("version-string", lambda record: {**record, "version": "1"}, "version '1'"),
@@ -154,7 +156,7 @@ MALFORMED: list[tuple[str, Any, str]] = [
     ("memory-too-much", lambda record: {**record, "n": 2**20, "r": 32}, "more memory or time"),
     ("work-too-much", lambda record: {**record, "n": 2**18, "r": 8, "p": 16}, "more memory or time"),
     ("salt-bad-base64", lambda record: {**record, "salt": "not base64!"}, "'salt' is not valid base64"),
-    ("salt-short", lambda record: {**record, "salt": base64.b64encode(b"12345678").decode()}, "'salt' is 8 bytes"),
+    ("salt-short", lambda record: {**record, "salt": "AAAAAAAAAAA="}, "'salt' is 8 bytes"),
     ("nonce-bad-base64", lambda record: {**record, "nonce": "@@@@"}, "'nonce' is not valid base64"),
     ("nonce-number", lambda record: {**record, "nonce": 12}, "'nonce' is not a base64 string"),
     ("nonce-short", lambda record: {**record, "nonce": record["nonce"][:8]}, "'nonce' is 6 bytes, not 12"),
@@ -163,19 +165,22 @@ MALFORMED: list[tuple[str, Any, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("damage", "message"), [(d, m) for _, d, m in MALFORMED], ids=[i for i, _, _ in MALFORMED])
+@pytest.mark.parametrize(
+    ("damage", "message"), [(d, m) for _, d, m in MALFORMED], ids=[i for i, _, _ in MALFORMED]
+)
 def test_a_malformed_record_gives_a_specific_error_before_any_derivation(damage: Any, message: str) -> None:
     _, record = wrapped()
     started = time.perf_counter()
     with pytest.raises(KeyRecordInvalid, match=re.escape(message)):
         crypto.unwrap_data_key(damage(record), PASSWORD, account="alice")
-    assert time.perf_counter() - started < 0.5  # refused, not derived (the default derivation alone is ~0.2 s)
+    assert time.perf_counter() - started < 0.5  # refused, not derived (one default derivation is ~0.2 s)
 
 
 def test_a_huge_n_is_refused_at_once_even_for_wrapping() -> None:
     started = time.perf_counter()
     with pytest.raises(KeyRecordInvalid, match="power of two"):
-        crypto.wrap_data_key(crypto.new_data_key(), PASSWORD, account="alice", params=crypto.KdfParams(2**40, 8, 1))
+        huge = crypto.KdfParams(2**40, 8, 1)
+        crypto.wrap_data_key(crypto.new_data_key(), PASSWORD, account="alice", params=huge)
     assert time.perf_counter() - started < 0.05
 
 
@@ -188,7 +193,8 @@ def test_a_key_of_the_wrong_size_is_a_programming_error() -> None:
 
 # -- lines ----------------------------------------------------------------------------------------
 
-LINE = json.dumps({"kind": "message", "role": "user", "content": "the zebra quietly eats pistachios"}).encode()
+LINE = json.dumps({"kind": "message", "role": "user", "content": "the zebra quietly eats pistachios"})
+LINE_BYTES = LINE.encode()
 
 
 @pytest.fixture
@@ -197,21 +203,21 @@ def cipher() -> crypto.LineCipher:
 
 
 def test_a_sealed_line_opens_at_its_place(cipher: crypto.LineCipher) -> None:
-    token = cipher.seal(LINE, conversation_id="c1", position=7)
+    token = cipher.seal(LINE_BYTES, conversation_id="c1", position=7)
     assert URLSAFE.fullmatch(token)
-    assert cipher.open(token, conversation_id="c1", position=7) == LINE
+    assert cipher.open(token, conversation_id="c1", position=7) == LINE_BYTES
 
 
 def test_sealing_the_same_line_twice_gives_different_tokens(cipher: crypto.LineCipher) -> None:
-    tokens = {cipher.seal(LINE, conversation_id="c1", position=7) for _ in range(50)}
+    tokens = {cipher.seal(LINE_BYTES, conversation_id="c1", position=7) for _ in range(50)}
     assert len(tokens) == 50
 
 
 def test_no_piece_of_the_plaintext_appears_in_the_token(cipher: crypto.LineCipher) -> None:
-    token = cipher.seal(LINE, conversation_id="c1", position=7)
+    token = cipher.seal(LINE_BYTES, conversation_id="c1", position=7)
     raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-    for start in range(len(LINE) - 5):
-        piece = LINE[start : start + 6]
+    for start in range(len(LINE_BYTES) - 5):
+        piece = LINE_BYTES[start : start + 6]
         assert piece not in raw
         assert piece.decode() not in token
 
@@ -222,7 +228,7 @@ def test_no_piece_of_the_plaintext_appears_in_the_token(cipher: crypto.LineCiphe
 def test_a_line_moved_to_another_conversation_or_position_does_not_open(
     cipher: crypto.LineCipher, conversation_id: str, position: int
 ) -> None:
-    token = cipher.seal(LINE, conversation_id="c1", position=7)
+    token = cipher.seal(LINE_BYTES, conversation_id="c1", position=7)
     with pytest.raises(DamagedLine, match="damaged, or moved") as caught:
         cipher.open(token, conversation_id=conversation_id, position=position)
     assert (caught.value.conversation_id, caught.value.position) == (conversation_id, position)
@@ -230,7 +236,7 @@ def test_a_line_moved_to_another_conversation_or_position_does_not_open(
 
 
 def test_a_token_truncated_by_one_character_or_more_does_not_open(cipher: crypto.LineCipher) -> None:
-    token = cipher.seal(LINE, conversation_id="c1", position=7)
+    token = cipher.seal(LINE_BYTES, conversation_id="c1", position=7)
     for cut in range(1, len(token) + 1):
         with pytest.raises(DamagedLine):
             cipher.open(token[:-cut], conversation_id="c1", position=7)
@@ -251,7 +257,7 @@ def test_junk_instead_of_a_token_is_a_damaged_line(cipher: crypto.LineCipher, ju
 
 
 def test_a_line_sealed_under_another_key_does_not_open(cipher: crypto.LineCipher) -> None:
-    token = crypto.LineCipher(crypto.new_data_key()).seal(LINE, conversation_id="c1", position=7)
+    token = crypto.LineCipher(crypto.new_data_key()).seal(LINE_BYTES, conversation_id="c1", position=7)
     with pytest.raises(DamagedLine):
         cipher.open(token, conversation_id="c1", position=7)
 
@@ -259,11 +265,15 @@ def test_a_line_sealed_under_another_key_does_not_open(cipher: crypto.LineCipher
 def test_a_line_position_must_be_a_whole_number_from_zero(cipher: crypto.LineCipher) -> None:
     for position in (-1, True, 1.0, 2**63):
         with pytest.raises(ValueError, match="line position"):
-            cipher.seal(LINE, conversation_id="c1", position=position)  # type: ignore[arg-type]
+            cipher.seal(LINE_BYTES, conversation_id="c1", position=position)  # type: ignore[arg-type]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
-@given(plaintext=st.binary(max_size=2000), conversation_id=st.text(max_size=40), position=st.integers(0, 2**63 - 1))
+@given(
+    plaintext=st.binary(max_size=2000),
+    conversation_id=st.text(max_size=40),
+    position=st.integers(0, 2**63 - 1),
+)
 def test_any_bytes_at_any_place_round_trip(plaintext: bytes, conversation_id: str, position: int) -> None:
     cipher = crypto.LineCipher(bytes(range(32)))
     token = cipher.seal(plaintext, conversation_id=conversation_id, position=position)
@@ -281,7 +291,7 @@ def test_an_empty_line_still_seals_to_a_nonce_and_a_tag(cipher: crypto.LineCiphe
 # -- the blind index ------------------------------------------------------------------------------
 
 
-def test_one_key_blinds_equal_words_to_equal_tokens_and_other_words_to_others(cipher: crypto.LineCipher) -> None:
+def test_one_key_blinds_equal_words_alike_and_other_words_apart(cipher: crypto.LineCipher) -> None:
     assert cipher.blind("pistachio") == cipher.blind("pistachio")
     assert cipher.blind("pistachio") != cipher.blind("pistachios")
     words = [f"word{i}" for i in range(2000)]
