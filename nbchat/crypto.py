@@ -67,7 +67,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import re
 import secrets
 import struct
 from collections.abc import Mapping
@@ -107,7 +106,7 @@ _WRAP_LABEL = b"nbchat data key v1\x00"
 _LINE_LABEL = b"nbchat line v1\x00"
 _LINE_INFO = b"nbchat line cipher v1"
 _BLIND_INFO = b"nbchat blind index v1"
-_URLSAFE = re.compile(rb"[A-Za-z0-9_-]*")
+_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
 _RECORD_FIELDS = ("version", "kdf", "n", "r", "p", "salt", "cipher", "nonce", "wrapped")
 
 
@@ -322,8 +321,11 @@ def _line_aad(conversation_id: str, position: int) -> bytes:
 
 def _decode_token(token: str, conversation_id: str, position: int) -> bytes:
     raw = token.encode("ascii", errors="replace") if isinstance(token, str) else b"?"
-    if _URLSAFE.fullmatch(raw) and len(raw) % 4 != 1:
-        data = base64.urlsafe_b64decode(raw + b"=" * (-len(raw) % 4))
+    if b"+" not in raw and b"/" not in raw:  # the URL-safe alphabet only; validate checks the rest
+        try:
+            data = base64.b64decode(raw.translate(_TO_STANDARD) + b"=" * (-len(raw) % 4), validate=True)
+        except binascii.Error:
+            data = b""
         if len(data) >= NONCE_BYTES + TAG_BYTES:
             return data
     raise DamagedLine(
