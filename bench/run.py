@@ -30,6 +30,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import context
+import crypto
 import engines
 import hub_download
 import long_chat
@@ -109,6 +110,13 @@ TARGETS: dict[str, tuple[str, str, Callable[[object], bool] | None]] = {
         None,
     ),
     "hub_download_plain_mb_s": ("the same with plain snapshot_download, MB/s", "—", None),
+    "login_kdf_s": (
+        "the KDF at login: scrypt n=2**16, r=8, p=1, unwrapping the data key",
+        "0.1–0.5 s",
+        lambda v: 0.1 <= float(v) <= 0.5,
+    ),
+    "encrypt_line_us": ("seal one ~600-byte store line, AES-256-GCM (µs)", "—", None),
+    "decrypt_line_us": ("open one such line (µs)", "—", None),
     "ollama_client_ratio": (
         "Ollama: nbchat ÷ official client, 20,000 chunks",
         "≥ 1.1",
@@ -232,6 +240,7 @@ def main() -> int:
         ("qwen_precision", qwen_precision.measure_in_scratch),
         ("qwen_cache", qwen_cache.measure_in_scratch),
         ("hub_download", hub_download.measure_in_scratch),
+        ("crypto", crypto.measure),
     ):
         if only is not None and name not in only:
             continue
