@@ -230,3 +230,10 @@ class DamagedLine(StoreError):
         super().__init__(message)
         self.conversation_id = conversation_id
         self.position = position
+
+
+class ConversationEncrypted(UnsupportedVersion):
+    """A conversation file is encrypted and this store has no key for it (or another account's key).
+
+    Left untouched, like a file of a newer nbchat: logging in with the account's password opens it.
+    """

@@ -59,7 +59,9 @@ class FileState:
     offset: int
     conversation: Conversation  # from the header: no messages
     version: int = 0  # the file's format version (decoded from ``header`` only when not given)
-    lines: int = 1
+    lines: int = 1  # also the position of the next line: the header is position 0
+    #: Every line is encrypted (``records.seal_line``); ``version`` is then that of the lines inside.
+    sealed: bool = False
     #: Every message and open draft by id, in the order each first appeared in the file.
     entries: dict[str, Message | OpenDraft] = field(default_factory=dict)
     #: When each entry was last used (the line that saved it, drafted it or selected it).

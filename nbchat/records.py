@@ -8,12 +8,13 @@ describe the same format and the tests hold the two together.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from nbchat import migrations
-from nbchat.errors import InvalidValue, UnsupportedVersion
+from nbchat.errors import ConversationEncrypted, DamagedLine, InvalidValue, UnsupportedVersion
 from nbchat.types import (
     MAX_CONTENT_CHARS,
     MAX_MODEL_ID_CHARS,
@@ -28,6 +29,9 @@ from nbchat.types import (
     is_valid_id,
 )
 
+if TYPE_CHECKING:
+    from nbchat.crypto import LineCipher
+
 FORMAT_VERSION = migrations.LATEST  # what nbchat writes; every older version is read (nbchat.migrations)
 OLDEST_VERSION = 1
 MESSAGE_KEYS = frozenset({"id", "role", "content", "thinking", "time", "model", "stats", "parent"})
@@ -36,9 +40,16 @@ DRAFT_KEYS = frozenset({"draft", "parent", "model", "time", "text", "thinking"})
 SELECT_KEYS = frozenset({"select", "time"})
 #: The first version whose files may hold ``draft`` and ``select`` lines.
 TREE_VERSION = 3
+#: The version in the clear header of an encrypted file (one with a ``sealed`` field, which is
+#: what marks it: see ``seal_header``), so that an nbchat from before encryption refuses the
+#: file untouched, as from a newer nbchat. Every line inside is one of the format the sealed
+#: header names (``FORMAT_VERSION`` today).
+SEALED_VERSION = 4
 # No header nbchat writes is longer: each character takes at most 6 bytes (a \u escape), plus
-# room for the field names, times and numbers. Readers stop there instead of reading a huge line.
-MAX_HEADER_BYTES = 6 * (MAX_SYSTEM_CHARS + MAX_TITLE_CHARS + MAX_MODEL_ID_CHARS) + 4096
+# room for the field names, times and numbers; sealed, base64 adds a third, and the envelope a
+# little. Readers stop there instead of reading a huge line.
+MAX_CLEAR_HEADER_BYTES = 6 * (MAX_SYSTEM_CHARS + MAX_TITLE_CHARS + MAX_MODEL_ID_CHARS) + 4096
+MAX_HEADER_BYTES = MAX_CLEAR_HEADER_BYTES * 4 // 3 + 1024
 HEADER_TOO_LONG = f"the first line is longer than any header nbchat writes ({MAX_HEADER_BYTES:,} bytes)"
 
 
@@ -130,6 +141,116 @@ def select_line(select: Select) -> bytes:
     return _line({"select": select.id, "time": _time(select.time)})
 
 
+# -- encrypted files ---------------------------------------------------------------------------
+#
+# An encrypted file has the same lines in the same order, each sealed on its own by
+# ``crypto.LineCipher`` under the conversation id and the line's position in the file (the
+# header is 0), so a line copied from another file, or moved within one, does not open. Only
+# what ``SEALED_VERSION`` shows stays in clear: the header's version, the conversation id and
+# which key sealed the file; every other line is ``{"sealed": <token>}``.
+
+SEALED_HEADER_KEYS = frozenset({"version", "id", "key", "sealed"})
+SEALED_LINE_KEYS = frozenset({"sealed"})
+# Blinded like a search word, but no tokenizer makes a word with a NUL in it.
+_KEY_ID_LABEL = "\x00nbchat data key id v1"
+
+
+def key_id(cipher: LineCipher) -> str:
+    """Names the data key without revealing it: a wrong key is told apart from a damaged header."""
+    return cipher.blind(_KEY_ID_LABEL)
+
+
+def seal_header(clear: bytes, cipher: LineCipher, conversation_id: str) -> bytes:
+    """The encrypted file's first line, holding ``clear`` (a ``header_line``) at position 0."""
+    token = cipher.seal(clear.rstrip(b"\n"), conversation_id=conversation_id, position=0)
+    record = {"version": SEALED_VERSION, "id": conversation_id, "key": key_id(cipher), "sealed": token}
+    return _line(record)
+
+
+def seal_line(clear: bytes, cipher: LineCipher, conversation_id: str, position: int) -> bytes:
+    """``clear`` (any line after the header, with or without its newline) sealed at ``position``."""
+    token = cipher.seal(clear.rstrip(b"\n"), conversation_id=conversation_id, position=position)
+    return b'{"sealed":"' + token.encode("ascii") + b'"}\n'  # base64url needs no JSON escapes
+
+
+def is_sealed(line: bytes) -> bool:
+    """Whether a header line that parses is an encrypted file's."""
+    return _is_sealed(_object(line))
+
+
+def _is_sealed(record: dict[str, Any]) -> bool:
+    return "sealed" in record  # no clear header has the field
+
+
+def open_header(line: bytes, cipher: LineCipher, conversation_id: str) -> tuple[Conversation, int, bool]:
+    """The conversation, its content version, and whether the file is sealed: either form is read.
+
+    A file sealed under another key is ``ConversationEncrypted`` (left untouched); one that does
+    not open under this key is damage (``RecordError``).
+    """
+    record = _object(line)
+    if not _is_sealed(record):
+        return (*parse_header_and_version(line), False)
+    _expect_keys(record, SEALED_HEADER_KEYS, "encrypted header")
+    version = record["version"]
+    if type(version) is int and version > SEALED_VERSION:
+        raise UnsupportedVersion(
+            f"This conversation was encrypted by a newer nbchat (format version {version}; this one "
+            f"reads up to {SEALED_VERSION}). Upgrade nbchat to open it; the file was left untouched."
+        )
+    if type(version) is not int or version != SEALED_VERSION:
+        raise RecordError(_brief(f"the encrypted header's version is {version!r}, not {SEALED_VERSION}"))
+    if record["id"] != conversation_id:
+        raise RecordError(_brief(f"the header's id {record['id']!r} does not match the file name"))
+    if record["key"] != key_id(cipher):
+        raise ConversationEncrypted(
+            "This conversation is encrypted with another key than this login's: it belongs to "
+            "another account (or the account's key was replaced). The file was left untouched."
+        )
+    clear = _open(record, cipher, conversation_id, 0)
+    conversation, version = _inner(parse_header_and_version, clear)
+    return conversation, version, True
+
+
+def open_line(
+    line: bytes,
+    cipher: LineCipher,
+    conversation_id: str,
+    position: int,
+    version: int = FORMAT_VERSION,
+    previous: str | None = None,
+) -> Line:
+    """The line at ``position`` of a sealed file; ``NotJSON`` only when the envelope is torn."""
+    record = _object(line)
+    _expect_keys(record, SEALED_LINE_KEYS, "encrypted line")
+    clear = _open(record, cipher, conversation_id, position)
+    return _inner(lambda inner: parse_line(inner, version, previous), clear)
+
+
+def _open(record: dict[str, Any], cipher: LineCipher, conversation_id: str, position: int) -> bytes:
+    token = record["sealed"]
+    if not isinstance(token, str):
+        raise RecordError("the encrypted line's sealed field is not a string")
+    try:
+        return cipher.open(token, conversation_id=conversation_id, position=position)
+    except DamagedLine:
+        raise RecordError(
+            "it does not decrypt with this account's key: it was damaged, or copied from another "
+            "file or position"
+        ) from None
+
+
+_T = TypeVar("_T")
+
+
+def _inner(parse: Callable[[bytes], _T], clear: bytes) -> _T:
+    """Parse a line that decrypted: its bytes were authenticated, so not-JSON is damage, never torn."""
+    try:
+        return parse(clear)
+    except NotJSON as exc:
+        raise RecordError(f"the decrypted line is {exc}") from None
+
+
 def header_version(line: bytes) -> int:
     """The format version of a header line nbchat has already read successfully."""
     version = _object(line).get("version")
@@ -178,6 +299,11 @@ _TOO_DEEP = "the line nests arrays or objects too deeply to be read"
 def _parse_header(line: bytes) -> tuple[Conversation, int]:
     record = _object(line)
     version = record.get("version")
+    if _is_sealed(record):
+        raise ConversationEncrypted(
+            "This conversation is encrypted: log in with its account's password to read it. "
+            "The file was left untouched."
+        )
     if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
         raise UnsupportedVersion(
             f"This conversation was saved by a newer nbchat (format version {version}; "

@@ -29,6 +29,15 @@ reports a damaged file without moving it.
 
 Every OS error becomes a ``StorageFailed`` naming the file; a failed write
 changes neither the file nor what this store remembers of it.
+
+Given a ``crypto.LineCipher`` (an encrypted account, issue 15) the store writes every line
+sealed on its own, bound to the conversation id and the line's position (``records.seal_line``),
+so all of the above holds unchanged: an append is still one sealed line, one write and fsync;
+listing opens first lines only; a torn sealed line is still not JSON. A line that does not open
+(damaged, copied from another file, moved) is damage like any other; a file sealed under another
+key, or read without a key, is ``ConversationEncrypted`` and left untouched. A clear file (an
+account not converted yet) is read as it is and sealed whole the first time this store writes to
+it, the way an older format is upgraded. The search index of such a store lives in memory only.
 """
 
 from __future__ import annotations
@@ -45,7 +54,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nbchat import records
 from nbchat.errors import (
@@ -83,6 +92,9 @@ from nbchat.types import (
     utcnow,
 )
 from nbchat.usernames import username_key
+
+if TYPE_CHECKING:
+    from nbchat.crypto import LineCipher
 
 SUFFIX = ".jsonl"
 LOCK_NAME = ".lock"
@@ -127,10 +139,18 @@ class ConversationStore:
     With ``account_id`` (as a ``Login`` opens it) the store serves only while
     the user's directory still belongs to that account: after the account is
     deleted (or its password changed), by this kernel or another, every use
-    raises ``NotLoggedIn``.
+    raises ``NotLoggedIn``. With ``cipher`` every line it writes is encrypted
+    (see the module docstring); without one its files are as they always were.
     """
 
-    def __init__(self, data_dir: Path, username: str, account_id: str | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        username: str,
+        account_id: str | None = None,
+        *,
+        cipher: LineCipher | None = None,
+    ) -> None:
         self._user = username_key(username)
         self._account_id = account_id
         self._data_dir = Path(data_dir)
@@ -139,7 +159,10 @@ class ConversationStore:
         self._streaming: set[str] = set()  # ids of replies this store is drafting (shown live, not as drafts)
         self._mutex = threading.RLock()
         self._closed = False
+        self._cipher = cipher
         self._index = SearchIndex(self._dir)  # a derived cache; opened at first use
+        if cipher is not None:  # an index file would hold the words in clear
+            self._index._use_memory("the account is encrypted: its index is kept in memory only")
 
     @property
     def username(self) -> str:
@@ -321,8 +344,9 @@ class ConversationStore:
             return state.view(self._streaming)
 
     def _add_line(self, path: Path, state: FileState, item: records.Line, line: bytes) -> None:
-        """Append one line; an older file is first rewritten once at the newest version."""
-        if state.version < records.TREE_VERSION:
+        """Append one line; an older or clear file is first rewritten once as this store writes."""
+        line = self._sealed(line, state.conversation.id, state.lines)
+        if state.version < records.TREE_VERSION or self._unsealed(state):
             # An older nbchat then refuses the file untouched instead of calling it damaged.
             body = self._body(path, state)
             state = self._write_whole(path, state.conversation, state, body + line)
@@ -365,6 +389,16 @@ class ConversationStore:
             fsync_dir(self._dir)
 
     # -- internals -------------------------------------------------------------------------
+
+    def _sealed(self, line: bytes, conversation_id: str, position: int) -> bytes:
+        """``line`` as this store writes it at ``position`` (the header is 0): sealed if it has a key."""
+        if self._cipher is None:
+            return line
+        return records.seal_line(line, self._cipher, conversation_id, position)
+
+    def _unsealed(self, state: FileState) -> bool:
+        """A clear file this store must seal before it writes to it (an account not converted yet)."""
+        return self._cipher is not None and not state.sealed
 
     @property
     def _what(self) -> str:
@@ -461,9 +495,7 @@ class ConversationStore:
             if len(first) > records.MAX_HEADER_BYTES:
                 raise records.RecordError(records.HEADER_TOO_LONG)
             # With or without its newline: a header that parses is whole (atomic writes never tear one).
-            header = records.parse_header(first)
-            if header.id != path.name[: -len(SUFFIX)]:
-                raise records.RecordError(f"the header's id {header.id!r} does not match the file name")
+            header, _, _ = self._parse_header(path.name[: -len(SUFFIX)], first)
         except UnsupportedVersion as exc:
             warnings.warn(f"Skipped {path.name}: {exc}", NbchatWarning, stacklevel=3)
             return None
@@ -580,14 +612,15 @@ class ConversationStore:
                 if not tail:
                     raise records.RecordError("the file is empty")
                 try:
-                    header, version = self._parse_header(conversation_id, tail)
+                    header, version, sealed = self._parse_header(conversation_id, tail)
                 except records.NotJSON as exc:
                     raise records.RecordError(f"the file has no complete header line ({exc})") from None
-                return _Read(
-                    inode, None, tail, FileState(inode, tail + b"\n", len(tail) + 1, header, version)
-                )
-            header, version = self._parse_header(conversation_id, lines[0])
-            state = FileState(inode, lines[0] + b"\n", len(lines[0]) + 1, header, version=version)
+                first = FileState(inode, tail + b"\n", len(tail) + 1, header, version, sealed=sealed)
+                return _Read(inode, None, tail, first)
+            header, version, sealed = self._parse_header(conversation_id, lines[0])
+            state = FileState(
+                inode, lines[0] + b"\n", len(lines[0]) + 1, header, version=version, sealed=sealed
+            )
             lines = lines[1:]
         elif lines or tail:
             state = cached.copy()
@@ -617,17 +650,25 @@ class ConversationStore:
         except records.RecordError as exc:
             raise records.RecordError(f"line {number}: {exc}") from None
 
-    @staticmethod
-    def _parse_header(conversation_id: str, line: bytes) -> tuple[Conversation, int]:
-        # A newer format raises UnsupportedVersion here, before anything is repaired.
-        conversation, version = records.parse_header_and_version(line)
+    def _parse_header(self, conversation_id: str, line: bytes) -> tuple[Conversation, int, bool]:
+        """The header's conversation, content version, and whether the file is sealed."""
+        # A newer format (or a sealed file this store has no key for) raises UnsupportedVersion
+        # here, before anything is repaired.
+        if self._cipher is None:
+            conversation, version = records.parse_header_and_version(line)
+            sealed = False
+        else:
+            conversation, version, sealed = records.open_header(line, self._cipher, conversation_id)
         if conversation.id != conversation_id:
             raise records.RecordError(f"the header's id {conversation.id!r} does not match the file name")
-        return conversation, version
+        return conversation, version, sealed
 
-    @staticmethod
-    def _parse_line(number: int, line: bytes, state: FileState) -> records.Line:
+    def _parse_line(self, number: int, line: bytes, state: FileState) -> records.Line:
         try:
+            if state.sealed:
+                assert self._cipher is not None  # a sealed state is only read with a key
+                position, cid = number - 1, state.conversation.id  # the header is line 1, position 0
+                return records.open_line(line, self._cipher, cid, position, state.version, state.last_message)
             return records.parse_line(line, state.version, state.last_message)
         except records.NotJSON as exc:
             raise records.NotJSON(f"line {number}: {exc}") from None
@@ -678,21 +719,29 @@ class ConversationStore:
         return updated
 
     def _body(self, path: Path, state: FileState) -> bytes:
-        """The file's lines after the header, at the newest version (an older file's are upgraded)."""
+        """The file's lines after the header as this store writes them: at the newest version
+        (an older file's upgraded), sealed if it has a key (each line at its position, from 1)."""
+        cid = state.conversation.id
         if state.version < records.TREE_VERSION:  # only messages, each on one line
-            return b"".join(records.message_line(m) for m in state.saved_messages())
+            lines = [records.message_line(m) for m in state.saved_messages()]
+            return b"".join(self._sealed(line, cid, position) for position, line in enumerate(lines, 1))
         with os_errors(path, "read", writing=False), path.open("rb") as handle:
             handle.seek(len(state.header))
             body = handle.read(state.offset - len(state.header))
         if len(body) != state.offset - len(state.header):
             raise storage_error(OSError(errno.EIO, "it is shorter than what was read of it"), path, "rewrite")
-        return body
+        if self._unsealed(state):  # read and checked as clear lines: each sealed where it stands
+            lines = body.split(b"\n")[:-1]  # every line read ends in a newline
+            return b"".join(self._sealed(line, cid, position) for position, line in enumerate(lines, 1))
+        return body  # sealed lines keep their positions: a new header changes none of them
 
     def _write_whole(
         self, path: Path, conversation: Conversation, state: FileState | None, body: bytes = b""
     ) -> FileState:
         """Write header + ``body`` atomically; the cache follows (``state`` holds what ``body`` says)."""
         header = records.header_line(conversation)
+        if self._cipher is not None:
+            header = records.seal_header(header, self._cipher, conversation.id)
         self._cache.pop(conversation.id, None)  # re-read from disk if anything below fails
         atomic_write_bytes(path, header + body)
         with os_errors(path, "read", writing=False):
@@ -703,6 +752,7 @@ class ConversationStore:
             len(header) + len(body),
             conversation.without_messages(),
             version=records.FORMAT_VERSION,  # just written at the newest version
+            sealed=self._cipher is not None,
         )
         if state is not None:
             fresh = replace(
@@ -712,6 +762,7 @@ class ConversationStore:
                 offset=fresh.offset,
                 conversation=fresh.conversation,
                 version=fresh.version,
+                sealed=fresh.sealed,
             )
         self._cache[conversation.id] = fresh
         self._index.rewritten(fresh.view(), inode=fresh.inode, size=fresh.offset)
