@@ -375,6 +375,22 @@ class ConversationStore:
             settings = current.settings.updated(**changes)
             return self._rewrite_loaded(current, settings=settings)
 
+    def seal(self, conversation_id: str) -> bool:
+        """Encrypt a clear file whole with this store's key (converting an account); False if it was.
+
+        One atomic rewrite, nothing else changed (not even ``updated``): a kill leaves the clear
+        file or the sealed one, and this store reads both.
+        """
+        if self._cipher is None:
+            raise InvalidValue("This store has no key to encrypt with; open it with the account's cipher.")
+        with self._mutex, self._lock():
+            path = self._path(conversation_id)
+            state = self._load_state(path)
+            if not self._unsealed(state):
+                return False
+            self._write_whole(path, state.conversation, state, self._body(path, state))
+            return True
+
     def delete(self, conversation_id: str) -> None:
         """Remove the conversation's file for good."""
         with self._mutex, self._lock():

@@ -427,3 +427,44 @@ def test_an_older_clear_file_is_upgraded_and_sealed_in_one_rewrite(
     fresh = sealed().get(conversation_id)
     assert fresh.title == "Renamed" and fresh.messages == old.messages
     assert b'"content"' not in file_of(store, conversation_id).read_bytes()
+
+
+def test_sealing_converts_each_clear_file_once_changing_nothing_it_holds(
+    data_dir: Path, sealed: Opener
+) -> None:
+    clear = ConversationStore(data_dir, "alice")
+    secret = word()
+    one = clear.create(f"one {secret}")
+    q = clear.append(one.id, Message("user", secret, thinking=None))
+    clear.append_draft(one.id, records.Draft(secrets.token_hex(16), q.id, None, q.time, secret, ""))
+    two = clear.create("two")
+    reader = ConversationStore(data_dir, "alice")  # not the drafting one: it shows the draft
+    before = {c.id: reader.get(c.id) for c in (one, two)}
+    assert before[one.id].messages[-1].content == secret
+    store = sealed()
+    assert store.seal(one.id) is True  # a kill here: one sealed, two clear; both read
+    assert {c: sealed().get(c) for c in before} == before
+    assert store.seal(two.id) is True
+    path = file_of(store, two.id)
+    after = path.read_bytes()
+    assert store.seal(two.id) is False and path.read_bytes() == after
+    assert {c: sealed().get(c) for c in before} == before  # titles, times, drafts: all as they were
+    assert leaks(data_dir, [secret]) == []
+
+
+def test_an_index_file_left_from_before_is_never_written_by_an_encrypted_store(
+    data_dir: Path, sealed: Opener
+) -> None:
+    clear = ConversationStore(data_dir, "alice")
+    conversation = clear.create("Chat")
+    clear.append(conversation.id, Message("user", "older words"))
+    assert clear.search("older")
+    clear.close()
+    index = next(clear.directory.glob(".search.sqlite"))
+    store = sealed()
+    secret = word()
+    store.append(conversation.id, Message("user", secret))
+    store.rename(conversation.id, f"about {secret}")
+    assert [hit.conversation_id for hit in store.search(secret)] == [conversation.id, conversation.id]
+    store.close()
+    assert leaks(data_dir, [secret]) == [] and index.exists()
