@@ -14,6 +14,14 @@ A hub login (``hub_login``) reaches only the account created for that exact
 JupyterHub name, and a password never opens such an account. A password
 change gives the account a new login token, which ends every earlier login.
 Deleting an account can be interrupted anywhere: the next use finishes it.
+
+Data keys (issue 15): with the site policy ``encrypt_local_accounts`` (on by
+default) every local account has a random data key, stored in its record only
+wrapped under its password (``nbchat.crypto``; the record's ``data_key`` field).
+A login unwraps it into ``Login.data_key``; an account made before gets one at
+its next login. A password change re-wraps it in the same write as the new
+hash; a deletion first removes it (the data is unreadable from that moment,
+and the record is marked ``deleting`` so the next use finishes the deletion).
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from typing import Any
 
 import bcrypt
 
+from nbchat import crypto
 from nbchat.config import Config, load_config
 from nbchat.errors import (
     AuthenticationFailed,
@@ -43,6 +52,8 @@ from nbchat.errors import (
     HubAccountConflict,
     InvalidPassword,
     InvalidUsername,
+    KeyRecordInvalid,
+    KeyUnlockFailed,
     LoginThrottled,
     NbchatError,
     NbchatWarning,
@@ -83,6 +94,12 @@ MAX_JSON_DEPTH = 64
 WRONG_CREDENTIALS = "Wrong username or password."
 TRASH_PREFIX = ".deleted-"  # conversations/.deleted-<key>-<32 hex>: an account being deleted
 BCRYPT_HASH = re.compile(r"\$2[abxy]\$\d\d\$[./A-Za-z0-9]{53}")
+#: The fields of a record's ``data_key`` (``crypto.wrap_data_key``'s record) and their JSON types;
+#: the values themselves are checked when the key is unwrapped, so damage there locks one account only.
+KEY_RECORD_FIELDS: dict[str, type] = {
+    "version": int, "kdf": str, "n": int, "r": int, "p": int,
+    "salt": str, "cipher": str, "nonce": str, "wrapped": str,
+}
 
 
 def login_delay(failures: int) -> float:
@@ -122,17 +139,27 @@ class Login:
 
     The only way to reach a user's conversations through accounts. ``logout``
     closes it; afterwards its store forgets everything and refuses all use.
+    ``data_key`` is the account's unwrapped data key, or None (a hub login, an
+    account without one); closing drops the reference (Python cannot wipe bytes).
     """
 
-    def __init__(self, username: str, display_name: str, conversations: ConversationStore) -> None:
+    def __init__(
+        self,
+        username: str,
+        display_name: str,
+        conversations: ConversationStore,
+        data_key: bytes | None = None,
+    ) -> None:
         self.username = username
         self.display_name = display_name
         self.conversations = conversations
+        self.data_key = data_key
         self.logged_in_at = utcnow()
         self.closed = False
 
     def close(self) -> None:
         self.conversations.close()
+        self.data_key = None
         self.closed = True
 
     def __repr__(self) -> str:
@@ -144,9 +171,13 @@ class Accounts:
     """The accounts of one data dir. Safe to use from several threads and kernels at once."""
 
     #: The steps of ``delete_account`` that ``_reached`` announces (tests/workers.py kills a worker there).
-    DELETION_STEPS = ("authenticated", "renamed", "users-written")
+    #: ("key-removed": the wrapped key is gone and the record marked ``deleting``; only for accounts
+    #: with a data key.)
+    DELETION_STEPS = ("authenticated", "key-removed", "renamed", "users-written")
     #: The step of ``change_password`` between saving users.json and rewriting the directory's marker.
     PASSWORD_STEPS = ("password-saved",)
+    #: The steps of a login that gives an older account its data key: wrapped, then stored.
+    CONVERSION_STEPS = ("key-wrapped", "key-stored")
 
     def __init__(
         self,
@@ -154,9 +185,12 @@ class Accounts:
         *,
         bcrypt_rounds: int = 12,
         clock: Callable[[], float] = time.time,
+        kdf: crypto.KdfParams | None = None,
     ) -> None:
         self.config = config or load_config()
         self._rounds = bcrypt_rounds
+        self._kdf = kdf or crypto.KdfParams.default()
+        self._kdf.check()
         self._clock = clock
         self._mutex = threading.RLock()
         # Made now, at the configured cost: a lazy one made the first unknown name slower than a real one.
@@ -174,11 +208,10 @@ class Accounts:
         Reads without the lock (so it works on a read-only data dir), unless an
         interrupted deletion must be finished first.
         """
-        if self._trash_dirs():
+        users = self._read_users()
+        if self._trash_dirs() or any("deleting" in record for record in users.values()):
             with self._users_lock():
                 users = self._read_users()
-        else:
-            users = self._read_users()
         return sorted((u["name"] for u in users.values()), key=str.lower)
 
     # -- changes ---------------------------------------------------------------------------
@@ -193,8 +226,9 @@ class Accounts:
             )
         key = username.lower()
         encoded = check_password(password, username)
-        # Hash outside the lock (it takes a while); re-check everything inside it.
+        # Hash and wrap outside the lock (they take a while); re-check everything inside it.
         password_hash = self._hash(encoded)
+        wrapped = self._wrap(crypto.new_data_key(), password, key) if self._encrypting else None
         with self._users_lock():
             users = self._read_users()
             if key in users:
@@ -202,13 +236,15 @@ class Accounts:
             self._refuse_when_full(users)
             self._set_aside_orphaned_conversations(key)
             now = utcnow().isoformat(timespec="seconds")
-            record = {
+            record: dict[str, Any] = {
                 "name": username,
                 "account_id": new_id(),
                 "password_hash": password_hash,
                 "created": now,
                 "password_changed": now,
             }
+            if wrapped is not None:
+                record["data_key"] = wrapped
             claim_directory(self.data_dir, key, _token_of(record))
             users[key] = record
             self._write_users(users)
@@ -217,12 +253,65 @@ class Accounts:
     def login(self, username: str, password: str) -> Login:
         """Check the password; returns a ``Login`` that opens the user's conversations."""
         key, record = self._authenticate(username, password)
-        return self._login_to(key, record, record["name"])
+        if "data_key" in record:
+            data_key: bytes | None = self._unwrap(record, password, key)
+        elif self._encrypting:
+            record, data_key = self._give_key(key, record, password)
+        else:
+            data_key = None
+        return self._login_to(key, record, record["name"], data_key)
 
-    def _login_to(self, key: str, record: dict[str, Any], display_name: str) -> Login:
+    def _login_to(
+        self, key: str, record: dict[str, Any], display_name: str, data_key: bytes | None = None
+    ) -> Login:
         """A login whose store serves only while the account's directory holds this login token."""
         store = ConversationStore(self.data_dir, key, account_id=_token_of(record))
-        return Login(key, display_name, store)
+        return Login(key, display_name, store, data_key)
+
+    # -- data keys -------------------------------------------------------------------------
+
+    @property
+    def _encrypting(self) -> bool:
+        """The site policy: whether local accounts get data keys (accounts that have one keep it)."""
+        return self.config.policy.encrypt_local_accounts
+
+    def _wrap(self, data_key: bytes, password: str, key: str) -> dict[str, Any]:
+        return crypto.wrap_data_key(data_key, password, account=key, params=self._kdf)
+
+    def _unwrap(self, record: dict[str, Any], password: str, key: str) -> bytes:
+        """The data key of an account whose password was just checked: failing now means damage."""
+        try:
+            return crypto.unwrap_data_key(record["data_key"], password, account=key)
+        except KeyUnlockFailed as exc:
+            reason = f" ({exc})" if isinstance(exc, KeyRecordInvalid) else ""
+            raise type(exc)(
+                f"The password of {record['name']!r} is right, but the account's data key in "
+                f"{self.config.users_file} does not unlock{reason}: its key record was damaged or "
+                "altered. Restore users.json from a backup; nothing was changed."
+            ) from None
+
+    def _give_key(
+        self, key: str, authenticated: dict[str, Any], password: str
+    ) -> tuple[dict[str, Any], bytes]:
+        """Give an account made before data keys one, in one locked write of users.json.
+
+        The key is made and wrapped outside the lock; if another kernel converted the
+        account meanwhile, its key is the one (unwrapped, and this one dropped).
+        """
+        data_key = crypto.new_data_key()
+        wrapped = self._wrap(data_key, password, key)
+        self._reached("key-wrapped")
+        with self._users_lock():
+            users = self._read_users()
+            record = users.get(key)
+            if record is None or not _unchanged(record, authenticated):
+                raise AuthenticationFailed(WRONG_CREDENTIALS)  # deleted, re-made or changed meanwhile
+            if "data_key" not in record:
+                record["data_key"] = wrapped
+                self._write_users(users)
+                self._reached("key-stored")
+                return record, data_key
+        return record, self._unwrap(record, password, key)
 
     def hub_login(self, hub_name: str) -> Login:
         """Log a JupyterHub user in without a password: the hub already proved who they are.
@@ -317,23 +406,44 @@ class Accounts:
         check_password(new_password, username)
         key, authenticated = self._authenticate(username, old_password)
         password_hash = self._hash(check_password(new_password, username))
+        data_key, wrapped = self._rewrapped(key, authenticated, old_password, new_password)
         with self._users_lock():
             users = self._read_users()
             record = users.get(key)
             if record is None or not _unchanged(record, authenticated):
                 raise AuthenticationFailed(WRONG_CREDENTIALS)  # deleted, re-made or changed meanwhile
+            if record.get("data_key") != authenticated.get("data_key"):  # converted meanwhile: rare
+                data_key, wrapped = self._rewrapped(key, record, old_password, new_password)
+            if wrapped is not None:
+                record["data_key"] = wrapped
             record["password_hash"] = password_hash
             record["password_changed"] = utcnow().isoformat(timespec="seconds")
             record["login_token"] = new_id()
             self._write_users(users)
             self._reached("password-saved")
             claim_directory(self.data_dir, key, record["login_token"])
-        return self._login_to(key, record, record["name"])
+        return self._login_to(key, record, record["name"], data_key)
+
+    def _rewrapped(
+        self, key: str, record: dict[str, Any], old_password: str, new_password: str
+    ) -> tuple[bytes | None, dict[str, Any] | None]:
+        """The account's data key and its record under the new password: the same key re-wrapped,
+        a new one for an account without (policy on), or none."""
+        if "data_key" in record:
+            data_key = self._unwrap(record, old_password, key)
+        elif self._encrypting:
+            data_key = crypto.new_data_key()
+        else:
+            return None, None
+        return data_key, self._wrap(data_key, new_password, key)
 
     def delete_account(self, username: str, password: str) -> None:
         """Delete the account and every conversation of it, after checking the password.
 
-        A recoverable sequence, all under the accounts lock: rename the user's
+        An account with a data key first loses it, in a write of its own that also
+        marks the record ``deleting``: its encrypted data is unreadable from then on,
+        and the next use of the accounts finishes the deletion. Then a recoverable
+        sequence, all under the accounts lock: rename the user's
         directory to ``.deleted-<key>-<hex>`` (the point of no return: its
         ``.account`` marker says which account it was), write ``users.json``
         without the account, then remove the renamed directory. A crash before
@@ -346,33 +456,55 @@ class Accounts:
             if not _unchanged(users.get(key), authenticated):
                 raise AuthenticationFailed(WRONG_CREDENTIALS)  # deleted, re-made or changed meanwhile
             self._reached("authenticated")
-            user_dir = self.config.conversations_dir / key
-            trash: Path | None = None
-            if user_dir.exists():
-                trash = user_dir.with_name(f"{TRASH_PREFIX}{key}-{uuid.uuid4().hex}")
-                with os_errors(user_dir, "move aside for deletion the folder"):
-                    user_dir.rename(trash)
-                fsync_dir(user_dir.parent)
-                self._reached("renamed")
-            del users[key]
-            self._write_users(users)
-            self._reached("users-written")
-            if trash is not None:
-                shutil.rmtree(trash, ignore_errors=True)
+            record = users[key]
+            if "data_key" in record:
+                del record["data_key"]
+                record["deleting"] = utcnow().isoformat(timespec="seconds")
+                self._write_users(users)
+                self._reached("key-removed")
+            self._remove_account(users, key)
+
+    def _remove_account(self, users: dict[str, dict[str, Any]], key: str) -> None:
+        """The deletion past its key: rename the directory aside, write users.json without the
+        account, remove the directory (caller holds the lock; each step survives a crash)."""
+        user_dir = self.config.conversations_dir / key
+        trash: Path | None = None
+        if user_dir.exists():
+            trash = user_dir.with_name(f"{TRASH_PREFIX}{key}-{uuid.uuid4().hex}")
+            with os_errors(user_dir, "move aside for deletion the folder"):
+                user_dir.rename(trash)
+            fsync_dir(user_dir.parent)
+            self._reached("renamed")
+        del users[key]
+        self._write_users(users)
+        self._reached("users-written")
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
 
     def _finish_interrupted_deletions(self) -> None:
         """Finish every deletion a crash interrupted after its point of no return (caller holds the lock).
 
-        A ``.deleted-<key>-<hex>`` directory exists only once ``delete_account``
-        renamed the account's directory: if ``users.json`` still holds the
-        account its marker names, the account is removed now; the directory
-        itself is removed in every case.
+        A record marked ``deleting`` lost its data key to ``delete_account``: the
+        rest of its deletion is done now. A ``.deleted-<key>-<hex>`` directory
+        exists only once ``delete_account`` renamed the account's directory: if
+        ``users.json`` still holds the account its marker names, the account is
+        removed now; the directory itself is removed in every case.
         """
         conversations_dir = self.config.conversations_dir
+        users = self._read_users()
+        marked = [key for key, record in users.items() if "deleting" in record]
+        for key in marked:
+            name = users[key]["name"]
+            self._remove_account(users, key)
+            warnings.warn(
+                f"The deletion of the account {name!r} was interrupted after its data key was removed "
+                "(a kernel stopped half-way); nbchat finished it.",
+                NbchatWarning,
+                stacklevel=4,
+            )
         trashes = self._trash_dirs()
         if not trashes:
             return
-        users = self._read_users()
         finished = []
         for trash in trashes:
             key = trash.name[len(TRASH_PREFIX) : -33]
@@ -721,6 +853,12 @@ def _user_record_problem(key: object, record: object) -> str | None:
         return "has an invalid login_token"
     if "hub_name" in record and not isinstance(record["hub_name"], str):
         return "has a hub_name that is not text"
+    if "data_key" in record:
+        problem = _key_record_problem(record["data_key"])
+        if problem:
+            return f"has a data_key that {problem}"
+    if "deleting" in record and not isinstance(record["deleting"], str):
+        return "has a 'deleting' mark that is not text"
     if record["name"].lower() != key:
         return "has a display name that does not match its key"
     if not BCRYPT_HASH.fullmatch(record["password_hash"]):
@@ -732,6 +870,20 @@ def _user_record_problem(key: object, record: object) -> str | None:
         except ValueError:
             return f"has an invalid time in {name!r}"
     return None
+
+
+def _key_record_problem(value: object) -> str | None:
+    """What is wrong with the shape of a ``data_key`` (its values are checked when it is unwrapped)."""
+    if not isinstance(value, dict):
+        return "is not an object"
+    for name, kind in KEY_RECORD_FIELDS.items():
+        field_value = value.get(name)
+        if not isinstance(field_value, kind) or isinstance(field_value, bool):
+            return f"lacks {name!r}" if name not in value else f"has a {name!r} that is not {_KINDS[kind]}"
+    return None
+
+
+_KINDS = {int: "a whole number", str: "text"}
 
 
 def _corrupt_users(path: Path, reason: str) -> CorruptFile:

@@ -75,7 +75,8 @@ SITE_TYPES: dict[str, tuple[type, str]] = {
 
 #: The keys of the ``[policy]`` table.
 POLICY_KEYS = frozenset(
-    {"models", "max_new_tokens", "max_temperature", "default_system", "allow_registration"}
+    {"models", "max_new_tokens", "max_temperature", "default_system", "allow_registration",
+     "encrypt_local_accounts"}
 )
 
 _EXPECTED = {str: "text in quotes", int: "a whole number", float: "a number", bool: "true or false"}
@@ -89,7 +90,9 @@ class Policy:
     ``models``: glob patterns of the model ids offered and allowed (``None``:
     all); ``max_new_tokens`` / ``max_temperature``: caps (``None``: none);
     ``default_system``: the system prompt of every new conversation;
-    ``allow_registration``: whether local accounts may be created.
+    ``allow_registration``: whether local accounts may be created;
+    ``encrypt_local_accounts``: whether local accounts get a data key wrapped under
+    their password (issue 15; accounts that have one keep it when this is off).
     """
 
     models: tuple[str, ...] | None = None
@@ -97,6 +100,7 @@ class Policy:
     max_temperature: float | None = None
     default_system: str = ""
     allow_registration: bool = True
+    encrypt_local_accounts: bool = True
     source: str = "the site policy"  # where the rules come from, for error messages
 
     def allows_model(self, model_id: str) -> bool:
@@ -311,12 +315,16 @@ def _policy(path: Path, table: dict[str, Any]) -> Policy:
     registration = table.get("allow_registration", True)
     if not isinstance(registration, bool):
         refuse("allow_registration", "true or false", registration)
+    encrypt = table.get("encrypt_local_accounts", True)
+    if not isinstance(encrypt, bool):
+        refuse("encrypt_local_accounts", "true or false", encrypt)
     return Policy(
         models=tuple(m.strip() for m in models) if models is not None else None,
         max_new_tokens=max_tokens,
         max_temperature=float(max_temperature) if max_temperature is not None else None,
         default_system=system,
         allow_registration=registration,
+        encrypt_local_accounts=encrypt,
         source=where,
     )
 

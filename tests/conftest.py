@@ -13,9 +13,13 @@ import pytest
 from hypothesis import settings
 
 from nbchat import Accounts, ChatSession, Config
+from nbchat.crypto import KdfParams
 from nbchat.testing.ollama_server import OllamaTestServer
 
 PASSWORD = "correct horse"  # every test account's password (import it: `from conftest import PASSWORD`)
+#: scrypt at its smallest allowed cost (about 1 ms) for the shared fixtures' data keys
+#: (production: KdfParams.default(), about 0.2 s).
+CHEAP_KDF = KdfParams(n=2**10, r=8, p=1)
 
 # CI runs property tests with a fixed seed, so a red build is reproducible; locally they explore.
 settings.register_profile("ci", derandomize=True, deadline=None)
@@ -89,7 +93,7 @@ def clock() -> FakeClock:
 @pytest.fixture
 def accounts(config: Config, clock: FakeClock) -> Accounts:
     # Cost 4 keeps tests fast; production uses bcrypt's cost 12.
-    return Accounts(config, bcrypt_rounds=4, clock=clock)
+    return Accounts(config, bcrypt_rounds=4, clock=clock, kdf=CHEAP_KDF)
 
 
 @pytest.fixture
@@ -107,7 +111,8 @@ def make_session(config: Config) -> Iterator[Callable[..., ChatSession]]:
 
     def make(server: OllamaTestServer, *users: str) -> ChatSession:
         session_config = replace(config, ollama_host=server.url)
-        session = ChatSession(session_config, accounts=Accounts(session_config, bcrypt_rounds=4))
+        accounts = Accounts(session_config, bcrypt_rounds=4, kdf=CHEAP_KDF)
+        session = ChatSession(session_config, accounts=accounts)
         for user in users:
             session.register(user, PASSWORD)
         made.append(session)
