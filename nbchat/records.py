@@ -8,6 +8,7 @@ describe the same format and the tests hold the two together.
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -157,7 +158,13 @@ _KEY_ID_LABEL = "\x00nbchat data key id v1"
 
 def key_id(cipher: LineCipher) -> str:
     """Names the data key without revealing it: a wrong key is told apart from a damaged header."""
-    return cipher.blind(_KEY_ID_LABEL)
+    known = _KEY_IDS.get(cipher)
+    if known is None:  # once per cipher: listing checks it for every file
+        known = _KEY_IDS[cipher] = cipher.blind(_KEY_ID_LABEL)
+    return known
+
+
+_KEY_IDS: weakref.WeakKeyDictionary[LineCipher, str] = weakref.WeakKeyDictionary()
 
 
 def seal_header(clear: bytes, cipher: LineCipher, conversation_id: str) -> bytes:
