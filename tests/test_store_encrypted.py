@@ -5,9 +5,14 @@ and no word of a conversation in any byte under the data dir."""
 from __future__ import annotations
 
 import json
+import random
 import secrets
 import shutil
+import signal
+import subprocess
+import sys
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -468,3 +473,76 @@ def test_an_index_file_left_from_before_is_never_written_by_an_encrypted_store(
     assert [hit.conversation_id for hit in store.search(secret)] == [conversation.id, conversation.id]
     store.close()
     assert leaks(data_dir, [secret]) == [] and index.exists()
+
+
+# -- SIGKILL -------------------------------------------------------------------------------------
+
+APPEND_LOOP = """
+import sys
+from pathlib import Path
+from nbchat import ConversationStore, Message
+from nbchat.crypto import LineCipher
+
+data, key, conversation_id, tag = sys.argv[1:]
+store = ConversationStore(Path(data), "alice", cipher=LineCipher(bytes.fromhex(key)))
+store.get(conversation_id)  # repairs a torn line a killed predecessor left
+print("ready", flush=True)
+seq = 0
+while True:
+    message_id = f"{int(tag):016x}{seq:016x}"
+    store.append(conversation_id, Message("user", "x" * (seq % 7) ** 4, id=message_id))
+    print(message_id, flush=True)
+    seq += 1
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.reliability
+def test_sigkill_in_a_tight_encrypted_append_loop_never_loses_an_acknowledged_message(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """Rounds of: a process appends sealed lines until SIGKILLed at a random moment (half the rounds
+    without a torn line get a simulated one: a prefix of the next sealed line). Each time a fresh
+    store opens every acknowledged message in order, nothing twice, the torn line dropped."""
+    rng = random.Random(20261202)
+    key = new_data_key()
+    cipher = LineCipher(key)
+    conversation_id = ConversationStore(data_dir, "alice", cipher=cipher).create("killed").id
+    path = data_dir / "conversations" / "alice" / f"{conversation_id}.jsonl"
+    saved: list[str] = []
+    torn_rounds = 0
+    for tag in range(1, 13):
+        stderr = (tmp_path / f"stderr-{tag}").open("wb")
+        worker = subprocess.Popen(
+            [sys.executable, "-c", APPEND_LOOP, str(data_dir), key.hex(), conversation_id, str(tag)],
+            stdout=subprocess.PIPE, stderr=stderr, cwd=Path(__file__).resolve().parent.parent,
+        )
+        assert worker.stdout is not None
+        assert worker.stdout.readline() == b"ready\n"
+        time.sleep(rng.uniform(0.0, 0.2))
+        worker.kill()
+        out, _ = worker.communicate()
+        stderr.close()
+        assert worker.returncode == -signal.SIGKILL, (tmp_path / f"stderr-{tag}").read_text()
+        acked = [line.decode() for line in out.split(b"\n")[:-1]]  # a line cut by the kill: no ack
+        data = path.read_bytes()
+        if not data.endswith(b"\n"):
+            torn_rounds += 1
+        elif rng.random() < 0.5:
+            lines = data.count(b"\n")
+            line = records.seal_line(records.message_line(Message("user", "never acked")), cipher,
+                                     conversation_id, lines)
+            with path.open("ab") as handle:
+                handle.write(line[: rng.randrange(1, len(line) - 1)])
+            torn_rounds += 1
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            loaded = ConversationStore(data_dir, "alice", cipher=cipher).get(conversation_id)
+        ids = [m.id for m in loaded.messages]
+        assert all("incomplete last line" in str(w.message) for w in caught)
+        assert len(ids) == len(set(ids)) and ids[: len(saved)] == saved
+        mine = ids[len(saved) :]
+        assert mine[: len(acked)] == acked and len(mine) <= len(acked) + 1  # one written, not yet acked
+        saved = ids
+    assert len(saved) > 12 and torn_rounds > 0
+    assert all(json.loads(line).keys() == {"sealed"} for line in path.read_bytes().splitlines()[1:])
