@@ -180,11 +180,6 @@ def seal_line(clear: bytes, cipher: LineCipher, conversation_id: str, position: 
     return b'{"sealed":"' + token.encode("ascii") + b'"}\n'  # base64url needs no JSON escapes
 
 
-def is_sealed(line: bytes) -> bool:
-    """Whether a header line that parses is an encrypted file's."""
-    return _is_sealed(_object(line))
-
-
 def _is_sealed(record: dict[str, Any]) -> bool:
     return "sealed" in record  # no clear header has the field
 
