@@ -84,6 +84,7 @@ class ChatSession:
         self._current: str | None = None
         self._reply: Reply | None = None
         self._mutex = threading.RLock()
+        self._warming: tuple[str, threading.Event] | None = None  # the model warming up, and its stop
         self._listeners: list[Listener] = []
         self.hub_error: NbchatError | None = None  # why the JupyterHub user could not be logged in
 
@@ -524,6 +525,10 @@ class ChatSession:
 
         try:
             model = model_id if model_id is not None else self.settings.model
+        except NbchatError:
+            model = None
+        stop = self._stop_other_warm_up(model)
+        try:
             if model is None or not self.config.policy.allows_model(model):
                 return
             backend, name = resolve(model, self.config)
@@ -531,8 +536,20 @@ class ChatSession:
             return
         if backend.prefix != PREFIX:
             return
-        args = (backend, name, model, on_status)
+        args = (backend, name, model, on_status, stop)
         threading.Thread(target=_warm, args=args, name="nbchat-warm-up", daemon=True).start()
+
+    def _stop_other_warm_up(self, model: str | None) -> threading.Event:
+        """Stop waiting for the warm-up of another model (chosen, then changed): a load nobody else
+        waits for ends, and its memory comes back. The event that stops this model's."""
+        with self._mutex:
+            if self._warming is not None and self._warming[0] == model:
+                return self._warming[1]  # the same model again: its warm-up goes on
+            if self._warming is not None:
+                self._warming[1].set()
+            stop = threading.Event()
+            self._warming = (model, stop) if model is not None else None
+            return stop
 
     def health(self) -> HealthReport:
         return check_health(
@@ -710,8 +727,13 @@ def _follow_turn(reply: Reply, stream: ReplyStream) -> ReplyStream:
     return stream
 
 
-def _warm(backend: Backend, name: str, model: str, on_status: Callable[[str], None] | None) -> None:
-    """In a thread of its own: load ``model`` now; a failure is only said (the send reports it again)."""
+def _warm(
+    backend: Backend, name: str, model: str, on_status: Callable[[str], None] | None, stop: threading.Event
+) -> None:
+    """In a thread of its own: load ``model`` now; a failure is only said (the send reports it again).
+
+    ``stop`` set (another model was chosen): it stops waiting and says nothing more.
+    """
 
     def say(text: str) -> None:
         if on_status is not None:
@@ -729,7 +751,7 @@ def _warm(backend: Backend, name: str, model: str, on_status: Callable[[str], No
             say(f"{model} is loading in the background…")
 
     try:
-        backend.prepare(name, on_progress=progress, download=False)  # gigabytes only when asked for
+        backend.prepare(name, on_progress=progress, download=False, cancel=stop)  # gigabytes only when asked
     except ModelNotDownloaded as exc:
         say(str(exc))
     except NbchatError as exc:
@@ -737,7 +759,8 @@ def _warm(backend: Backend, name: str, model: str, on_status: Callable[[str], No
     except Exception as exc:  # never into a thread's traceback: the send says it as today
         say(f"{model} could not be loaded: {type(exc).__name__}: {exc}")
     else:
-        say(f"{model} ready")
+        if not stop.is_set():
+            say(f"{model} ready")
 
 
 def _prepare_with_progress(reply: Reply, backend: Backend, name: str) -> None:

@@ -198,3 +198,33 @@ def test_opening_a_conversation_on_qwen3_in_the_panel_loads_the_model_before_the
     wait_until(lambda: panel.status.value == "qwen3 ready", 120)
     assert f"transformers:{path}" in loaded()
     panel.close()
+
+
+def test_choosing_another_model_while_one_warms_up_stops_that_load_and_frees_it(
+    make_session: Callable[..., ChatSession], server: OllamaTestServer, fresh: Callable[[str], str]
+) -> None:
+    first, second = fresh("first"), fresh("second")
+    session = chatting(make_session(server, "alice"), "alice", f"transformers:{first}")
+    said: list[str] = []
+    session.warm_up(on_status=said.append)
+    wait_until(lambda: first in registry._LOADING, 10)  # its model process is starting
+    session.warm_up(f"transformers:{second}", on_status=said.append)  # the user picked another model
+    wait_until(lambda: said[-1:] == [f"transformers:{second} ready"], 120)
+    wait_until(lambda: first not in registry._LOADING, 10)
+    assert f"transformers:{first}" not in loaded()  # nobody waited for it any more: ended, not kept
+    assert f"transformers:{first} ready" not in said
+
+
+def test_warming_up_the_same_model_again_joins_its_load_instead_of_restarting_it(
+    make_session: Callable[..., ChatSession], server: OllamaTestServer, fresh: Callable[[str], str]
+) -> None:
+    path = fresh("again")
+    session = chatting(make_session(server, "alice"), "alice", f"transformers:{path}")
+    said: list[str] = []
+    session.warm_up(on_status=said.append)
+    wait_until(lambda: path in registry._LOADING, 10)
+    job = registry._LOADING[path]
+    session.warm_up(on_status=said.append)  # a conversation of the same model opened
+    wait_until(lambda: said.count(f"transformers:{path} ready") == 2, 120)
+    assert not job.abort.is_set()  # one load, never ended half-way
+    assert [h.model_id for h in registry.handles()].count(path) == 1
