@@ -173,10 +173,11 @@ class ConversationStore:
         return self._dir
 
     def close(self) -> None:
-        """Forget everything held in memory; any further use raises ``NotLoggedIn``."""
+        """Forget everything held in memory, the key included; any further use raises ``NotLoggedIn``."""
         with self._mutex:
             self._cache.clear()
             self._closed = True
+            self._cipher = None  # a logout forgets the key: this store keeps no reference to it
             self._index.close()
 
     # -- reading ---------------------------------------------------------------------------

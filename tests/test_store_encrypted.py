@@ -4,6 +4,7 @@ and no word of a conversation in any byte under the data dir."""
 
 from __future__ import annotations
 
+import gc
 import json
 import random
 import secrets
@@ -14,6 +15,7 @@ import sys
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -546,3 +548,16 @@ def test_sigkill_in_a_tight_encrypted_append_loop_never_loses_an_acknowledged_me
         saved = ids
     assert len(saved) > 12 and torn_rounds > 0
     assert all(json.loads(line).keys() == {"sealed"} for line in path.read_bytes().splitlines()[1:])
+
+
+def test_closing_the_store_lets_go_of_its_key(data_dir: Path) -> None:
+    cipher = LineCipher(new_data_key())
+    store = ConversationStore(data_dir, "alice", cipher=cipher)
+    conversation = store.create("Chat")
+    store.append(conversation.id, Message("user", "hello"))
+    assert store.search("hello")
+    gone = weakref.ref(cipher)
+    store.close()
+    del cipher
+    gc.collect()
+    assert gone() is None
