@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import PASSWORD
+from conftest import CHEAP_KDF, PASSWORD
 from nbchat import (
     Accounts,
     AuthenticationFailed,
@@ -168,7 +168,7 @@ def test_non_text_password_is_refused(accounts: Accounts) -> None:
 
 
 def test_user_cap_holds(data_dir: Path, clock) -> None:
-    accounts = Accounts(Config(data_dir=data_dir, max_users=3), bcrypt_rounds=4, clock=clock)
+    accounts = Accounts(Config(data_dir=data_dir, max_users=3), bcrypt_rounds=4, kdf=CHEAP_KDF, clock=clock)
     for name in ("a1", "a2", "a3"):
         accounts.register(name, PASSWORD)
     with pytest.raises(UserLimitReached, match="NBCHAT_MAX_USERS=3"):
@@ -177,7 +177,7 @@ def test_user_cap_holds(data_dir: Path, clock) -> None:
 
 
 def test_default_cap_is_ten(data_dir: Path) -> None:
-    accounts = Accounts(Config(data_dir=data_dir), bcrypt_rounds=4)
+    accounts = Accounts(Config(data_dir=data_dir), bcrypt_rounds=4, kdf=CHEAP_KDF)
     for i in range(10):
         accounts.register(f"user{i}", PASSWORD)
     with pytest.raises(UserLimitReached):
@@ -199,7 +199,7 @@ def test_files_are_private(accounts: Accounts) -> None:
 def test_existing_loose_data_dir_is_tightened(data_dir: Path) -> None:
     data_dir.mkdir(mode=0o755)
     data_dir.chmod(0o755)
-    Accounts(Config(data_dir=data_dir), bcrypt_rounds=4).register("alice", PASSWORD)
+    Accounts(Config(data_dir=data_dir), bcrypt_rounds=4, kdf=CHEAP_KDF).register("alice", PASSWORD)
     assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
 
 
@@ -278,7 +278,7 @@ def test_throttling_is_shared_by_every_kernel_of_the_data_dir(accounts: Accounts
     for _ in range(FREE_FAILURES):
         with pytest.raises(AuthenticationFailed):
             accounts.login("alice", "guess")
-    other_kernel = Accounts(config, bcrypt_rounds=4, clock=clock)
+    other_kernel = Accounts(config, bcrypt_rounds=4, kdf=CHEAP_KDF, clock=clock)
     with pytest.raises(LoginThrottled):
         other_kernel.login("alice", PASSWORD)
 
@@ -444,7 +444,7 @@ def test_a_success_resets_the_failure_count_for_every_kernel(accounts: Accounts,
     for _ in range(FREE_FAILURES - 1):
         with pytest.raises(AuthenticationFailed):
             accounts.login("alice", "guess")
-    Accounts(config, bcrypt_rounds=4, clock=clock).login("alice", PASSWORD)
+    Accounts(config, bcrypt_rounds=4, kdf=CHEAP_KDF, clock=clock).login("alice", PASSWORD)
     for _ in range(FREE_FAILURES):
         with pytest.raises(AuthenticationFailed):
             accounts.login("alice", "guess")

@@ -342,8 +342,10 @@ def test_a_tampered_key_is_a_clear_error_and_the_account_is_left_as_it_was(
     before = files_under(config.data_dir)
     before.pop("login-failures.json", None)
 
-    for attempt in (lambda: accounts.login("alice", PASSWORD),
-                    lambda: accounts.change_password("alice", PASSWORD, NEW_PASSWORD)):
+    for attempt in (
+        lambda: accounts.login("alice", PASSWORD),
+        lambda: accounts.change_password("alice", PASSWORD, NEW_PASSWORD),
+    ):
         with pytest.raises(error, match=r"password of 'alice' is right.*Restore users\.json") as caught:
             attempt()
         assert type(caught.value) is error
@@ -434,8 +436,11 @@ class Killable:
     def __init__(self, data_dir: Path, command: str, *args: object, pause_at: str = "-") -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-c", WORKER, str(data_dir), command, pause_at, *map(str, args)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-            cwd=REPO_ROOT, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            cwd=REPO_ROOT,
+            text=True,
         )
         assert self.proc.stdout is not None
         self.lines: list[str] = []
@@ -528,8 +533,11 @@ def test_password_changes_killed_at_random_moments_keep_the_key_under_one_of_the
 @pytest.mark.parametrize("step", [*Accounts.CONVERSION_STEPS, "password-saved"])
 def test_a_kill_at_each_key_step_leaves_the_account_whole(config: Config, step: str) -> None:
     write_old_account(config, "alice")
-    command = ("change", "alice", PASSWORD, NEW_PASSWORD, 0) if step == "password-saved" else (
-        "login", PASSWORD, "alice")
+    command = (
+        ("change", "alice", PASSWORD, NEW_PASSWORD, 0)
+        if step == "password-saved"
+        else ("login", PASSWORD, "alice")
+    )
     worker = Killable(config.data_dir, *command, pause_at=step)
     worker.wait_for(f"reached {step}")
     worker.kill()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import PASSWORD, FakeClock
+from conftest import CHEAP_KDF, PASSWORD, FakeClock
 from nbchat import Accounts, Config, Login, NotLoggedIn
 from nbchat.store import ACCOUNT_MARKER
 
@@ -15,7 +15,7 @@ NEW_PASSWORD = "battery staple"
 @pytest.fixture
 def other_kernel(config: Config, clock: FakeClock) -> Accounts:
     """The same data dir seen from another kernel."""
-    return Accounts(config, bcrypt_rounds=4, clock=clock)
+    return Accounts(config, bcrypt_rounds=4, kdf=CHEAP_KDF, clock=clock)
 
 
 def test_a_password_change_ends_the_logins_of_other_kernels(

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from conftest import PASSWORD, FakeClock
+from conftest import CHEAP_KDF, PASSWORD, FakeClock
 from nbchat import Accounts, AuthenticationFailed, Config
 
 NEW_OWNER = "the new owner's password"
@@ -30,7 +30,7 @@ class Interleaved(Accounts):
 @pytest.fixture
 def other(config: Config, clock: FakeClock) -> Accounts:
     """Another kernel on the same data dir."""
-    return Accounts(config, bcrypt_rounds=4, clock=clock)
+    return Accounts(config, bcrypt_rounds=4, kdf=CHEAP_KDF, clock=clock)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from conftest import PASSWORD, FakeClock
+from conftest import CHEAP_KDF, PASSWORD, FakeClock
 from nbchat import Accounts, AuthenticationFailed, Config, CorruptFile, LoginThrottled, NbchatWarning
 from nbchat.accounts import (
     FREE_FAILURES,
@@ -136,7 +136,7 @@ def test_the_dummy_hash_is_made_up_front_at_the_configured_cost(
         return real_hashpw(password, salt)
 
     monkeypatch.setattr(bcrypt, "hashpw", recording_hashpw)
-    accounts = Accounts(config, bcrypt_rounds=5, clock=clock)
+    accounts = Accounts(config, bcrypt_rounds=5, kdf=CHEAP_KDF, clock=clock)
     assert len(made) == 1 and made[0].startswith(b"$2b$05$")
     fail_login(accounts, "nobody")
     assert len(made) == 1
@@ -163,7 +163,7 @@ def test_the_limit_across_names_is_shared_by_every_kernel(accounts: Accounts, co
     for number in range(MAX_FAILURES_PER_MINUTE):
         fail_login(accounts, f"sprayed{number}")
     with pytest.raises(LoginThrottled, match="across all names"):
-        Accounts(config, bcrypt_rounds=4, clock=clock).login("alice", PASSWORD)
+        Accounts(config, bcrypt_rounds=4, kdf=CHEAP_KDF, clock=clock).login("alice", PASSWORD)
 
 
 def test_failures_spread_over_more_than_a_minute_are_not_limited_across_names(

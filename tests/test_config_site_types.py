@@ -48,6 +48,8 @@ WRONG_TYPES = [
     ("[policy]\ndefault_system = ['Be brief.']", "policy.default_system", "an array"),
     ("[policy]\nallow_registration = 'no'", "policy.allow_registration", "text"),
     ("[policy]\nallow_registration = 1", "policy.allow_registration", "an integer"),
+    ("[policy]\nencrypt_local_accounts = 'no'", "policy.encrypt_local_accounts", "text"),
+    ("[policy]\nencrypt_local_accounts = 1", "policy.encrypt_local_accounts", "an integer"),
 ]
 
 

@@ -24,7 +24,7 @@ import pytest
 from jupyter_client.manager import KernelManager
 from polling import wait_until
 
-from conftest import PASSWORD
+from conftest import CHEAP_KDF, PASSWORD
 from nbchat import Accounts, ChatSession, Config, ConversationStore
 from nbchat.testing.ollama_server import OllamaTestServer
 
@@ -94,7 +94,7 @@ def received(progress: Path) -> list[tuple[float, int]]:
 def setup(tmp_path: Path) -> Iterator[tuple[Config, str, OllamaTestServer]]:
     with OllamaTestServer() as server:
         config = Config(data_dir=tmp_path / "data", max_users=10, ollama_host=server.url)
-        session = ChatSession(config, accounts=Accounts(config, bcrypt_rounds=4))
+        session = ChatSession(config, accounts=Accounts(config, bcrypt_rounds=4, kdf=CHEAP_KDF))
         session.register("alice", PASSWORD)
         session.login("alice", PASSWORD)
         conversation = session.new_conversation("Long story")
@@ -155,7 +155,7 @@ def test_a_reply_that_ends_normally_is_read_as_exactly_one_reply(
 ) -> None:
     """Drafts were written while it streamed (a reader saw it grow); once it ends there is one reply."""
     config, conversation_id, server = setup
-    session = ChatSession(config, accounts=Accounts(config, bcrypt_rounds=4))
+    session = ChatSession(config, accounts=Accounts(config, bcrypt_rounds=4, kdf=CHEAP_KDF))
     session.login("alice", PASSWORD)
     session.select(conversation_id)
     server.chunk_count, server.chunk_delay_s = 300, 0.01  # about 3 s: two or three drafts

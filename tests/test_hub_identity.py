@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from conftest import PASSWORD
+from conftest import CHEAP_KDF, PASSWORD
 from nbchat import (
     Accounts,
     AuthenticationFailed,
@@ -182,7 +182,7 @@ def test_hub_users_do_not_see_each_others_conversations(accounts: Accounts) -> N
 
 
 def test_hub_logins_respect_the_user_cap(config: Config) -> None:
-    accounts = Accounts(replace(config, max_users=2), bcrypt_rounds=4)
+    accounts = Accounts(replace(config, max_users=2), bcrypt_rounds=4, kdf=CHEAP_KDF)
     accounts.register("alice", PASSWORD)
     accounts.hub_login("bob@uni.edu")
     with pytest.raises(UserLimitReached, match=r"NBCHAT_MAX_USERS=2.*'carol@uni\.edu'"):
@@ -207,7 +207,7 @@ def test_a_hub_name_that_is_not_valid_unicode_creates_no_account(accounts: Accou
 
 def test_users_json_with_hub_accounts_follows_its_schema(config: Config) -> None:
     """Hub accounts add a 'hub_name' field, which users.json's schema allows."""
-    accounts = Accounts(replace(config, max_users=100), bcrypt_rounds=4)
+    accounts = Accounts(replace(config, max_users=100), bcrypt_rounds=4, kdf=CHEAP_KDF)
     accounts.register("alice", PASSWORD)
     for hub_name in ODD_HUB_NAMES:
         accounts.hub_login(hub_name)
@@ -222,7 +222,7 @@ def test_users_json_with_hub_accounts_follows_its_schema(config: Config) -> None
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(hub_name=st.text(min_size=1, max_size=40).filter(str.strip))
 def test_any_hub_name_logs_in_to_one_account(tmp_path_factory: pytest.TempPathFactory, hub_name: str) -> None:
-    accounts = Accounts(Config(data_dir=tmp_path_factory.mktemp("hub")), bcrypt_rounds=4)
+    accounts = Accounts(Config(data_dir=tmp_path_factory.mktemp("hub")), bcrypt_rounds=4, kdf=CHEAP_KDF)
     first = accounts.hub_login(hub_name)
     second = accounts.hub_login(hub_name)
     assert first.username == second.username == hub_username(hub_name).lower()
@@ -373,14 +373,20 @@ def test_an_account_made_under_the_old_short_tag_still_serves_its_exact_hub_name
 def test_a_hub_users_folder_from_before_the_longer_tag_is_still_found(tmp_path: Path) -> None:
     first = COLLIDING[0]
     old_folder = tmp_path / legacy_hub_username(first).lower()
-    Accounts(Config(data_dir=old_folder), bcrypt_rounds=4).hub_login(first).conversations.create("old chat")
+    Accounts(Config(data_dir=old_folder), bcrypt_rounds=4, kdf=CHEAP_KDF).hub_login(
+        first
+    ).conversations.create("old chat")
     assert hub_user_data_dir(tmp_path, first) == old_folder
-    kept = Accounts(Config(data_dir=hub_user_data_dir(tmp_path, first)), bcrypt_rounds=4).hub_login(first)
+    kept = Accounts(
+        Config(data_dir=hub_user_data_dir(tmp_path, first)), bcrypt_rounds=4, kdf=CHEAP_KDF
+    ).hub_login(first)
     assert [c.title for c in kept.conversations.list()] == ["old chat"]
 
 
 def test_a_hub_name_whose_old_tag_collides_gets_a_folder_of_its_own(tmp_path: Path) -> None:
     first, second = COLLIDING
-    Accounts(Config(data_dir=tmp_path / legacy_hub_username(first).lower()), bcrypt_rounds=4).hub_login(first)
+    Accounts(
+        Config(data_dir=tmp_path / legacy_hub_username(first).lower()), bcrypt_rounds=4, kdf=CHEAP_KDF
+    ).hub_login(first)
     assert hub_user_data_dir(tmp_path, second) == tmp_path / hub_username(second).lower()
     assert hub_user_data_dir(tmp_path, "bob@uni.edu") == tmp_path / hub_username("bob@uni.edu").lower()

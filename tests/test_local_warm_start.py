@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from polling import wait_until
 
-from conftest import PASSWORD, chatting
+from conftest import CHEAP_KDF, PASSWORD, chatting
 from nbchat import Accounts, ChatSession, Config
 from nbchat.backends.local import registry
 from nbchat.backends.transformers import loaded, unload
@@ -53,7 +53,7 @@ def fresh(checkpoint: Path, tmp_path: Path) -> Iterator[Callable[[str], str]]:
 def session_on(config: Config, server: OllamaTestServer, qwen_model: str) -> ChatSession:
     """A session whose ``qwen3`` is ``qwen_model``, alice registered."""
     config = replace(config, ollama_host=server.url, qwen_model=qwen_model)
-    session = ChatSession(config, accounts=Accounts(config, bcrypt_rounds=4))
+    session = ChatSession(config, accounts=Accounts(config, bcrypt_rounds=4, kdf=CHEAP_KDF))
     session.register("alice", PASSWORD)
     return session
 

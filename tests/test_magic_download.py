@@ -25,7 +25,7 @@ from IPython.utils.capture import CapturedIO, capture_output
 from polling import wait_until
 
 import nbchat.session
-from conftest import PASSWORD, chatting
+from conftest import CHEAP_KDF, PASSWORD, chatting
 from nbchat import Accounts, ChatSession, Config
 from nbchat.backends.base import LoadProgress
 from nbchat.magic import REDRAW_INTERVAL_S, text_bar
@@ -242,7 +242,7 @@ def test_the_first_use_of_qwen3_downloads_it_with_a_bar_in_the_cell_then_answers
     rate = size / 3.0  # about three seconds: several redraws
     with serving(checkpoint, tmp_path / "hub-cache", monkeypatch, bytes_per_s=rate) as (_, repo):
         local = replace(config, ollama_host=server.url, qwen_model=repo)
-        session = ChatSession(local, accounts=Accounts(local, bcrypt_rounds=4))
+        session = ChatSession(local, accounts=Accounts(local, bcrypt_rounds=4, kdf=CHEAP_KDF))
         session.register("carol", PASSWORD)
         monkeypatch.setattr(nbchat.session, "_session", chatting(session, "carol", "qwen3"))
         try:

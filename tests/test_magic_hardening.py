@@ -18,7 +18,7 @@ from test_magic import markdown_shown, run
 
 import nbchat.magic
 import nbchat.session
-from conftest import PASSWORD
+from conftest import CHEAP_KDF, PASSWORD
 from nbchat import Accounts, ChatSession, Config
 from nbchat.magic import ChatAnswer, ChatMagics
 from nbchat.reply import Reply
@@ -34,7 +34,7 @@ def session(
 ) -> Iterator[ChatSession]:
     """The kernel's one session (what ``%chat`` uses), its data on the small disk."""
     config = Config(data_dir=small_disk / "nbchat", max_users=10, ollama_host=server.url)
-    session = ChatSession(config, accounts=Accounts(config, bcrypt_rounds=4))
+    session = ChatSession(config, accounts=Accounts(config, bcrypt_rounds=4, kdf=CHEAP_KDF))
     session.register("alice", PASSWORD)
     session.register("bob", PASSWORD)
     monkeypatch.setattr(nbchat.session, "_session", session)

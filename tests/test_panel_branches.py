@@ -13,7 +13,7 @@ import ipywidgets as widgets
 import pytest
 from polling import wait_until
 
-from conftest import PASSWORD, chatting
+from conftest import CHEAP_KDF, PASSWORD, chatting
 from nbchat import Accounts, ChatSession
 from nbchat.panel import ChatPanel
 from nbchat.panel.branch_bar import BranchBar
@@ -454,7 +454,7 @@ def test_a_refused_edit_keeps_the_editor_and_says_why(panel: ChatPanel, server: 
 def test_a_long_conversation_opens_at_its_newest_50_messages(session: ChatSession) -> None:
     current = chatting(session, model=MODEL).current
     assert current is not None
-    store = Accounts(session.config, bcrypt_rounds=4).login("alice", PASSWORD).conversations
+    store = Accounts(session.config, bcrypt_rounds=4, kdf=CHEAP_KDF).login("alice", PASSWORD).conversations
     for message in chat(300):
         store.append(current.id, message)
     panel = ChatPanel(session)
@@ -469,7 +469,7 @@ def test_a_reply_whose_kernel_died_shows_marked_interrupted(session: ChatSession
     """Another kernel (its own store) drafted a reply and died before saving it."""
     current = chatting(session, model=MODEL).current
     assert current is not None
-    other = Accounts(session.config, bcrypt_rounds=4).login("alice", PASSWORD).conversations
+    other = Accounts(session.config, bcrypt_rounds=4, kdf=CHEAP_KDF).login("alice", PASSWORD).conversations
     question = other.append(current.id, Message("user", "tell me everything"))
     reply_id = Message("assistant", "x").id
     for text in ("Everything ", "began with "):
@@ -487,7 +487,7 @@ def test_streaming_into_a_long_conversation_redraws_only_the_live_reply(
 ) -> None:
     current = chatting(session, model=MODEL).current
     assert current is not None
-    store = Accounts(session.config, bcrypt_rounds=4).login("alice", PASSWORD).conversations
+    store = Accounts(session.config, bcrypt_rounds=4, kdf=CHEAP_KDF).login("alice", PASSWORD).conversations
     for message in chat(500):
         store.append(current.id, message)
     panel = ChatPanel(session)

@@ -17,7 +17,7 @@ import pytest
 from hub_repo import repo_bytes, serving
 from polling import wait_until
 
-from conftest import PASSWORD, chatting
+from conftest import CHEAP_KDF, PASSWORD, chatting
 from nbchat import Accounts, ChatSession, Config
 from nbchat.backends.base import LoadProgress
 from nbchat.panel import ChatPanel
@@ -218,7 +218,7 @@ def test_stop_during_a_real_download_ends_the_reply_takes_the_bar_away_and_stops
     size = repo_bytes(checkpoint)
     with serving(checkpoint, tmp_path / "hub-cache", monkeypatch, bytes_per_s=size / 30.0) as (hub, repo):
         local = replace(config, ollama_host=server.url, qwen_model=repo)
-        session = ChatSession(local, accounts=Accounts(local, bcrypt_rounds=4))
+        session = ChatSession(local, accounts=Accounts(local, bcrypt_rounds=4, kdf=CHEAP_KDF))
         session.register("carol", PASSWORD)
         panel = ChatPanel(chatting(session, "carol", "qwen3"))
         try:

@@ -14,7 +14,7 @@ import pytest
 from disks import fill
 from polling import wait_until
 
-from conftest import PASSWORD
+from conftest import CHEAP_KDF, PASSWORD
 from nbchat import Accounts, ChatSession, Config, StoreError
 from nbchat.panel import ChatPanel
 from nbchat.testing.ollama_server import OllamaTestServer
@@ -27,7 +27,7 @@ REPLY_WORDS = [f"word{i:04d} " * 8 for i in range(120)]
 @pytest.fixture
 def session(small_disk: Path, server: OllamaTestServer) -> Iterator[ChatSession]:
     config = Config(data_dir=small_disk / "nbchat-data", max_users=10, ollama_host=server.url)
-    session = ChatSession(config, accounts=Accounts(config, bcrypt_rounds=4))
+    session = ChatSession(config, accounts=Accounts(config, bcrypt_rounds=4, kdf=CHEAP_KDF))
     session.register("alice", PASSWORD)
     session.login("alice", PASSWORD)
     session.new_conversation()

@@ -23,6 +23,7 @@ import pytest
 from worker_process import WORKERS_PY, Worker
 
 import nbchat.store
+from conftest import CHEAP_KDF
 from nbchat import (
     Accounts,
     AuthenticationFailed,
@@ -121,7 +122,7 @@ def test_concurrent_registration_never_exceeds_the_user_cap(tmp_path: Path, spaw
     winners = sorted(r["key"] for r in results if r["result"] == "ok")
     users = json.loads((data / "users.json").read_text())["users"]
     assert sorted(users) == winners
-    accounts = Accounts(Config(data_dir=data, max_users=10), bcrypt_rounds=4)
+    accounts = Accounts(Config(data_dir=data, max_users=10), bcrypt_rounds=4, kdf=CHEAP_KDF)
     assert [name.lower() for name in accounts.usernames()] == winners
 
 
@@ -514,7 +515,7 @@ def test_a_deletion_killed_at_any_step_is_finished_by_the_next_kernel_or_never_b
     From the rename on, the next kernel to use the accounts finishes the deletion: the name can be
     registered again, the old password no longer logs in, and nothing is left in ``.deleted-*``."""
     data = tmp_path / "data"
-    accounts = Accounts(Config(data_dir=data), bcrypt_rounds=4)
+    accounts = Accounts(Config(data_dir=data), bcrypt_rounds=4, kdf=CHEAP_KDF)
     accounts.register("eve", workers.PASSWORD)
     accounts.register("bob", workers.PASSWORD)
     accounts.login("eve", workers.PASSWORD).conversations.create("eve's chat")
@@ -525,7 +526,7 @@ def test_a_deletion_killed_at_any_step_is_finished_by_the_next_kernel_or_never_b
     worker.wait_for_line(f"reached {step}")
     worker.kill()
 
-    next_kernel = Accounts(Config(data_dir=data), bcrypt_rounds=4)
+    next_kernel = Accounts(Config(data_dir=data), bcrypt_rounds=4, kdf=CHEAP_KDF)
     if step == "authenticated":
         titles = [c.title for c in next_kernel.login("eve", workers.PASSWORD).conversations.list()]
         assert titles == ["eve's chat"]
@@ -551,7 +552,7 @@ def test_a_password_change_killed_between_its_two_writes_is_repaired_by_the_next
     does: the new password logs in and reaches the conversations, and the login from before the change
     has ended."""
     data = tmp_path / "data"
-    accounts = Accounts(Config(data_dir=data), bcrypt_rounds=4)
+    accounts = Accounts(Config(data_dir=data), bcrypt_rounds=4, kdf=CHEAP_KDF)
     accounts.register("eve", workers.PASSWORD)
     before = accounts.login("eve", workers.PASSWORD)
     before.conversations.create("eve's chat")
@@ -561,7 +562,7 @@ def test_a_password_change_killed_between_its_two_writes_is_repaired_by_the_next
     worker.wait_for_line("reached password-saved")
     worker.kill()
 
-    next_kernel = Accounts(Config(data_dir=data), bcrypt_rounds=4)
+    next_kernel = Accounts(Config(data_dir=data), bcrypt_rounds=4, kdf=CHEAP_KDF)
     assert [c.title for c in next_kernel.login("eve", new_password).conversations.list()] == ["eve's chat"]
     with pytest.raises(NotLoggedIn):
         before.conversations.list()
@@ -579,7 +580,7 @@ def test_simultaneous_failed_logins_from_many_processes_get_no_more_guesses_than
     documented brute-force rate (README: at most ~25 guesses an hour per name)."""
     data, go = tmp_path / "data", tmp_path / "go"
     # Cost 10: checking a password takes a moment, as with the production cost 12.
-    Accounts(Config(data_dir=data), bcrypt_rounds=10).register("alice", workers.PASSWORD)
+    Accounts(Config(data_dir=data), bcrypt_rounds=10, kdf=CHEAP_KDF).register("alice", workers.PASSWORD)
     started = [spawn("login", data, "alice", f"wrong guess {number}", go) for number in range(10)]
     release_together(started, go)
     outcome = Counter(json.loads(worker.finish().acks[-1])["result"] for worker in started)
@@ -596,7 +597,7 @@ def test_a_login_of_an_account_deleted_by_another_process_cannot_reach_a_new_acc
     that conversation nor plant one in the new account (README: "A new account never inherits files
     left under its name")."""
     data = tmp_path / "data"
-    accounts = Accounts(Config(data_dir=data), bcrypt_rounds=4)
+    accounts = Accounts(Config(data_dir=data), bcrypt_rounds=4, kdf=CHEAP_KDF)
     accounts.register("eve", "old eve's password")
     old_login = accounts.login("eve", "old eve's password")
     old_login.conversations.create("old eve's chat")

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import nbchat.session
-from conftest import PASSWORD
+from conftest import CHEAP_KDF, PASSWORD
 from conftest import chatting as log_in_and_chat
 from nbchat import (
     Accounts,
@@ -137,7 +137,7 @@ def test_any_username_and_password_is_an_account_or_a_clear_error_inside_the_dat
 ) -> None:
     root = tmp_path_factory.mktemp("hostile")
     config = Config(data_dir=root / "inner" / "data")
-    accounts = Accounts(config, bcrypt_rounds=4)
+    accounts = Accounts(config, bcrypt_rounds=4, kdf=CHEAP_KDF)
     try:
         accounts.register(name, password)
     except NbchatError as exc:
@@ -222,7 +222,7 @@ def test_a_hand_edited_corrupt_file_is_a_clear_error_and_is_kept(
     tmp_path_factory: pytest.TempPathFactory, garbage: bytes, where: str
 ) -> None:
     data = tmp_path_factory.mktemp("corrupt") / "data"
-    accounts = Accounts(Config(data_dir=data), bcrypt_rounds=4)
+    accounts = Accounts(Config(data_dir=data), bcrypt_rounds=4, kdf=CHEAP_KDF)
     accounts.register("alice", PASSWORD)
     store = accounts.login("alice", PASSWORD).conversations
     chat = store.create("precious")
@@ -239,7 +239,7 @@ def test_a_hand_edited_corrupt_file_is_a_clear_error_and_is_kept(
         (data / "users.json").write_bytes(garbage)
     else:
         path.write_bytes(edited)  # type: ignore[arg-type]
-    fresh = Accounts(Config(data_dir=data), bcrypt_rounds=4)
+    fresh = Accounts(Config(data_dir=data), bcrypt_rounds=4, kdf=CHEAP_KDF)
     import warnings
 
     with warnings.catch_warnings():

@@ -30,6 +30,7 @@ from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
 import nbchat
+from conftest import CHEAP_KDF
 from nbchat import migrations, records
 from nbchat.errors import (
     AuthenticationFailed,
@@ -345,7 +346,7 @@ def test_the_readme_gives_the_example_passwords() -> None:
 def test_the_example_accounts_open_with_their_example_passwords(tmp_path: Path) -> None:
     """Real cost-12 hashes: nbchat's own login accepts each password for its own account only."""
     shutil.copy(EXAMPLES / "users.json", tmp_path / "users.json")
-    accounts = nbchat.Accounts(nbchat.Config(data_dir=tmp_path), bcrypt_rounds=4)
+    accounts = nbchat.Accounts(nbchat.Config(data_dir=tmp_path), bcrypt_rounds=4, kdf=CHEAP_KDF)
     assert accounts.usernames() == list(EXAMPLE_PASSWORDS)
     for name, password in EXAMPLE_PASSWORDS.items():
         login = accounts.login(name, password)
@@ -589,7 +590,7 @@ def written(tmp_path: Path) -> Path:
     conversations with thinking, statistics and context, a rename, a settings change, a reply
     streamed in drafts, a regenerated reply, a branch switch, a new password."""
     data_dir = tmp_path / "data"
-    accounts = nbchat.Accounts(nbchat.Config(data_dir=data_dir), bcrypt_rounds=4)
+    accounts = nbchat.Accounts(nbchat.Config(data_dir=data_dir), bcrypt_rounds=4, kdf=CHEAP_KDF)
     accounts.register("Alice", "alice-secret-1")
     accounts.register("bob.smith", "bob-secret-12")
     with pytest.raises(AuthenticationFailed):
@@ -1162,7 +1163,9 @@ def test_a_hash_bcrypt_cannot_read_is_reported_as_a_damaged_accounts_file(tmp_pa
     users = write_users(tmp_path, lambda u: u["users"]["alice"].update(password_hash="$2b$12$short"))
     assert not users_validator().is_valid(users)
     with pytest.raises(CorruptFile):  # not bcrypt's ValueError("Invalid salt") at login
-        nbchat.Accounts(nbchat.Config(data_dir=tmp_path), bcrypt_rounds=4).login("alice", "alice-example-pw")
+        nbchat.Accounts(nbchat.Config(data_dir=tmp_path), bcrypt_rounds=4, kdf=CHEAP_KDF).login(
+            "alice", "alice-example-pw"
+        )
 
 
 # -- properties: whatever nbchat accepts, it writes as a valid line and reads back equal ---------------

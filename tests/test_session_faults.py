@@ -23,7 +23,7 @@ import pytest
 from disks import fill
 from polling import wait_until
 
-from conftest import PASSWORD, chatting
+from conftest import CHEAP_KDF, PASSWORD, chatting
 from nbchat import Accounts, ChatSession, Config
 from nbchat.errors import InvalidValue, NbchatError, StoreError
 from nbchat.reply import CANCEL_GRACE_S, clean_stats
@@ -46,7 +46,7 @@ def session(make_session: Callable[..., ChatSession], server: OllamaTestServer) 
 @pytest.fixture
 def disk_session(small_disk: Path, server: OllamaTestServer) -> ChatSession:
     config = Config(data_dir=small_disk / "nbchat", max_users=10, ollama_host=server.url)
-    session = ChatSession(config, accounts=Accounts(config, bcrypt_rounds=4))
+    session = ChatSession(config, accounts=Accounts(config, bcrypt_rounds=4, kdf=CHEAP_KDF))
     session.register("alice", PASSWORD)
     return chatting(session)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import CHEAP_KDF
 from nbchat import Accounts, ChatSession, ConfigError, PolicyError, load_config
 from nbchat.config import Policy
 from nbchat.testing.ollama_server import OllamaTestServer
@@ -95,7 +96,7 @@ def test_hub_users_on_a_shared_data_volume_get_directories_of_their_own(tmp_path
     ben = load_config({**shared, "JUPYTERHUB_USER": "Ben.Lee@uni.edu"})
     assert ann.data_dir == tmp_path / "shared" / "ann"
     assert ben.data_dir.parent == tmp_path / "shared" and ben.data_dir.name.startswith("ben.lee-uni")
-    session = ChatSession(ann, accounts=Accounts(ann, bcrypt_rounds=4))
+    session = ChatSession(ann, accounts=Accounts(ann, bcrypt_rounds=4, kdf=CHEAP_KDF))
     session.login_from_hub()
     session.new_conversation("Mine")
     assert stat.S_IMODE(ann.data_dir.stat().st_mode) == 0o700
@@ -122,8 +123,10 @@ def server() -> Iterator[OllamaTestServer]:
 @pytest.fixture
 def policed(tmp_path: Path, server: OllamaTestServer) -> ChatSession:
     config = replace(load_config(site_file(tmp_path)), ollama_host=server.url)
-    session = ChatSession(config, accounts=Accounts(config, bcrypt_rounds=4))
-    Accounts(replace(config, policy=Policy()), bcrypt_rounds=4).register("alice", "correct horse")
+    session = ChatSession(config, accounts=Accounts(config, bcrypt_rounds=4, kdf=CHEAP_KDF))
+    Accounts(replace(config, policy=Policy()), bcrypt_rounds=4, kdf=CHEAP_KDF).register(
+        "alice", "correct horse"
+    )
     session.login("alice", "correct horse")
     return session
 

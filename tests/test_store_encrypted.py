@@ -517,7 +517,9 @@ def test_sigkill_in_a_tight_encrypted_append_loop_never_loses_an_acknowledged_me
         stderr = (tmp_path / f"stderr-{tag}").open("wb")
         worker = subprocess.Popen(
             [sys.executable, "-c", APPEND_LOOP, str(data_dir), key.hex(), conversation_id, str(tag)],
-            stdout=subprocess.PIPE, stderr=stderr, cwd=Path(__file__).resolve().parent.parent,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            cwd=Path(__file__).resolve().parent.parent,
         )
         assert worker.stdout is not None
         assert worker.stdout.readline() == b"ready\n"
@@ -532,8 +534,9 @@ def test_sigkill_in_a_tight_encrypted_append_loop_never_loses_an_acknowledged_me
             torn_rounds += 1
         elif rng.random() < 0.5:
             lines = data.count(b"\n")
-            line = records.seal_line(records.message_line(Message("user", "never acked")), cipher,
-                                     conversation_id, lines)
+            line = records.seal_line(
+                records.message_line(Message("user", "never acked")), cipher, conversation_id, lines
+            )
             with path.open("ab") as handle:
                 handle.write(line[: rng.randrange(1, len(line) - 1)])
             torn_rounds += 1

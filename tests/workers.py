@@ -24,12 +24,15 @@ import time
 from pathlib import Path
 
 from nbchat import Accounts, Config, ConversationStore, Message
+from nbchat.crypto import KdfParams
 from nbchat.errors import NbchatError
 
 DEADLINE_S = 60.0
 PASSWORD = "correct-horse-battery"
 _STARTED = time.monotonic()
 _PARENT = os.getppid()
+
+CHEAP_KDF = KdfParams(n=2**10, r=8, p=1)  # the suite's KDF cost (conftest.CHEAP_KDF)
 
 
 def message_id(tag: int, seq: int) -> str:
@@ -71,7 +74,9 @@ def wait_for(go_file: str) -> None:
 
 def cmd_register(data_dir: str, max_users: str, username: str, go_file: str) -> None:
     """Register ``username`` once the gate opens; print the outcome as JSON."""
-    accounts = Accounts(Config(data_dir=Path(data_dir), max_users=int(max_users)), bcrypt_rounds=4)
+    accounts = Accounts(
+        Config(data_dir=Path(data_dir), max_users=int(max_users)), bcrypt_rounds=4, kdf=CHEAP_KDF
+    )
     emit("ready")
     wait_for(go_file)
     try:
@@ -84,7 +89,7 @@ def cmd_register(data_dir: str, max_users: str, username: str, go_file: str) -> 
 
 def cmd_login(data_dir: str, username: str, password: str, go_file: str) -> None:
     """Try to log in once the gate opens; print the outcome as JSON."""
-    accounts = Accounts(Config(data_dir=Path(data_dir)), bcrypt_rounds=4)
+    accounts = Accounts(Config(data_dir=Path(data_dir)), bcrypt_rounds=4, kdf=CHEAP_KDF)
     emit("ready")
     wait_for(go_file)
     try:
@@ -97,7 +102,7 @@ def cmd_login(data_dir: str, username: str, password: str, go_file: str) -> None
 
 def cmd_replace_account(data_dir: str, username: str, old_password: str, new_password: str) -> None:
     """Delete the account, register the name again, and give the new account a conversation."""
-    accounts = Accounts(Config(data_dir=Path(data_dir)), bcrypt_rounds=4)
+    accounts = Accounts(Config(data_dir=Path(data_dir)), bcrypt_rounds=4, kdf=CHEAP_KDF)
     accounts.delete_account(username, old_password)
     accounts.register(username, new_password)
     login = accounts.login(username, new_password)
