@@ -97,8 +97,15 @@ BCRYPT_HASH = re.compile(r"\$2[abxy]\$\d\d\$[./A-Za-z0-9]{53}")
 #: The fields of a record's ``data_key`` (``crypto.wrap_data_key``'s record) and their JSON types;
 #: the values themselves are checked when the key is unwrapped, so damage there locks one account only.
 KEY_RECORD_FIELDS: dict[str, type] = {
-    "version": int, "kdf": str, "n": int, "r": int, "p": int,
-    "salt": str, "cipher": str, "nonce": str, "wrapped": str,
+    "version": int,
+    "kdf": str,
+    "n": int,
+    "r": int,
+    "p": int,
+    "salt": str,
+    "cipher": str,
+    "nonce": str,
+    "wrapped": str,
 }
 
 

@@ -75,8 +75,14 @@ SITE_TYPES: dict[str, tuple[type, str]] = {
 
 #: The keys of the ``[policy]`` table.
 POLICY_KEYS = frozenset(
-    {"models", "max_new_tokens", "max_temperature", "default_system", "allow_registration",
-     "encrypt_local_accounts"}
+    {
+        "models",
+        "max_new_tokens",
+        "max_temperature",
+        "default_system",
+        "allow_registration",
+        "encrypt_local_accounts",
+    }
 )
 
 _EXPECTED = {str: "text in quotes", int: "a whole number", float: "a number", bool: "true or false"}

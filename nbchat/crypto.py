@@ -154,7 +154,12 @@ class KdfParams:
         memory = 128 * self.n * self.r + 128 * self.r * self.p + 2**20
         return hashlib.scrypt(
             password.encode("utf-8"),
-            salt=salt, n=self.n, r=self.r, p=self.p, maxmem=memory, dklen=self.length,
+            salt=salt,
+            n=self.n,
+            r=self.r,
+            p=self.p,
+            maxmem=memory,
+            dklen=self.length,
         )
 
 
