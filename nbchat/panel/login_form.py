@@ -11,6 +11,13 @@ from nbchat.panel.kit import classed, close_widgets, error_html
 #: ``on_submit(name, password, register)``: what *Log in* (False) or *Register* (True) asks for.
 Submit = Callable[[str, str, bool], None]
 
+#: Shown beside *Register* where new accounts are encrypted: said before the choice, not after.
+ENCRYPTED_NOTICE = (
+    "New accounts here keep their conversations encrypted under your password. "
+    "If you forget it, they cannot be recovered, by you or by anyone else: "
+    "use <b>Export</b> to keep a copy of what you want to keep."
+)
+
 
 class LoginForm:
     """The logged-out view; the password field is emptied after every attempt, whatever happens."""
@@ -25,6 +32,8 @@ class LoginForm:
             widgets.Button(description="Log in", button_style="primary", icon="sign-in"), "nbchat-login"
         )
         self.register_button = classed(widgets.Button(description="Register"), "nbchat-register")
+        self.register_notice = classed(widgets.HTML(), "nbchat-register-notice")
+        self.register_notice.layout.display = "none"
         self.message = classed(widgets.HTML(), "nbchat-login-message")
         self.login_button.on_click(lambda _: self._submit(register=False))
         self.register_button.on_click(lambda _: self._submit(register=True))
@@ -35,6 +44,7 @@ class LoginForm:
                     self.username,
                     self.password,
                     widgets.HBox([self.login_button, self.register_button]),
+                    self.register_notice,
                     self.message,
                 ]
             ),
@@ -46,9 +56,17 @@ class LoginForm:
         self.password.value = ""
         self._on_submit(name, password, register)
 
-    def show(self, *, allow_registration: bool, hub_error: str | None) -> None:
-        """Logged out: *Register* only where the site allows it; a failed hub login is said once."""
+    def show(self, *, allow_registration: bool, hub_error: str | None, encrypted: bool = False) -> None:
+        """Logged out: *Register* only where the site allows it; a failed hub login is said once.
+
+        ``encrypted`` (the site's ``encrypt_local_accounts``): registering creates an encrypted
+        account, so the form says, before *Register* is pressed, that a forgotten password loses
+        the conversations and that *Export* keeps a copy.
+        """
         self.register_button.layout.display = None if allow_registration else "none"
+        warn = allow_registration and encrypted
+        self.register_notice.value = ENCRYPTED_NOTICE if warn else ""
+        self.register_notice.layout.display = None if warn else "none"
         if hub_error is not None and not self.message.value:
             self.message.value = error_html(f"JupyterHub login failed: {hub_error}")
         self.password.value = ""
