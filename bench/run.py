@@ -165,6 +165,25 @@ TARGETS: dict[str, tuple[str, str, Callable[[object], bool] | None]] = {
         lambda v: float(v) < 0.20,
     ),
     "index_append_overhead_mean": ("the same with means (FTS5 merges now and then)", "—", None),
+    "encrypt_append_overhead": (
+        "append latency, encrypted account ÷ clear (interleaved, medians)",
+        "≤ 1.3",
+        lambda v: float(v) <= 1.3,
+    ),
+    "encrypt_append_s": ("one encrypted append, s", "—", None),
+    "encrypt_append_clear_s": ("one clear append beside it, s", "—", None),
+    "encrypt_list_1000_s": ("list 1,000 encrypted conversations of 100 messages", "—", None),
+    "encrypt_list_overhead": ("that ÷ the same listing in clear", "≤ 1.5", lambda v: float(v) <= 1.5),
+    "search_100k_encrypted_s": (
+        "search 100,000 messages of an encrypted account (index in memory)",
+        "< 0.05 s",
+        lambda v: float(v) < 0.05,
+    ),
+    "search_index_build_encrypted_s": (
+        "its first search: the in-memory index built from the sealed files",
+        "—",
+        None,
+    ),
     "open_1000_messages_s": (
         "open a 1,000-message conversation in the panel, JupyterLab + Chromium (median)",
         "< 0.5 s",

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from conftest import CHEAP_KDF
+from nbchat import Accounts, ChatSession, Config
+from nbchat.panel import ChatPanel
 from nbchat.panel.login_form import LoginForm
 
 
@@ -48,3 +53,19 @@ def test_the_notice_is_not_the_message_line_a_refusal_leaves_it_in_place() -> No
     login.refused("That name is taken.")
     login.clear_message()
     assert shown(login) and login.message.value == ""
+
+
+def test_a_logged_out_panel_on_a_site_that_encrypts_accounts_shows_the_notice(config: Config) -> None:
+    """The panel hands the site's policy to the form (a session nobody is logged into)."""
+    encrypting = replace(config, policy=replace(config.policy, encrypt_local_accounts=True))
+    panel = ChatPanel(ChatSession(encrypting, accounts=Accounts(encrypting, bcrypt_rounds=4, kdf=CHEAP_KDF)))
+    try:
+        assert shown(panel.login_form)
+    finally:
+        panel.close()
+    clear = replace(config, policy=replace(config.policy, encrypt_local_accounts=False))
+    panel = ChatPanel(ChatSession(clear, accounts=Accounts(clear, bcrypt_rounds=4, kdf=CHEAP_KDF)))
+    try:
+        assert not shown(panel.login_form)
+    finally:
+        panel.close()

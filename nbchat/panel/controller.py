@@ -197,6 +197,7 @@ class ChatPanel(widgets.VBox):
         hub_error = self.session.hub_error
         self.login_form.show(
             allow_registration=self.session.config.policy.allow_registration,
+            encrypted=self.session.config.policy.encrypt_local_accounts,
             hub_error=str(hub_error) if hub_error is not None else None,
         )
         self._unfollow()
