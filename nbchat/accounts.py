@@ -15,11 +15,15 @@ JupyterHub name, and a password never opens such an account. A password
 change gives the account a new login token, which ends every earlier login.
 Deleting an account can be interrupted anywhere: the next use finishes it.
 
-Data keys (issue 15): with the site policy ``encrypt_local_accounts`` (on by
-default) every local account has a random data key, stored in its record only
-wrapped under its password (``nbchat.crypto``; the record's ``data_key`` field).
-A login unwraps it into ``Login.data_key``; an account made before gets one at
-its next login. A password change re-wraps it in the same write as the new
+Data keys (issue 15): with the site policy ``encrypt_local_accounts`` (off
+unless a site turns it on) every local account has a random data key, stored in
+its record only wrapped under its password (``nbchat.crypto``; the record's
+``data_key`` field). A login unwraps it into ``Login.data_key``; an account made
+before gets one at its next login. An account with a key always gets an
+encrypted store (``Login.conversations`` seals with ``crypto.LineCipher``),
+whatever the policy says later, and each login first seals whatever the account
+still has in clear (``_convert``): conversation files, damaged files moved aside;
+the clear search index is deleted. A password change re-wraps it in the same write as the new
 hash; a deletion first removes it (the data is unreadable from that moment,
 and the record is marked ``deleting`` so the next use finishes the deletion).
 """
@@ -48,6 +52,7 @@ from nbchat import crypto
 from nbchat.config import Config, load_config
 from nbchat.errors import (
     AuthenticationFailed,
+    ConversationNotFound,
     CorruptFile,
     HubAccountConflict,
     InvalidPassword,
@@ -57,6 +62,7 @@ from nbchat.errors import (
     LoginThrottled,
     NbchatError,
     NbchatWarning,
+    StorageFailed,
     UnsupportedVersion,
     UserLimitReached,
     UsernameTaken,
@@ -185,6 +191,8 @@ class Accounts:
     PASSWORD_STEPS = ("password-saved",)
     #: The steps of a login that gives an older account its data key: wrapped, then stored.
     CONVERSION_STEPS = ("key-wrapped", "key-stored")
+    #: The step of a login with a key after each clear conversation file it sealed.
+    SEALING_STEPS = ("conversation-sealed",)
 
     def __init__(
         self,
@@ -272,8 +280,36 @@ class Accounts:
         self, key: str, record: dict[str, Any], display_name: str, data_key: bytes | None = None
     ) -> Login:
         """A login whose store serves only while the account's directory holds this login token."""
-        store = ConversationStore(self.data_dir, key, account_id=_token_of(record))
+        cipher = None if data_key is None else crypto.LineCipher(data_key)
+        store = ConversationStore(self.data_dir, key, account_id=_token_of(record), cipher=cipher)
+        if cipher is not None:
+            self._convert(store)
         return Login(key, display_name, store, data_key)
+
+    def _convert(self, store: ConversationStore) -> None:
+        """Seal what an account with a key still has in clear (made before, or with the policy off).
+
+        Each file is one atomic rewrite and the store reads clear and sealed files alike, so a kill
+        anywhere leaves every conversation readable; the next login goes on from there. A disk that
+        refuses (read-only) leaves the rest for later, with a warning: the login still reads all.
+        """
+        try:
+            for conversation_id in store.unsealed():
+                try:
+                    store.seal(conversation_id)
+                except (CorruptFile, ConversationNotFound):
+                    pass  # moved aside (sealed just below), or deleted by another kernel meanwhile
+                except UnsupportedVersion:
+                    continue  # a newer nbchat's file (or another key's): left untouched, as reading does
+                self._reached("conversation-sealed")
+            store.seal_leftovers()
+        except StorageFailed as exc:
+            warnings.warn(
+                f"The conversations of {store.username!r} could not all be encrypted yet ({exc}). "
+                "They all read as before; the next login finishes the encryption.",
+                NbchatWarning,
+                stacklevel=4,
+            )
 
     # -- data keys -------------------------------------------------------------------------
 

@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 
 INDEX_NAME = ".search.sqlite"
 #: The files SQLite keeps beside the index (all deleted with it).
-_COMPANIONS = ("-journal", "-wal", "-shm")
+INDEX_COMPANIONS = _COMPANIONS = ("-journal", "-wal", "-shm")  # SQLite's files beside the index
 FILE_MODE = 0o600  # as the conversation files: the user's words
 SCHEMA_VERSION = 1  # PRAGMA user_version of an index this module built; any other is rebuilt
 MAX_QUERY_CHARS = 1_000
@@ -269,11 +269,14 @@ class SearchIndex:
     SQLite; every other method first waits for the queue to empty.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, in_memory: bool = False) -> None:
+        """``in_memory``: never use the file (an encrypted account: it would hold the words in clear);
+        such an index never creates, reads or writes ``.search.sqlite``."""
         self._path = Path(directory) / INDEX_NAME
         self._db: sqlite3.Connection | None = None
         self._inode: int | None = None  # of the file ``_db`` was opened on
-        self._in_memory = False  # the file cannot be used: an index in memory, for this store
+        self._in_memory = in_memory  # or later, when the file cannot be used: an index in memory
+        self._memory_only = in_memory  # asked for: no file is ever seeded from, written or deleted
         self._db_lock = threading.RLock()  # one user of the connection at a time (writer thread, store)
         self._work = threading.Condition()  # guards _pending and _worker
         self._pending = 0  # updates queued and not yet applied
@@ -286,7 +289,7 @@ class SearchIndex:
 
     @property
     def in_memory(self) -> bool:
-        """True once this store searches an index in memory (the file could not be used)."""
+        """True when this store searches an index in memory (asked for, or the file could not be used)."""
         return self._in_memory
 
     def close(self) -> None:
@@ -686,7 +689,8 @@ class SearchIndex:
 
         if self._in_memory:
             if self._db is None:
-                self._db = self._seeded(sqlite3) or _connect(sqlite3, ":memory:")
+                seeded = None if self._memory_only else self._seeded(sqlite3)
+                self._db = seeded or _connect(sqlite3, ":memory:")
                 if not self._db.execute("PRAGMA user_version").fetchone()[0]:
                     self._db.executescript(_SCHEMA)
             return self._db
@@ -751,6 +755,8 @@ class SearchIndex:
     def _discard(self) -> None:
         """Delete the index file and its journal (called under the user's lock)."""
         self._close_connection()
+        if self._memory_only:
+            return  # the damaged index was in memory: closing it is the discarding
         for suffix in ("", *_COMPANIONS):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(f"{self._path}{suffix}")

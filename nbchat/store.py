@@ -45,6 +45,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import errno
+import json
 import os
 import threading
 import time
@@ -58,6 +59,7 @@ from typing import TYPE_CHECKING, Any
 
 from nbchat import records
 from nbchat.errors import (
+    ConversationEncrypted,
     ConversationNotFound,
     CorruptFile,
     InvalidValue,
@@ -79,7 +81,7 @@ from nbchat.files import (
     truncate,
     try_locked,
 )
-from nbchat.search import SearchHit, SearchIndex, Stamp
+from nbchat.search import INDEX_COMPANIONS, INDEX_NAME, SearchHit, SearchIndex, Stamp
 from nbchat.types import (
     DEFAULT_TITLE,
     Conversation,
@@ -98,6 +100,8 @@ if TYPE_CHECKING:
 
 SUFFIX = ".jsonl"
 LOCK_NAME = ".lock"
+CORRUPT_MARK = ".corrupt-"  # <id>.jsonl.corrupt-<time>: a damaged file moved aside
+SEALED_DAMAGE = ".sealed"  # … .corrupt-<time>.sealed: one sealed by an account's conversion
 ACCOUNT_MARKER = ".account"
 #: The longest a search holds the user's lock while it builds the index, and the pause after
 #: each slice, longer than a waiting kernel's poll of the lock (filelock's 0.05 s).
@@ -160,9 +164,9 @@ class ConversationStore:
         self._mutex = threading.RLock()
         self._closed = False
         self._cipher = cipher
-        self._index = SearchIndex(self._dir)  # a derived cache; opened at first use
-        if cipher is not None:  # an index file would hold the words in clear
-            self._index._use_memory("the account is encrypted: its index is kept in memory only")
+        # A derived cache, opened at first use; an encrypted account's only in memory (a file would
+        # hold the words in clear).
+        self._index = SearchIndex(self._dir, in_memory=cipher is not None)
 
     @property
     def username(self) -> str:
@@ -391,6 +395,93 @@ class ConversationStore:
                 return False
             self._write_whole(path, state.conversation, state, self._body(path, state))
             return True
+
+    def unsealed(self) -> builtins.list[str]:
+        """Ids of the conversations still in clear (an account being converted), from first lines only.
+
+        A header that is not JSON is listed too: ``seal`` then finds the damage (and moves it aside).
+        """
+        with self._mutex:
+            self._check_open()
+            self._check_account()
+            ids = []
+            for path in self._conversation_files():
+                try:
+                    with path.open("rb") as handle:
+                        first = handle.readline(records.MAX_HEADER_BYTES + 1)
+                except OSError:
+                    continue  # deleted meanwhile, or unreadable: tried again at the next login
+                try:
+                    record = json.loads(first)
+                except (ValueError, RecursionError):
+                    record = None
+                if not isinstance(record, dict) or "sealed" not in record:
+                    ids.append(path.name[: -len(SUFFIX)])
+            return ids
+
+    def seal_leftovers(self) -> builtins.list[Path]:
+        """Finish converting an account: no file this store did not write sealed may hold plaintext.
+
+        Removes the clear-era search index (and its journal), stale temp files of interrupted
+        writes, and seals each damaged file moved aside whole, as one token under this store's key
+        (``<name>.sealed``: kept for a person to look at, with ``open_damaged``), then deletes the
+        clear one. Each step is atomic; a kill leaves the rest for the next call. Returns what it
+        removed or replaced.
+        """
+        if self._cipher is None:
+            raise InvalidValue("This store has no key to encrypt with; open it with the account's cipher.")
+        with self._mutex:
+            if not self._leftovers():
+                return []  # the usual case: nothing to do, not even the lock to take
+            with self._lock():
+                return self._seal_leftovers(self._cipher)
+
+    def _leftovers(self) -> builtins.list[str]:
+        """Names in the directory that may hold plaintext an encrypted store never writes."""
+        index = {INDEX_NAME, *(INDEX_NAME + suffix for suffix in INDEX_COMPANIONS)}
+        with os_errors(self._dir, "list the files in", writing=False):
+            try:
+                names = sorted(os.listdir(self._dir))
+            except FileNotFoundError:
+                return []
+        return [
+            name
+            for name in names
+            if name in index
+            or (name.startswith(".") and SUFFIX + "." in name and name.endswith(".tmp"))  # a killed write
+            or (CORRUPT_MARK in name and not name.endswith(SEALED_DAMAGE))
+        ]
+
+    def _seal_leftovers(self, cipher: LineCipher) -> builtins.list[Path]:
+        """``seal_leftovers`` under the user's lock (every writer of a temp file holds it too)."""
+        done: builtins.list[Path] = []
+        for name in self._leftovers():
+            path = self._dir / name
+            if CORRUPT_MARK in name and not name.endswith(SEALED_DAMAGE) and not name.endswith(".tmp"):
+                with os_errors(path, "read", writing=False):
+                    data = path.read_bytes()
+                token = cipher.seal(data, conversation_id=name, position=0)
+                record = {"name": name, "key": records.key_id(cipher), "sealed": token}
+                atomic_write_bytes(
+                    path.with_name(name + SEALED_DAMAGE), json.dumps(record).encode("ascii") + b"\n"
+                )
+            with os_errors(path, "delete"), contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            done.append(path)
+        if done:
+            fsync_dir(self._dir)
+        return done
+
+    def open_damaged(self, path: Path) -> bytes:
+        """The bytes of a damaged file that ``seal_leftovers`` sealed (``<name>.sealed``), as moved aside."""
+        self._check_open()
+        if self._cipher is None:
+            raise InvalidValue("This store has no key to open sealed files with.")
+        with os_errors(Path(path), "read", writing=False):
+            record = json.loads(Path(path).read_bytes())
+        if record.get("key") != records.key_id(self._cipher):
+            raise ConversationEncrypted(f"{path} was sealed with another key than this login's.")
+        return self._cipher.open(record["sealed"], conversation_id=record["name"], position=0)
 
     def delete(self, conversation_id: str) -> None:
         """Remove the conversation's file for good."""
@@ -694,7 +785,7 @@ class ConversationStore:
 
     def _move_aside(self, path: Path, reason: str) -> CorruptFile:
         stamp = utcnow().strftime("%Y%m%dT%H%M%S%fZ")
-        moved = path.with_name(f"{path.name}.corrupt-{stamp}")
+        moved = path.with_name(f"{path.name}{CORRUPT_MARK}{stamp}")
         try:
             with os_errors(path, "move aside"):
                 os.replace(path, moved)

@@ -37,6 +37,13 @@ from nbchat.errors import (
 NEW_PASSWORD = "battery staple"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PLAIN = Policy(encrypt_local_accounts=False)
+ENCRYPTING = Policy(encrypt_local_accounts=True)
+
+
+@pytest.fixture
+def config(config: Config) -> Config:
+    """The shared fixture's config with encryption turned on (it is off unless a site asks)."""
+    return replace(config, policy=ENCRYPTING)
 
 
 def users_file(accounts: Accounts) -> dict[str, Any]:
@@ -291,14 +298,16 @@ def test_with_the_policy_off_no_key_is_made_and_existing_keys_still_unlock(confi
     assert crypto.unwrap_data_key(stored["alice"]["data_key"], NEW_PASSWORD, account="alice") == key
 
 
-def test_the_site_file_turns_encryption_of_local_accounts_off(tmp_path: Path) -> None:
+def test_encryption_of_local_accounts_is_off_unless_the_site_file_turns_it_on(tmp_path: Path) -> None:
     site = tmp_path / "config.toml"
     environ = {"NBCHAT_CONFIG": str(site), "NBCHAT_DATA_DIR": str(tmp_path / "data")}
     site.write_text("[policy]\nallow_registration = true\n")
-    assert load_config(environ).policy.encrypt_local_accounts is True  # the default
+    assert load_config(environ).policy.encrypt_local_accounts is False  # the default, this release
+    assert Policy().encrypt_local_accounts is False
+    site.write_text("[policy]\nencrypt_local_accounts = true\n")
+    assert load_config(environ).policy.encrypt_local_accounts is True
     site.write_text("[policy]\nencrypt_local_accounts = false\n")
     assert load_config(environ).policy.encrypt_local_accounts is False
-    assert Policy().encrypt_local_accounts is True
     site.write_text("[policy]\nencrypt_local_accounts = 'no'\n")
     with pytest.raises(ConfigError, match=r"policy\.encrypt_local_accounts must be true or false"):
         load_config(environ)
@@ -393,6 +402,7 @@ WORKER = r"""
 import json, sys, time
 from pathlib import Path
 from nbchat import Accounts, Config
+from nbchat.config import Policy
 from nbchat.crypto import KdfParams
 
 data_dir, command, pause_at, *args = sys.argv[1:]
@@ -408,7 +418,8 @@ def ticking():  # a minute on at every reading, as the test's Ticking clock
     ticks[0] += 61.0
     return ticks[0]
 
-accounts = Worker(Config(data_dir=Path(data_dir), max_users=10_000), bcrypt_rounds=4,
+accounts = Worker(Config(data_dir=Path(data_dir), max_users=10_000,
+                         policy=Policy(encrypt_local_accounts=True)), bcrypt_rounds=4,
                   kdf=KdfParams(n=2**10, r=8, p=1), clock=ticking)
 print("ready", flush=True)
 if command == "register":

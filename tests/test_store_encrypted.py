@@ -477,6 +477,24 @@ def test_an_index_file_left_from_before_is_never_written_by_an_encrypted_store(
     assert leaks(data_dir, [secret]) == [] and index.exists()
 
 
+def test_an_index_asked_to_stay_in_memory_never_creates_reads_or_deletes_the_file(tmp_path: Path) -> None:
+    from nbchat.search import INDEX_NAME, SearchIndex
+
+    store = ConversationStore(tmp_path, "alice")
+    conversation = store.create("Chat")
+    store.append(conversation.id, Message("user", "memorable words"))
+    index = SearchIndex(store.directory, in_memory=True)
+    files = store._stamps()
+    hits = index.search("memorable", 5, files, lambda cid: store._indexable(cid, None), locked=True)
+    assert hits is not None and [hit.conversation_id for hit in hits] == [conversation.id]
+    assert index.in_memory and not (store.directory / INDEX_NAME).exists()
+    (store.directory / INDEX_NAME).write_bytes(b"not a database")  # a damaged leftover: not its business
+    index.removed(conversation.id)
+    assert index.search("memorable", 5, files, lambda cid: store._indexable(cid, None), locked=True)
+    index.close()
+    assert (store.directory / INDEX_NAME).read_bytes() == b"not a database"
+
+
 # -- SIGKILL -------------------------------------------------------------------------------------
 
 APPEND_LOOP = """
