@@ -38,6 +38,8 @@ listing opens first lines only; a torn sealed line is still not JSON. A line tha
 key, or read without a key, is ``ConversationEncrypted`` and left untouched. A clear file (an
 account not converted yet) is read as it is and sealed whole the first time this store writes to
 it, the way an older format is upgraded. The search index of such a store lives in memory only.
+A login converts an account whole with ``unsealed``, ``seal`` and ``seal_leftovers`` (the clear
+index and stale temp files removed, damaged files sealed whole as ``<name>.sealed``).
 """
 
 from __future__ import annotations
