@@ -596,6 +596,7 @@ class Accounts:
             # from many kernels each see the others and get no extra guesses.
             throttle.count_failure(key, now)
             self._write_throttle(throttle, now)
+            attempted_at = now
         if record is None:
             self._password_matches(password, self._dummy_hash)  # same work as a real check: no timing hint
             raise AuthenticationFailed(WRONG_CREDENTIALS)
@@ -608,7 +609,13 @@ class Accounts:
                 raise AuthenticationFailed(WRONG_CREDENTIALS)  # deleted, re-made or changed meanwhile
             now = self._clock()
             throttle = self._read_throttle(now)
-            if throttle.failures.pop(key, None) is not None:
+            # The right password: this attempt was no failure, neither of this name nor of the data
+            # dir (40 students logging in within a minute must not lock the 41st out).
+            forgotten = throttle.failures.pop(key, None) is not None
+            if attempted_at in throttle.recent:
+                throttle.recent.remove(attempted_at)
+                forgotten = True
+            if forgotten:
                 self._write_throttle(throttle, now)
             self._repair_marker(key, record)
         return key, record

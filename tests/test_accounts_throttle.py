@@ -193,3 +193,20 @@ def test_a_throttle_file_of_300k_sprayed_names_is_trimmed_by_one_login(accounts:
     started = time.monotonic()
     accounts.login("alice", PASSWORD)
     assert time.monotonic() - started < 1.0
+
+
+def test_a_class_logging_in_at_once_is_never_throttled_by_its_own_right_passwords(
+    data_dir: Path, clock: FakeClock
+) -> None:
+    """Forty students of one server log in within the same minute: a right password is no failure, so
+    none of them waits; the data dir's limit counts only wrong guesses."""
+    students = [f"student{i}" for i in range(MAX_FAILURES_PER_MINUTE + 10)]
+    accounts = Accounts(Config(data_dir=data_dir, max_users=100), bcrypt_rounds=4, clock=clock, kdf=CHEAP_KDF)
+    for name in students:
+        accounts.register(name, PASSWORD)
+    for name in students:
+        assert accounts.login(name, PASSWORD).username == name
+    for i in range(MAX_FAILURES_PER_MINUTE):  # wrong guesses sprayed over many names: they do count
+        fail_login(accounts, f"nobody{i}")
+    with pytest.raises(LoginThrottled, match="across all names"):
+        accounts.login("student1", PASSWORD)
