@@ -181,13 +181,15 @@ def passwords(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 @pytest.fixture
 def spawn(tmp_path: Path) -> Iterator[Callable[..., Any]]:
-    """Start ``tests/workers.py`` processes (``worker_process.Worker``); any left running is killed."""
-    from worker_process import Worker
+    """Start ``tests/workers.py`` processes (``worker_process.Worker``); any left running is killed.
+
+    ``spawn(*args, key=data_key)`` starts one that opens its stores encrypted with that key."""
+    from worker_process import Worker, worker_env
 
     started: list[Worker] = []
 
-    def _spawn(*args: object) -> Worker:
-        worker = Worker(args, tmp_path / f"worker-{len(started)}.stderr")
+    def _spawn(*args: object, key: bytes | None = None) -> Worker:
+        worker = Worker(args, tmp_path / f"worker-{len(started)}.stderr", env=worker_env(key))
         started.append(worker)
         return worker
 

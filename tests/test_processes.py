@@ -20,7 +20,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from worker_process import WORKERS_PY, Worker
+from worker_process import STORE_KINDS, WORKERS_PY, StoreKind, Worker, leaked_texts
 
 import nbchat.store
 from conftest import CHEAP_KDF
@@ -56,6 +56,26 @@ message_id = workers.message_id
 parse_message_id = workers.parse_message_id
 
 
+@pytest.fixture(params=STORE_KINDS)
+def kind(request: pytest.FixtureRequest) -> StoreKind:
+    """The store-level tests run twice: on clear stores and on an encrypted account's stores."""
+    return StoreKind(request.param)
+
+
+def assert_nothing_leaked(kind: StoreKind, data: Path, texts: list[str]) -> None:
+    """On encrypted stores, no text the workers or the test wrote is in any byte under ``data``; on
+    clear ones the same search finds them (so it searches the right place)."""
+    found = leaked_texts(data, texts)
+    if kind.encrypted:
+        assert found == []
+    else:
+        assert found, f"none of {texts} in the clear files: the leak check looks in the wrong place"
+
+
+# Every message the workers write holds these (with spaces: never inside base64url ciphertext).
+WORKER_TEXTS = ["writer 1 message", "writer 2 message", " lorem ipsum"]
+
+
 def release_together(workers_: list[Worker], go_file: Path) -> None:
     """Open the starting gate once every worker is set up and spinning on it."""
     for worker in workers_:
@@ -67,8 +87,9 @@ def conversation_file(store: ConversationStore, conversation_id: str) -> Path:
     return store.directory / f"{conversation_id}.jsonl"
 
 
-def jsonl_records(path: Path) -> list[dict[str, object]]:
-    """Every line of a conversation file, each checked to be a complete JSON object."""
+def jsonl_records(path: Path, kind: StoreKind | None = None) -> list[dict[str, object]]:
+    """Every line of a conversation file, each checked to be a complete JSON object (on encrypted
+    stores, each sealed line opened at its position)."""
     raw = path.read_bytes()
     assert raw.endswith(b"\n"), f"{path.name} does not end with a complete line"
     parsed = []
@@ -76,16 +97,20 @@ def jsonl_records(path: Path) -> list[dict[str, object]]:
         record = json.loads(line)  # raises on a torn or corrupt line
         assert isinstance(record, dict), f"line {number} is not a JSON object"
         parsed.append(record)
+    if kind is not None:
+        parsed = kind.clear_lines(parsed, path.name.removesuffix(".jsonl"))
     assert parsed and parsed[0].get("version") == records.FORMAT_VERSION, "the first line is not a header"
     return parsed
 
 
-def complete_lines(path: Path) -> tuple[list[dict[str, object]], bytes]:
-    """Every newline-terminated line, each checked to be a JSON object, and the unterminated tail
-    (a torn write, or a write in progress by a live process), if any."""
+def complete_lines(path: Path, kind: StoreKind | None = None) -> tuple[list[dict[str, object]], bytes]:
+    """Every newline-terminated line, each checked to be a JSON object (opened, on encrypted stores),
+    and the unterminated tail (a torn write, or a write in progress by a live process), if any."""
     complete, _, tail = path.read_bytes().rpartition(b"\n")
     parsed = [json.loads(line) for line in complete.split(b"\n")]
     assert all(isinstance(record, dict) for record in parsed)
+    if kind is not None:
+        parsed = kind.clear_lines(parsed, path.name.removesuffix(".jsonl"))
     return parsed, tail
 
 
@@ -147,21 +172,24 @@ def test_concurrent_registration_of_one_name_in_different_cases_has_one_winner(t
 
 
 def test_four_processes_appending_to_one_conversation_lose_and_duplicate_nothing(
-    tmp_path: Path, spawn
+    tmp_path: Path, spawn, kind: StoreKind
 ) -> None:
     """4 processes × 200 appends to ONE conversation, all released at once: the conversation ends with
     all 800 messages exactly once, each writer's messages in the order it appended them, and the file
-    is valid JSON Lines (a header, then one complete message per line)."""
+    is valid JSON Lines (a header, then one complete message per line; sealed lines on encrypted
+    stores, with no word of any message in any byte under the data dir)."""
     data, go = tmp_path / "data", tmp_path / "go"
-    store = ConversationStore(data, "alice")
+    store = kind.open(data, "alice")
     conversation = store.create("shared by four kernels")
     writers, per_writer = range(1, 5), 200
-    started = [spawn("append", data, "alice", conversation.id, tag, per_writer, go) for tag in writers]
+    started = [
+        spawn("append", data, "alice", conversation.id, tag, per_writer, go, key=kind.key) for tag in writers
+    ]
     release_together(started, go)
     for worker in started:
         worker.finish()
 
-    messages = ConversationStore(data, "alice").get(conversation.id).messages
+    messages = kind.open(data, "alice").get(conversation.id).messages
     ids = [m.id for m in messages]
     assert len(ids) == len(set(ids)) == 4 * per_writer
     assert set(ids) == {message_id(tag, seq) for tag in writers for seq in range(per_writer)}
@@ -169,29 +197,31 @@ def test_four_processes_appending_to_one_conversation_lose_and_duplicate_nothing
     for message in messages:
         tag, seq = parse_message_id(message.id)
         assert message.content == workers.message_content(tag, seq, workers.scheduled_size(tag, seq))
-    lines = jsonl_records(conversation_file(store, conversation.id))
+    lines = jsonl_records(conversation_file(store, conversation.id), kind)
     assert [line["id"] for line in lines[1:]] == ids
     # The writer's own, long-lived store agrees with a fresh one.
     assert [m.id for m in store.get(conversation.id).messages] == ids
+    assert_nothing_leaked(kind, data, [*WORKER_TEXTS, "writer 4 message", "shared by four kernels"])
 
 
 def test_four_processes_appending_across_four_conversations_lose_and_duplicate_nothing(
-    tmp_path: Path, spawn
+    tmp_path: Path, spawn, kind: StoreKind
 ) -> None:
     """4 processes × 200 appends spread over 4 conversations of one user (every writer writes to every
     conversation, rotating): each conversation ends with exactly its 200 messages, none lost or
-    duplicated, each writer's in order, and every file is valid JSON Lines."""
+    duplicated, each writer's in order, and every file is valid JSON Lines (sealed lines on encrypted
+    stores, with no word of any message in any byte under the data dir)."""
     data, go = tmp_path / "data", tmp_path / "go"
-    store = ConversationStore(data, "alice")
+    store = kind.open(data, "alice")
     conversations = [store.create(f"conversation {number}") for number in range(4)]
     joined = ",".join(c.id for c in conversations)
     writers, per_writer = range(1, 5), 200
-    started = [spawn("append", data, "alice", joined, tag, per_writer, go) for tag in writers]
+    started = [spawn("append", data, "alice", joined, tag, per_writer, go, key=kind.key) for tag in writers]
     release_together(started, go)
     for worker in started:
         worker.finish()
 
-    fresh = ConversationStore(data, "alice")
+    fresh = kind.open(data, "alice")
     for index, conversation in enumerate(conversations):
         expected = {
             tag: [seq for seq in range(per_writer) if (seq + tag) % len(conversations) == index]
@@ -200,9 +230,10 @@ def test_four_processes_appending_across_four_conversations_lose_and_duplicate_n
         ids = [m.id for m in fresh.get(conversation.id).messages]
         assert len(ids) == len(set(ids)) == per_writer
         assert ids_by_writer(ids) == expected
-        lines = jsonl_records(conversation_file(store, conversation.id))
+        lines = jsonl_records(conversation_file(store, conversation.id), kind)
         assert [line["id"] for line in lines[1:]] == ids
     assert sorted(s.id for s in fresh.list()) == sorted(c.id for c in conversations)
+    assert_nothing_leaked(kind, data, [*WORKER_TEXTS, "writer 4 message", "conversation 0"])
 
 
 # -- two kernels of one user -----------------------------------------------------------------------
@@ -364,25 +395,29 @@ def check_appends(
     return present
 
 
-SIGKILL_ROUNDS = 50
+SIGKILL_ROUNDS = {"clear": 50, "encrypted": 20}  # encrypted: the same loop, fewer rounds (CI time)
 
 
 @pytest.mark.reliability
-def test_sigkill_in_a_tight_append_loop_never_loses_an_acknowledged_message(tmp_path: Path, spawn) -> None:
-    """50 times in a row on ONE conversation, a worker appends in a tight loop and is SIGKILLed after a
-    random (seeded) delay. After each kill: the conversation loads, every acknowledged message is
-    there, nothing is duplicated, and every complete line of the file is valid JSON.
+def test_sigkill_in_a_tight_append_loop_never_loses_an_acknowledged_message(
+    tmp_path: Path, spawn, kind: StoreKind
+) -> None:
+    """50 times in a row (20 on encrypted stores) on ONE conversation, a worker appends in a tight
+    loop and is SIGKILLed after a random (seeded) delay. After each kill: the conversation loads,
+    every acknowledged message is there, nothing is duplicated, and every complete line of the file
+    is valid JSON.
 
     A torn last line (the kill landing inside write(2)) may be dropped with an ``NbchatWarning``.
     Since a real kill only rarely lands inside the write itself, about half of the rounds that did
     not tear a line simulate one by appending a prefix of a message line (never acknowledged). On even
     rounds the test's own long-lived store (which reads only new lines) repairs it; on odd rounds the
     check loads a copy, leaving the torn line for the next worker, which must repair it before
-    appending (its stderr shows the warning)."""
+    appending (its stderr shows the warning). On encrypted stores the simulated torn line is a prefix
+    of a sealed line, and afterwards no word of any message is in any byte under the data dir."""
     rng = random.Random(20240611)
     data = tmp_path / "data"
-    ConversationStore(data, "carol").create("killed fifty times")
-    reader = ConversationStore(data, "carol")  # a kernel that keeps the conversation open
+    kind.open(data, "carol").create("killed fifty times")
+    reader = kind.open(data, "carol")  # a kernel that keeps the conversation open
     (conversation_id,) = (s.id for s in reader.list())
     path = conversation_file(reader, conversation_id)
     reader.get(conversation_id)
@@ -390,9 +425,9 @@ def test_sigkill_in_a_tight_append_loop_never_loses_an_acknowledged_message(tmp_
     finished: dict[int, int] = {}  # writers already killed and checked: tag -> messages saved
     left_for_next_worker = False
     real_torn = simulated_torn = 0
-    for round_ in range(SIGKILL_ROUNDS):
+    for round_ in range(SIGKILL_ROUNDS[kind.name]):
         tag = round_ + 1
-        worker = spawn("append-loop", data, "carol", conversation_id, tag, rng.randrange(2**32))
+        worker = spawn("append-loop", data, "carol", conversation_id, tag, rng.randrange(2**32), key=kind.key)
         worker.wait_for_line("ready")
         if left_for_next_worker:
             assert TORN_WARNING in worker.stderr, worker.stderr
@@ -408,6 +443,9 @@ def test_sigkill_in_a_tight_append_loop_never_loses_an_acknowledged_message(tmp_
             real_torn += 1
         elif rng.random() < 0.5:
             line = records.message_line(Message("user", "never acknowledged", id=message_id(tag, 2**40)))
+            if kind.cipher is not None:
+                position = len(complete_lines(path)[0])
+                line = records.seal_line(line, kind.cipher, conversation_id, position)
             # Short of the closing brace: a whole line that only lost its newline is a saved message.
             torn = line[: rng.randrange(1, len(line) - 1)]
             with path.open("ab") as handle:
@@ -421,9 +459,7 @@ def test_sigkill_in_a_tight_append_loop_never_loses_an_acknowledged_message(tmp_
         else:
             copy = tmp_path / f"copy-{round_}"
             shutil.copytree(data, copy)
-            conversation, nbchat_warnings = load_recording_warnings(
-                ConversationStore(copy, "carol"), conversation_id
-            )
+            conversation, nbchat_warnings = load_recording_warnings(kind.open(copy, "carol"), conversation_id)
             shutil.rmtree(copy)
             left_for_next_worker = bool(torn)
         if torn:
@@ -437,35 +473,43 @@ def test_sigkill_in_a_tight_append_loop_never_loses_an_acknowledged_message(tmp_
         finished[tag] = present[tag]  # a saved but unacknowledged message must stay saved from now on
 
     # The incremental reader and a full read of the repaired file agree; the file is clean JSON Lines.
-    final, final_warnings = load_recording_warnings(ConversationStore(data, "carol"), conversation_id)
+    final, final_warnings = load_recording_warnings(kind.open(data, "carol"), conversation_id)
     assert len(final_warnings) == int(left_for_next_worker)  # the last round may leave a torn line
     assert final == reader.get(conversation_id)
-    assert [line["id"] for line in jsonl_records(path)[1:]] == [m.id for m in final.messages]
+    assert [line["id"] for line in jsonl_records(path, kind)[1:]] == [m.id for m in final.messages]
     assert simulated_torn + real_torn > 0
+    assert_nothing_leaked(kind, data, [*WORKER_TEXTS, "never acknowledged", "killed fifty times"])
     print(
         f"{sum(finished.values())} messages saved; torn lines: {real_torn} real, {simulated_torn} simulated"
     )
 
 
+REWRITE_ROUNDS = {"clear": 10, "encrypted": 5}
+
+
 def test_sigkill_during_rename_and_settings_rewrites_keeps_file_loadable_and_appends(
-    tmp_path: Path, spawn
+    tmp_path: Path, spawn, kind: StoreKind
 ) -> None:
     """While one worker appends in a loop, another loops on rename()/update_settings() (atomic whole-file
     rewrites) and is SIGKILLed after a random (seeded) delay, 10 times. After each kill the file loads
     without any repair, holds every append acknowledged so far exactly once and in order, and its title
     and settings are those of the last acknowledged rewrite (or of the one after it, done but not yet
-    acknowledged). Left-over temp files of killed rewrites never show up as conversations."""
+    acknowledged). Left-over temp files of killed rewrites never show up as conversations. On encrypted
+    stores (5 rounds) no title, system prompt or message is in any byte under the data dir, temp files
+    of killed rewrites included."""
     rng = random.Random(5150)
     data = tmp_path / "data"
-    store = ConversationStore(data, "dave")
+    store = kind.open(data, "dave")
     conversation = store.create("rewritten")
-    appender = spawn("append-loop", data, "dave", conversation.id, 1, rng.randrange(2**32), "0,50,400")
+    appender = spawn(
+        "append-loop", data, "dave", conversation.id, 1, rng.randrange(2**32), "0,50,400", key=kind.key
+    )
     appender.wait_for_line("ready")
 
     title, system = "rewritten", ""
-    for round_ in range(10):
+    for round_ in range(REWRITE_ROUNDS[kind.name]):
         start = round_ * 1000
-        rewriter = spawn("rewrite-loop", data, "dave", conversation.id, start)
+        rewriter = spawn("rewrite-loop", data, "dave", conversation.id, start, key=kind.key)
         rewriter.wait_for_line("ready")
         time.sleep(rng.uniform(0.02, 0.2))
         rewriter.kill()
@@ -483,7 +527,7 @@ def test_sigkill_during_rename_and_settings_rewrites_keeps_file_loadable_and_app
         allowed_titles = {title} | ({f"title {maybe_done}"} if maybe_done % 2 == 0 else set())
         allowed_systems = {system} | ({f"system {maybe_done}"} if maybe_done % 2 == 1 else set())
 
-        loaded, nbchat_warnings = load_recording_warnings(ConversationStore(data, "dave"), conversation.id)
+        loaded, nbchat_warnings = load_recording_warnings(kind.open(data, "dave"), conversation.id)
         assert nbchat_warnings == []
         assert loaded.title in allowed_titles
         assert loaded.settings.system in allowed_systems
@@ -491,17 +535,18 @@ def test_sigkill_during_rename_and_settings_rewrites_keeps_file_loadable_and_app
         check_appends(loaded, {1: acked_appends}, still_writing=True)
         # The appender goes on writing: the file holds what was loaded, then maybe more (and maybe a
         # line being written right now), every complete line valid JSON.
-        lines, _ = complete_lines(conversation_file(store, conversation.id))
+        lines, _ = complete_lines(conversation_file(store, conversation.id), kind)
         saved = [m.id for m in loaded.messages]
         assert [line["id"] for line in lines[1 : len(saved) + 1]] == saved
         assert [s.id for s in store.list()] == [conversation.id]
 
     appender.kill()  # it may tear its last line: that one was never acknowledged
-    final, nbchat_warnings = load_recording_warnings(ConversationStore(data, "dave"), conversation.id)
+    final, nbchat_warnings = load_recording_warnings(kind.open(data, "dave"), conversation.id)
     assert all(TORN_WARNING in text for text in nbchat_warnings), nbchat_warnings
     check_appends(final, {1: len(appender.acks)})
     assert final.title == title and final.settings.system == system
-    jsonl_records(conversation_file(store, conversation.id))
+    jsonl_records(conversation_file(store, conversation.id), kind)
+    assert_nothing_leaked(kind, data, ["writer 1 message", "title ", "system ", "rewritten"])
     leftovers = [p.name for p in store.directory.iterdir() if p.name.endswith(".tmp")]
     print(f"{len(final.messages)} appends around 10 killed rewriters; {len(leftovers)} temp files left")
 

@@ -3,7 +3,8 @@ switching in one conversation lose nothing, and a SIGKILL at any moment leaves i
 
 The workers (tests/workers.py ``branch-loop``) print each operation only after the store
 acknowledged it, so every printed message must be in the tree and every printed switch must
-name a message that exists.
+name a message that exists. Each test runs on clear stores and on an encrypted account's stores
+(where, afterwards, no message text is in any byte under the data dir).
 """
 
 from __future__ import annotations
@@ -14,10 +15,28 @@ import time
 import warnings
 from pathlib import Path
 
-from worker_process import Worker
+import pytest
+from worker_process import STORE_KINDS, StoreKind, Worker, leaked_texts
 
-from nbchat import ConversationStore, NbchatWarning
+from nbchat import NbchatWarning
 from nbchat.tree import MessageTree
+
+# In every message the workers write (with a space: never inside base64url ciphertext).
+WORKER_TEXT = " message "
+
+
+@pytest.fixture(params=STORE_KINDS)
+def kind(request: pytest.FixtureRequest) -> StoreKind:
+    return StoreKind(request.param)
+
+
+def assert_nothing_leaked(kind: StoreKind, data: Path, texts: list[str]) -> None:
+    """Encrypted: none of ``texts`` in any byte under ``data``; clear: the same search finds them."""
+    found = leaked_texts(data, texts)
+    if kind.encrypted:
+        assert found == []
+    else:
+        assert found, f"none of {texts} in the clear files: the leak check looks in the wrong place"
 
 
 def acked_messages(worker: Worker) -> list[str]:
@@ -35,11 +54,14 @@ def check_tree(tree: MessageTree) -> None:
 
 
 def test_four_processes_regenerating_editing_and_switching_in_one_conversation_lose_nothing(
-    tmp_path: Path, spawn
+    tmp_path: Path, spawn, kind: StoreKind
 ) -> None:
     data, go = tmp_path / "data", tmp_path / "go"
-    conversation = ConversationStore(data, "alice").create("Busy")
-    workers = [spawn("branch-loop", data, "alice", conversation.id, tag, tag * 7, go) for tag in range(1, 5)]
+    conversation = kind.open(data, "alice").create("Busy")
+    workers = [
+        spawn("branch-loop", data, "alice", conversation.id, tag, tag * 7, go, key=kind.key)
+        for tag in range(1, 5)
+    ]
     for worker in workers:
         worker.wait_for_line("ready")
     go.touch()
@@ -48,7 +70,7 @@ def test_four_processes_regenerating_editing_and_switching_in_one_conversation_l
         worker.kill()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        tree = ConversationStore(data, "alice").get(conversation.id).tree
+        tree = kind.open(data, "alice").get(conversation.id).tree
     assert all(
         "incomplete last line" in str(w.message) for w in caught if issubclass(w.category, NbchatWarning)
     )
@@ -59,23 +81,24 @@ def test_four_processes_regenerating_editing_and_switching_in_one_conversation_l
     assert not missing, f"{len(missing)} acknowledged messages were lost"
     assert len(saved) <= len(acked) + len(workers)  # at most one unacknowledged append per killed worker
     check_tree(tree)
+    assert_nothing_leaked(kind, data, [WORKER_TEXT])
 
 
 def test_sigkill_during_branch_switches_and_appends_leaves_a_loadable_conversation(
-    tmp_path: Path, spawn
+    tmp_path: Path, spawn, kind: StoreKind
 ) -> None:
     data, go = tmp_path / "data", tmp_path / "go"
     go.touch()
-    conversation = ConversationStore(data, "alice").create("Crashy")
+    conversation = kind.open(data, "alice").create("Crashy")
     rng = random.Random(5)
     acked: list[str] = []
     for round_ in range(6):
-        worker = spawn("branch-loop", data, "alice", conversation.id, round_ + 1, round_, go)
+        worker = spawn("branch-loop", data, "alice", conversation.id, round_ + 1, round_, go, key=kind.key)
         worker.wait_for_line("ready")
         time.sleep(rng.uniform(0.05, 0.6))
         worker.kill()
         acked += acked_messages(worker)
-        reader = ConversationStore(data, "alice")  # a fresh kernel each time
+        reader = kind.open(data, "alice")  # a fresh kernel each time
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NbchatWarning)  # a torn last line is repaired, with a warning
             tree = reader.get(conversation.id).tree
@@ -84,3 +107,5 @@ def test_sigkill_during_branch_switches_and_appends_leaves_a_loadable_conversati
         )
         if tree.messages:
             check_tree(tree)
+    assert acked, "the workers did real work"
+    assert_nothing_leaked(kind, data, [WORKER_TEXT])

@@ -5,6 +5,7 @@ The ``spawn`` fixture (in conftest.py) starts them and kills any still running a
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,20 +16,80 @@ from pathlib import Path
 
 import pytest
 
+from nbchat import ConversationStore
+from nbchat.crypto import LineCipher, new_data_key
+
 WORKERS_PY = Path(__file__).with_name("workers.py")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 30.0  # generous: a 2-core machine starting a dozen interpreters at once
 FINISH_TIMEOUT_S = 45.0
+STORE_KEY_VARIABLE = "NBCHAT_TEST_STORE_KEY"  # workers.py reads it in open_store()
+STORE_KINDS = ["clear", "encrypted"]
+
+
+def worker_env(key: bytes | None) -> dict[str, str] | None:
+    """The environment of a worker that opens its stores with ``key`` (None: inherit, clear stores)."""
+    if key is None:
+        return None
+    return {**os.environ, STORE_KEY_VARIABLE: key.hex()}
+
+
+class StoreKind:
+    """Clear or encrypted stores, the same for the test and its workers: ``open`` gives the test's
+    store, ``key`` goes to ``spawn(..., key=...)``, ``clear_lines`` turns a file's lines into what a
+    clear file would hold, so the same checks run on both."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.key = new_data_key() if name == "encrypted" else None
+        self.cipher = LineCipher(self.key) if self.key is not None else None
+
+    @property
+    def encrypted(self) -> bool:
+        return self.cipher is not None
+
+    def open(self, data_dir: Path, user: str) -> ConversationStore:
+        return ConversationStore(data_dir, user, cipher=self.cipher)
+
+    def clear_lines(self, records: list[dict[str, object]], conversation_id: str) -> list[dict[str, object]]:
+        """Each line of a file (the header first) as a clear record: sealed lines opened at their position."""
+        if self.cipher is None:
+            return records
+        opened = []
+        for position, record in enumerate(records):
+            token = record["sealed"]
+            assert isinstance(token, str), f"line {position + 1} is not sealed: {record!r}"
+            clear = self.cipher.open(token, conversation_id=conversation_id, position=position)
+            opened.append(json.loads(clear))
+        return opened
+
+
+def leaked_texts(root: Path, texts: list[str]) -> list[tuple[str, str]]:
+    """``(file, text)`` for each of ``texts`` found (ignoring case) in any byte of any file under
+    ``root``, hidden, temporary and moved-aside files included."""
+    found = []
+    for path in sorted(root.rglob("*")):
+        try:
+            if not path.is_file():
+                continue
+            data = path.read_bytes().lower()
+        except FileNotFoundError:  # a temp file gone meanwhile
+            continue
+        found += [(str(path), text) for text in texts if text.lower().encode() in data]
+    return found
 
 
 class Worker:
     """One ``tests/workers.py`` process; a thread collects its complete stdout lines as they come."""
 
-    def __init__(self, args: tuple[object, ...], stderr_path: Path) -> None:
+    def __init__(
+        self, args: tuple[object, ...], stderr_path: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.stderr_path = stderr_path
         with stderr_path.open("wb") as stderr:
             self.proc = subprocess.Popen(
                 [sys.executable, str(WORKERS_PY), *map(str, args)],
+                env=env,
                 stdout=subprocess.PIPE,
                 stderr=stderr,
                 stdin=subprocess.DEVNULL,

@@ -9,6 +9,9 @@ worker had *finished* when it was killed:
   store call returned (the operation was acknowledged);
 - for the one-shot commands, one JSON object with the outcome.
 
+With ``NBCHAT_TEST_STORE_KEY=<hex key>`` in its environment a worker opens its stores
+encrypted with that key (``open_store``), as a kernel of an encrypted account does.
+
 Every worker stops by itself after ``DEADLINE_S`` seconds, or as soon as the
 test process that started it is gone, so a failing test never leaves a worker
 running.
@@ -24,7 +27,7 @@ import time
 from pathlib import Path
 
 from nbchat import Accounts, Config, ConversationStore, Message
-from nbchat.crypto import KdfParams
+from nbchat.crypto import KdfParams, LineCipher
 from nbchat.errors import NbchatError
 
 DEADLINE_S = 60.0
@@ -33,6 +36,14 @@ _STARTED = time.monotonic()
 _PARENT = os.getppid()
 
 CHEAP_KDF = KdfParams(n=2**10, r=8, p=1)  # the suite's KDF cost (conftest.CHEAP_KDF)
+STORE_KEY_VARIABLE = "NBCHAT_TEST_STORE_KEY"  # hex data key: set by ``spawn(..., key=...)``
+
+
+def open_store(data_dir: str, user: str) -> ConversationStore:
+    """The user's store, sealed with the key the test gave this worker (an encrypted account), if any."""
+    key = os.environ.get(STORE_KEY_VARIABLE)
+    cipher = LineCipher(bytes.fromhex(key)) if key else None
+    return ConversationStore(Path(data_dir), user, cipher=cipher)
 
 
 def message_id(tag: int, seq: int) -> str:
@@ -140,7 +151,7 @@ def cmd_change_password_pausing(data_dir: str, username: str, old: str, new: str
 
 def cmd_append(data_dir: str, user: str, conversation_ids: str, tag: str, count: str, go_file: str) -> None:
     """Append ``count`` messages once the gate opens, message ``seq`` to conversation ``(seq + tag) % n``."""
-    store = ConversationStore(Path(data_dir), user)
+    store = open_store(data_dir, user)
     ids = conversation_ids.split(",")
     writer = int(tag)
     for conversation_id in ids:
@@ -161,7 +172,7 @@ def cmd_append_loop(
 
     Message sizes (in characters, roughly) are drawn from ``sizes`` with a seeded generator.
     """
-    store = ConversationStore(Path(data_dir), user)
+    store = open_store(data_dir, user)
     store.get(conversation_id)  # repairs a torn last line left by a killed predecessor
     writer = int(tag)
     rng = random.Random(int(seed))
@@ -180,7 +191,7 @@ def cmd_append_loop(
 
 def cmd_rewrite_loop(data_dir: str, user: str, conversation_id: str, start: str) -> None:
     """Alternate rename() and update_settings() until killed; print ``rename N``/``settings N`` after each."""
-    store = ConversationStore(Path(data_dir), user)
+    store = open_store(data_dir, user)
     store.get(conversation_id)
     emit("ready")
     number = int(start)
@@ -203,7 +214,7 @@ def cmd_branch_loop(
     (regenerate), start a new first question (edit the first), or select a random message
     (switch). Prints ``<op> <message id>`` only after the store call returned.
     """
-    store = ConversationStore(Path(data_dir), user)
+    store = open_store(data_dir, user)
     store.get(conversation_id)
     writer = int(tag)
     rng = random.Random(int(seed))
@@ -234,7 +245,7 @@ def cmd_branch_loop(
 
 def cmd_ops(data_dir: str, user: str, conversation_id: str, ops_json: str) -> None:
     """Run a list of operations on one conversation in a fresh store; print the final state as JSON."""
-    store = ConversationStore(Path(data_dir), user)
+    store = open_store(data_dir, user)
     for op in json.loads(ops_json):
         kind = op["op"]
         if kind == "append":
