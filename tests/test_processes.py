@@ -548,7 +548,8 @@ def test_sigkill_during_rename_and_settings_rewrites_keeps_file_loadable_and_app
     jsonl_records(conversation_file(store, conversation.id), kind)
     assert_nothing_leaked(kind, data, ["writer 1 message", "title ", "system ", "rewritten"])
     leftovers = [p.name for p in store.directory.iterdir() if p.name.endswith(".tmp")]
-    print(f"{len(final.messages)} appends around 10 killed rewriters; {len(leftovers)} temp files left")
+    rounds = REWRITE_ROUNDS[kind.name]
+    print(f"{len(final.messages)} appends around {rounds} killed rewriters; {len(leftovers)} temp files left")
 
 
 @pytest.mark.parametrize("step", ["authenticated", "renamed", "users-written"])
