@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 
 INDEX_NAME = ".search.sqlite"
 #: The files SQLite keeps beside the index (all deleted with it).
-INDEX_COMPANIONS = _COMPANIONS = ("-journal", "-wal", "-shm")  # SQLite's files beside the index
+INDEX_COMPANIONS = ("-journal", "-wal", "-shm")
 FILE_MODE = 0o600  # as the conversation files: the user's words
 SCHEMA_VERSION = 1  # PRAGMA user_version of an index this module built; any other is rebuilt
 MAX_QUERY_CHARS = 1_000
@@ -757,7 +757,7 @@ class SearchIndex:
         self._close_connection()
         if self._memory_only:
             return  # the damaged index was in memory: closing it is the discarding
-        for suffix in ("", *_COMPANIONS):
+        for suffix in ("", *INDEX_COMPANIONS):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(f"{self._path}{suffix}")
 

@@ -451,7 +451,7 @@ class ConversationStore:
             for name in names
             if name in index
             or (name.startswith(".") and SUFFIX + "." in name and name.endswith(".tmp"))  # a killed write
-            or (CORRUPT_MARK in name and not name.endswith(SEALED_DAMAGE))
+            or _clear_damage(name)
         ]
 
     def _seal_leftovers(self, cipher: LineCipher) -> builtins.list[Path]:
@@ -459,7 +459,7 @@ class ConversationStore:
         done: builtins.list[Path] = []
         for name in self._leftovers():
             path = self._dir / name
-            if CORRUPT_MARK in name and not name.endswith(SEALED_DAMAGE) and not name.endswith(".tmp"):
+            if _clear_damage(name) and not name.endswith(".tmp"):
                 with os_errors(path, "read", writing=False):
                     data = path.read_bytes()
                 token = cipher.seal(data, conversation_id=name, position=0)
@@ -505,6 +505,10 @@ class ConversationStore:
         if self._cipher is None:
             return line
         return records.seal_line(line, self._cipher, conversation_id, position)
+
+    def _sealed_lines(self, lines: builtins.list[bytes], conversation_id: str) -> bytes:
+        """The lines after a header as this store writes them, each at its position (from 1)."""
+        return b"".join(self._sealed(line, conversation_id, at) for at, line in enumerate(lines, 1))
 
     def _unsealed(self, state: FileState) -> bool:
         """A clear file this store must seal before it writes to it (an account not converted yet)."""
@@ -833,16 +837,14 @@ class ConversationStore:
         (an older file's upgraded), sealed if it has a key (each line at its position, from 1)."""
         cid = state.conversation.id
         if state.version < records.TREE_VERSION:  # only messages, each on one line
-            lines = [records.message_line(m) for m in state.saved_messages()]
-            return b"".join(self._sealed(line, cid, position) for position, line in enumerate(lines, 1))
+            return self._sealed_lines([records.message_line(m) for m in state.saved_messages()], cid)
         with os_errors(path, "read", writing=False), path.open("rb") as handle:
             handle.seek(len(state.header))
             body = handle.read(state.offset - len(state.header))
         if len(body) != state.offset - len(state.header):
             raise storage_error(OSError(errno.EIO, "it is shorter than what was read of it"), path, "rewrite")
         if self._unsealed(state):  # read and checked as clear lines: each sealed where it stands
-            lines = body.split(b"\n")[:-1]  # every line read ends in a newline
-            return b"".join(self._sealed(line, cid, position) for position, line in enumerate(lines, 1))
+            return self._sealed_lines(body.split(b"\n")[:-1], cid)  # every line read ends in a newline
         return body  # sealed lines keep their positions: a new header changes none of them
 
     def _write_whole(
@@ -877,3 +879,8 @@ class ConversationStore:
         self._cache[conversation.id] = fresh
         self._index.rewritten(fresh.view(), inode=fresh.inode, size=fresh.offset)
         return fresh
+
+
+def _clear_damage(name: str) -> bool:
+    """A damaged file moved aside and not yet sealed (``seal_leftovers`` seals it)."""
+    return CORRUPT_MARK in name and not name.endswith(SEALED_DAMAGE)
