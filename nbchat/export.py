@@ -268,6 +268,8 @@ def message_heading(conversation: Conversation, message: Message) -> str:
         words.append(f"{kind} {number} of {len(alternatives)}")
     if (message.stats or {}).get("interrupted"):
         words.append("interrupted")
+    elif (message.stats or {}).get("live"):
+        words.append("still being written")
     return " · ".join(words)
 
 

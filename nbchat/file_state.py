@@ -19,6 +19,8 @@ from nbchat.types import MAX_CONTENT_CHARS, Conversation, Message
 
 #: What an interrupted reply (drafts with no saved message: the kernel died) has in its stats.
 INTERRUPTED_STATS = {"partial": True, "interrupted": True}
+#: What a reply another kernel is still writing (drafts, its lease held) has in its stats.
+LIVE_STATS = {"partial": True, "live": True}
 
 
 @dataclass
@@ -34,8 +36,8 @@ class OpenDraft:
     def copy(self) -> OpenDraft:
         return replace(self, text=list(self.text), thinking=list(self.thinking))
 
-    def as_message(self, message_id: str) -> Message:
-        """The reply as far as it was written, marked interrupted."""
+    def as_message(self, message_id: str, *, live: bool = False) -> Message:
+        """The reply as far as it was written, marked interrupted (or ``live``: still being written)."""
         text = "".join(self.text)[:MAX_CONTENT_CHARS]
         thinking = "".join(self.thinking)[:MAX_CONTENT_CHARS]
         return Message(
@@ -45,7 +47,7 @@ class OpenDraft:
             time=self.time,
             thinking=thinking or None,
             model=self.model,
-            stats=dict(INTERRUPTED_STATS),
+            stats=dict(LIVE_STATS if live else INTERRUPTED_STATS),
             parent=self.parent,
         )
 
@@ -67,11 +69,12 @@ class FileState:
     #: When each entry was last used (the line that saved it, drafted it or selected it).
     last_used: dict[str, int] = field(default_factory=dict)
     last_message: str | None = None  # the message on the last message line (to upgrade old lines)
-    _tree: tuple[frozenset[str], MessageTree] | None = None
+    _tree: tuple[tuple[frozenset[str], frozenset[str]], MessageTree] | None = None
     #: The active path's last message when known without building the tree: a message just
     #: saved is the most recently used and has no children, so the path ends in it.
     _leaf: str | None = None
     _answered: set[str] = field(default_factory=set)  # ids that some entry answers (has children)
+    _drafting: set[str] = field(default_factory=set)  # ids of the entries that are open drafts
 
     def __post_init__(self) -> None:
         if not self.version:
@@ -86,11 +89,17 @@ class FileState:
             _tree=None,
             _leaf=None,
             _answered=set(self._answered),
+            _drafting=set(self._drafting),
         )
 
     @property
     def ids(self) -> builtins.set[str]:
         return set(self.entries)
+
+    @property
+    def open_drafts(self) -> frozenset[str]:
+        """The ids of replies seen only through drafts (no saved message yet)."""
+        return frozenset(self._drafting)
 
     def draft(self, message_id: str) -> OpenDraft | None:
         entry = self.entries.get(message_id)
@@ -122,6 +131,7 @@ class FileState:
             raise records.RecordError(f"message {message.id} answers another message than its drafts")
         self._check_parent(message.parent)
         self.entries[message.id] = message  # a draft's place is kept: children stay after parents
+        self._drafting.discard(message.id)
         self.last_message = message.id
 
     def _take_draft(self, draft: records.Draft) -> bool:
@@ -132,6 +142,7 @@ class FileState:
         if existing is None:
             self._check_parent(draft.parent)
             existing = self.entries[draft.id] = OpenDraft(draft.parent, draft.model, draft.time)
+            self._drafting.add(draft.id)
         elif existing.parent != draft.parent:
             raise records.RecordError(f"draft {draft.id} changes the message it answers")
         existing.text.append(draft.text)
@@ -144,21 +155,23 @@ class FileState:
         if parent is not None:
             self._answered.add(parent)
 
-    def tree(self, hidden: Iterable[str] = ()) -> MessageTree:
-        """Every message; open drafts as interrupted replies, but ``hidden`` ones (streaming here)."""
+    def tree(self, hidden: Iterable[str] = (), live: Iterable[str] = ()) -> MessageTree:
+        """Every message; open drafts as interrupted replies, but ``hidden`` ones (streaming here)
+        left out and ``live`` ones (another kernel is writing them) marked as still being written."""
         hide = frozenset(h for h in hidden if isinstance(self.entries.get(h), OpenDraft))  # never a saved one
-        if self._tree is not None and self._tree[0] == hide:
+        writing = frozenset(w for w in live if isinstance(self.entries.get(w), OpenDraft))
+        if self._tree is not None and self._tree[0] == (hide, writing):
             return self._tree[1]
         if hide:  # a reply another kernel answered is shown, whoever is writing it
             parents = {e.parent for e in self.entries.values()}
             hide = frozenset(h for h in hide if h not in parents)
         messages = [
-            entry if isinstance(entry, Message) else entry.as_message(message_id)
+            entry if isinstance(entry, Message) else entry.as_message(message_id, live=message_id in writing)
             for message_id, entry in self.entries.items()
             if message_id not in hide
         ]
         tree = MessageTree(messages, self.last_used)
-        self._tree = (hide, tree)
+        self._tree = ((hide, writing), tree)
         return tree
 
     def leaf(self, hidden: Iterable[str] = ()) -> str | None:
@@ -168,8 +181,8 @@ class FileState:
         last = self.tree(hidden).leaf()
         return last.id if last is not None else None
 
-    def view(self, hidden: Iterable[str] = ()) -> Conversation:
-        return replace(self.conversation, messages=(), tree=self.tree(hidden))
+    def view(self, hidden: Iterable[str] = (), live: Iterable[str] = ()) -> Conversation:
+        return replace(self.conversation, messages=(), tree=self.tree(hidden, live))
 
     def saved_messages(self) -> builtins.list[Message]:
         """The messages on their own lines (no drafts), in file order: an old file's body, upgraded."""

@@ -44,6 +44,8 @@ def ending_markdown(
 
 #: Under a reply whose kernel died while it streamed (read back from its drafts).
 INTERRUPTED_NOTE = "*(interrupted: the kernel stopped while this reply was being written)*"
+#: Under a reply another kernel is still writing (read from its drafts: the text so far).
+LIVE_NOTE = "*(still being written in another kernel: this is its text so far)*"
 
 
 def message_markdown(message: Message) -> str:
@@ -53,6 +55,8 @@ def message_markdown(message: Message) -> str:
     ending = ending_markdown(stats.get("finish_reason"), stats.get("error"))
     if stats.get("interrupted"):
         ending += "\n\n" + INTERRUPTED_NOTE
+    elif stats.get("live"):
+        ending += "\n\n" + LIVE_NOTE
     return thinking_markdown(message.thinking) + message.content + ending
 
 

@@ -184,7 +184,9 @@ def _bracketed(parts: tuple[tuple[str, bool], ...]) -> str:
 
 
 def _is_partial(message: Message) -> bool:
-    return bool(message.stats and message.stats.get("interrupted"))
+    """A reply read back from drafts (interrupted, or another kernel still writing it)."""
+    stats = message.stats or {}
+    return bool(stats.get("interrupted") or stats.get("live"))
 
 
 def _time(value: datetime) -> str:

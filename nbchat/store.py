@@ -83,6 +83,7 @@ from nbchat.files import (
     truncate,
     try_locked,
 )
+from nbchat.live_replies import ReplyLeases
 from nbchat.search import INDEX_COMPANIONS, INDEX_NAME, SearchHit, SearchIndex, Stamp
 from nbchat.types import (
     DEFAULT_TITLE,
@@ -163,6 +164,9 @@ class ConversationStore:
         self._dir = self._data_dir / "conversations" / self._user
         self._cache: dict[str, FileState] = {}
         self._streaming: set[str] = set()  # ids of replies this store is drafting (shown live, not as drafts)
+        # Held while this store drafts a reply, so other readers can tell it from an interrupted one.
+        self._leases = ReplyLeases(self._dir)
+        self._leases.sweep()
         self._mutex = threading.RLock()
         self._closed = False
         self._cipher = cipher
@@ -183,6 +187,7 @@ class ConversationStore:
         with self._mutex:
             self._cache.clear()
             self._closed = True
+            self._leases.release_all()
             self._cipher = None  # a logout forgets the key: this store keeps no reference to it
             self._index.close()
 
@@ -308,6 +313,7 @@ class ConversationStore:
                 message = replace(message, parent=parent)
             self._add_line(path, state, message, records.message_line(message))
             self._streaming.discard(message.id)
+            self._leases.release(message.id)
             return message
 
     def append_draft(self, conversation_id: str, draft: records.Draft) -> None:
@@ -329,7 +335,9 @@ class ConversationStore:
                 raise MessageNotFound(
                     f"Reply {draft.id} answers {draft.parent}, which this conversation lacks."
                 )
-            self._streaming.add(draft.id)
+            if draft.id not in self._streaming:
+                self._leases.hold(draft.id)
+                self._streaming.add(draft.id)
             self._add_line(path, state, draft, records.draft_line(draft))
 
     def select(self, conversation_id: str, message_id: str) -> Conversation:
@@ -348,7 +356,7 @@ class ConversationStore:
                 return current
             select = records.Select(message_id, utcnow())
             self._add_line(path, state, select, records.select_line(select))
-            return state.view(self._streaming)
+            return self._view(state)
 
     def _add_line(self, path: Path, state: FileState, item: records.Line, line: bytes) -> None:
         """Append one line; an older or clear file is first rewritten once as this store writes."""
@@ -637,7 +645,13 @@ class ConversationStore:
         self, path: Path, *, refused: StorageFailed | None = None, writing: bool = True
     ) -> Conversation:
         """Bring the cache of ``path`` up to date and return the conversation (see ``_load_state``)."""
-        return self._load_state(path, refused=refused, writing=writing).view(self._streaming)
+        return self._view(self._load_state(path, refused=refused, writing=writing))
+
+    def _view(self, state: FileState) -> Conversation:
+        """The conversation as this store shows it: its own streaming replies left out (shown
+        live), another kernel's marked as still being written, a dead kernel's as interrupted."""
+        others = [d for d in state.open_drafts if d not in self._streaming]
+        return state.view(self._streaming, [d for d in others if self._leases.is_live(d)])
 
     def _load_state(
         self, path: Path, *, refused: StorageFailed | None = None, writing: bool = True

@@ -168,7 +168,8 @@ def test_a_reply_that_ends_normally_is_read_as_exactly_one_reply(
 
     wait_until(drafted, seconds=30)
     partial = reader.get(conversation_id).messages[-1]
-    assert partial.id == reply.message_id and partial.stats == {"partial": True, "interrupted": True}
+    assert partial.id == reply.message_id
+    assert partial.stats == {"partial": True, "live": True}, "another reader sees it is still being written"
     assert session.history()[-1].content == "go", "the kernel writing it shows it live, not as a draft"
     reply.wait(30)
     path = config.data_dir / "conversations" / "alice" / f"{conversation_id}.jsonl"

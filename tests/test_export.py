@@ -134,7 +134,8 @@ def test_an_interrupted_reply_is_exported_marked_as_such(
     question = store.append(conversation.id, Message("user", "One more?"))
     now = datetime.now(timezone.utc)
     store.append_draft(conversation.id, records.Draft("ab" * 16, question.id, MODEL, now, "Half a", ""))
-    reopened = ConversationStore(tmp_path / "data", "alice")  # as after the kernel died
+    store.close()  # the kernel that wrote the drafts is gone
+    reopened = ConversationStore(tmp_path / "data", "alice")
     try:
         text = export_conversation(reopened.get(conversation.id), "markdown", directory=out).read_text()
     finally:

@@ -474,6 +474,7 @@ def test_a_reply_whose_kernel_died_shows_marked_interrupted(session: ChatSession
     reply_id = Message("assistant", "x").id
     for text in ("Everything ", "began with "):
         other.append_draft(current.id, Draft(reply_id, question.id, MODEL, utcnow(), text, ""))
+    other.close()  # its kernel died: the lease it held on the reply is gone with it
     panel = ChatPanel(session)
     _question, reply = shown(panel)
     assert reply.message.id == reply_id and reply.message.stats == {"partial": True, "interrupted": True}

@@ -137,12 +137,12 @@ def test_rename_and_settings_keep_every_message_draft_and_branch(opener: Opener)
     fresh = opener().get(conversation.id)
     assert fresh.title == "New" and fresh.settings.temperature == 0.1
     assert [m.content for m in fresh.messages] == ["q", "a", "half"]
-    assert fresh.messages[-1].stats == {"partial": True, "interrupted": True}
+    assert fresh.messages[-1].stats == {"partial": True, "live": True}, "its writer is still open"
     assert [m.id for m in fresh.tree.alternatives(a.id)] == [a.id, b.id]
     assert opener().append(conversation.id, Message("user", "next")).parent == fresh.messages[-1].id
 
 
-def test_another_store_sees_drafts_as_interrupted_until_the_reply_is_saved(opener: Opener) -> None:
+def test_another_store_sees_drafts_as_still_being_written_until_the_reply_is_saved(opener: Opener) -> None:
     store = opener()
     conversation = store.create("Chat")
     question = store.append(conversation.id, Message("user", "q"))
@@ -150,7 +150,7 @@ def test_another_store_sees_drafts_as_interrupted_until_the_reply_is_saved(opene
     store.append_draft(conversation.id, records.Draft(reply.id, question.id, None, reply.time, "the", ""))
     assert [m.id for m in store.get(conversation.id).messages] == [question.id]
     other = opener()
-    assert other.get(conversation.id).messages[-1].stats == {"partial": True, "interrupted": True}
+    assert other.get(conversation.id).messages[-1].stats == {"partial": True, "live": True}
     other.append(conversation.id, reply)
     assert [m.content for m in store.get(conversation.id).messages] == ["q", "the answer"]
 

@@ -341,6 +341,7 @@ class RandomTrees(RuleBasedStateMachine):
             self.kernels[kernel].append_draft(self.cid, draft)
             self.model.add(reply, parent)
         self.model.open.add(reply)
+        self.kernels[kernel].close()  # the OS lets its locks go with the process
         self.kernels[kernel] = ConversationStore(self.data_dir, "alice")
         shown = self.kernels[kernel].get(self.cid).tree.get(reply)
         assert shown.content == "".join(parts)

@@ -12,7 +12,7 @@ import html
 import threading
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +35,10 @@ from nbchat.panel.settings_row import SettingsRow
 from nbchat.render import reply_markdown
 from nbchat.reply import Reply
 from nbchat.session import ChatSession, get_session
-from nbchat.types import ConversationSettings
+from nbchat.types import ConversationSettings, Message
 
+#: How often a panel showing a reply that another kernel is writing reads it again.
+WATCH_S = 2.0
 
 class ChatPanel(widgets.VBox):
     """The chat app for one cell; all panels of a kernel share its one session.
@@ -51,6 +53,7 @@ class ChatPanel(widgets.VBox):
         self._lock = threading.RLock()
         self._closed = False
         self._following: LiveReply | None = None
+        self._watching: threading.Timer | None = None  # redraws a reply another kernel is writing
         self._retired: list[widgets.Widget] = []  # widgets of replies followed before, to close
         self._unsaved: dict[str, dict[str, str]] = {}  # conversation id -> question id -> Markdown
         self._style = widgets.HTML(STYLE)  # one per panel: a new widget per redraw would pile up
@@ -167,6 +170,9 @@ class ChatPanel(widgets.VBox):
                 return
             self._closed = True
             following, self._following = self._following, None
+            watching, self._watching = self._watching, None
+            if watching is not None:
+                watching.cancel()
             if following is not None:
                 following.stop()
                 self._retired.append(following.output)
@@ -245,12 +251,28 @@ class ChatPanel(widgets.VBox):
             conversation_id=current.id if current is not None else None,
             busy=streaming,
         )
+        self._watch_other_kernels(current.messages if current is not None else ())
         self.composer.set_busy(streaming, settings.model)
         self.context_row.set_busy(streaming, settings.model)
         self.conversation_bar.set_busy(streaming)
         self.search_box.set_busy(streaming)
         self.export_control.show(current.id if current is not None else None)
         self.settings_row.set_busy(streaming)
+
+    def _watch_other_kernels(self, messages: Sequence[Message]) -> None:
+        """While the path shows a reply another kernel is writing, redraw every ``WATCH_S`` (each
+        read takes only the lines added since) until it is saved or its kernel dies."""
+        if self._watching is not None or not any((m.stats or {}).get("live") for m in messages):
+            return
+        timer = threading.Timer(WATCH_S, self._watched)
+        timer.daemon = True
+        self._watching = timer
+        timer.start()
+
+    def _watched(self) -> None:
+        with self._lock:
+            self._watching = None
+        self.refresh()
 
     def _keep_if_unsaved(self, reply: Reply) -> None:
         """A reply that could not be saved stays shown (it is in no history) and the status says why."""

@@ -172,7 +172,7 @@ class MessageList:
         for message in path[:start]:
             unsaved.pop(message.id, None)  # its question is hidden: so is it
         for message in path[start:]:
-            view = place(message.id, message)[0]
+            view = place(_key(message), message)[0]
             if isinstance(view, MessageView):
                 alternatives = _alternatives(tree, message)
                 view.set_tools(alternatives, last_reply=message.id == last)
@@ -242,6 +242,16 @@ class MessageList:
             source, on_insert=self._on_insert, on_run=self._on_run, on_copied=self._on_copied
         )
         return (widget,) if actions is None else (widget, actions)
+
+
+def _key(message: Message) -> str:
+    """What a message's widgets are kept under: its id, but a reply read from drafts (another
+    kernel writing it, or interrupted) is drawn anew when its text grows or it ends."""
+    stats = message.stats or {}
+    if not (stats.get("live") or stats.get("interrupted")):
+        return message.id
+    state = "live" if stats.get("live") else "interrupted"
+    return f"{message.id}~{state}~{len(message.content)}~{len(message.thinking or '')}"
 
 
 def _alternatives(tree: MessageTree | None, message: Message) -> tuple[str, ...]:
