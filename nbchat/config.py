@@ -98,9 +98,9 @@ class Policy:
     ``default_system``: the system prompt of every new conversation;
     ``allow_registration``: whether local accounts may be created;
     ``encrypt_local_accounts``: whether local accounts get a data key wrapped under
-    their password and their conversations encrypted with it (issue 15). Off unless a
-    site turns it on; an account that has a key keeps it, and its encrypted files,
-    when this is turned off again.
+    their password and their conversations encrypted with it (issue 15). On unless a
+    site turns it off; an account that has a key keeps it, and its encrypted files,
+    when this is turned off.
     """
 
     models: tuple[str, ...] | None = None
@@ -108,7 +108,7 @@ class Policy:
     max_temperature: float | None = None
     default_system: str = ""
     allow_registration: bool = True
-    encrypt_local_accounts: bool = False
+    encrypt_local_accounts: bool = True
     source: str = "the site policy"  # where the rules come from, for error messages
 
     def allows_model(self, model_id: str) -> bool:
@@ -323,7 +323,7 @@ def _policy(path: Path, table: dict[str, Any]) -> Policy:
     registration = table.get("allow_registration", True)
     if not isinstance(registration, bool):
         refuse("allow_registration", "true or false", registration)
-    encrypt = table.get("encrypt_local_accounts", False)
+    encrypt = table.get("encrypt_local_accounts", True)
     if not isinstance(encrypt, bool):
         refuse("encrypt_local_accounts", "true or false", encrypt)
     return Policy(

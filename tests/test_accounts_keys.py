@@ -298,12 +298,13 @@ def test_with_the_policy_off_no_key_is_made_and_existing_keys_still_unlock(confi
     assert crypto.unwrap_data_key(stored["alice"]["data_key"], NEW_PASSWORD, account="alice") == key
 
 
-def test_encryption_of_local_accounts_is_off_unless_the_site_file_turns_it_on(tmp_path: Path) -> None:
+def test_local_accounts_are_encrypted_unless_the_site_file_turns_it_off(tmp_path: Path) -> None:
     site = tmp_path / "config.toml"
     environ = {"NBCHAT_CONFIG": str(site), "NBCHAT_DATA_DIR": str(tmp_path / "data")}
+    assert load_config({"NBCHAT_DATA_DIR": str(tmp_path / "data")}).policy.encrypt_local_accounts is True
     site.write_text("[policy]\nallow_registration = true\n")
-    assert load_config(environ).policy.encrypt_local_accounts is False  # the default, this release
-    assert Policy().encrypt_local_accounts is False
+    assert load_config(environ).policy.encrypt_local_accounts is True  # a site file silent on it
+    assert Policy().encrypt_local_accounts is True
     site.write_text("[policy]\nencrypt_local_accounts = true\n")
     assert load_config(environ).policy.encrypt_local_accounts is True
     site.write_text("[policy]\nencrypt_local_accounts = false\n")
