@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -12,8 +13,8 @@ from typing import Any
 import pytest
 from hypothesis import settings
 
-from nbchat import Accounts, ChatSession, Config
-from nbchat.crypto import KdfParams
+from nbchat import Accounts, ChatSession, Config, ConversationStore
+from nbchat.crypto import KdfParams, LineCipher, unwrap_data_key
 from nbchat.testing.ollama_server import OllamaTestServer
 
 PASSWORD = "correct horse"  # every test account's password (import it: `from conftest import PASSWORD`)
@@ -63,6 +64,30 @@ def chatting(
     return session
 
 
+def another_kernel(config: Config, user: str = "alice") -> ConversationStore:
+    """The store a second kernel of ``user`` reads (it logs in: encrypted accounts need the key)."""
+    return Accounts(config, bcrypt_rounds=4, kdf=CHEAP_KDF).login(user, PASSWORD).conversations
+
+
+def file_records(data_dir: Path, user: str, path: Path, password: str = PASSWORD) -> list[dict[str, Any]]:
+    """Every line of a conversation file as the clear record it holds, the header first: an
+    encrypted account's sealed lines opened with its key (unwrapped with ``password``)."""
+    lines = [json.loads(line) for line in path.read_bytes().splitlines()]
+    if not lines or "sealed" not in lines[0]:
+        return lines
+    cipher = LineCipher(_data_key(data_dir, user.lower(), password))
+    conversation_id = path.name.removesuffix(".jsonl")
+    return [
+        json.loads(cipher.open(line["sealed"], conversation_id=conversation_id, position=position))
+        for position, line in enumerate(lines)
+    ]
+
+
+def _data_key(data_dir: Path, user: str, password: str) -> bytes:
+    record = json.loads((data_dir / "users.json").read_text(encoding="utf-8"))["users"][user]
+    return unwrap_data_key(record["data_key"], password, account=user)
+
+
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 2 MiB filesystem of this test's own (``disks.fill`` fills it), unmounted afterwards."""
@@ -106,11 +131,15 @@ def server() -> Iterator[OllamaTestServer]:
 @pytest.fixture
 def make_session(config: Config) -> Iterator[Callable[..., ChatSession]]:
     """``make_session(server, *users)``: a session on scratch data talking to ``server``, with those
-    accounts registered (password ``PASSWORD``); a reply still streaming at the end is stopped."""
+    accounts registered (password ``PASSWORD``); a reply still streaming at the end is stopped.
+    ``encrypted=False``: under a site policy that stores new accounts in clear."""
     made: list[ChatSession] = []
 
-    def make(server: OllamaTestServer, *users: str) -> ChatSession:
+    def make(server: OllamaTestServer, *users: str, encrypted: bool = True) -> ChatSession:
         session_config = replace(config, ollama_host=server.url)
+        if not encrypted:
+            policy = replace(session_config.policy, encrypt_local_accounts=False)
+            session_config = replace(session_config, policy=policy)
         accounts = Accounts(session_config, bcrypt_rounds=4, kdf=CHEAP_KDF)
         session = ChatSession(session_config, accounts=accounts)
         for user in users:

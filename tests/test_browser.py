@@ -11,7 +11,6 @@ committed).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 from browser import KERNEL_IDLE, choose, log_in, notebook, option_labels, running_lab, selected_label, shot
 
+from conftest import file_records
 from nbchat.testing.ollama_server import OllamaTestServer
 
 MODEL = "ollama:llama3.2:1b"
@@ -43,10 +43,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory, ollama: OllamaTestServer) -> I
 
 
 def conversation_header(data: Path, user: str) -> list[dict]:
-    return [
-        json.loads(path.read_text().splitlines()[0])
-        for path in sorted((data / "conversations" / user).glob("*.jsonl"))
-    ]
+    """Each conversation's header as saved (opened with the user's key: accounts are encrypted)."""
+    files = sorted((data / "conversations" / user).glob("*.jsonl"))
+    return [file_records(data, user, path)[0] for path in files]
 
 
 def log_out(page: object) -> None:

@@ -8,7 +8,6 @@ and when, so the test knows exactly what must have survived.
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import random
@@ -24,8 +23,8 @@ import pytest
 from jupyter_client.manager import KernelManager
 from polling import wait_until
 
-from conftest import CHEAP_KDF, PASSWORD
-from nbchat import Accounts, ChatSession, Config, ConversationStore
+from conftest import CHEAP_KDF, PASSWORD, another_kernel, file_records
+from nbchat import Accounts, ChatSession, Config
 from nbchat.testing.ollama_server import OllamaTestServer
 
 MODEL = "ollama:qwen3:1.7b"
@@ -137,7 +136,7 @@ def test_replies_of_kernels_killed_at_random_moments_survive_marked_interrupted(
         )
         if kind == "stall":
             must_have = 40 * len("w0 ")  # everything before the silence (all 40 chunks are short)
-        conversation = ConversationStore(config.data_dir, "alice").get(conversation_id)
+        conversation = another_kernel(config).get(conversation_id)
         question, answer = conversation.messages[-2:]
         assert question.content == f"story {number}"
         assert answer.role == "assistant" and answer.parent == question.id
@@ -145,7 +144,7 @@ def test_replies_of_kernels_killed_at_random_moments_survive_marked_interrupted(
         assert full.startswith(answer.content), "the saved text is what streamed, in order"
         assert len(answer.content) >= must_have, (kind, kill_after, len(answer.content), must_have)
     # Every round is in one conversation: each next kernel went on after the interrupted reply.
-    conversation = ConversationStore(config.data_dir, "alice").get(conversation_id)
+    conversation = another_kernel(config).get(conversation_id)
     assert [m.content for m in conversation.messages if m.role == "user"] == [f"story {n}" for n in range(4)]
     assert len(conversation.tree) == 8
 
@@ -160,7 +159,7 @@ def test_a_reply_that_ends_normally_is_read_as_exactly_one_reply(
     session.select(conversation_id)
     server.chunk_count, server.chunk_delay_s = 300, 0.01  # about 3 s: two or three drafts
     reply = session.send("go", namespace={})
-    reader = ConversationStore(config.data_dir, "alice")
+    reader = another_kernel(config)
 
     def drafted() -> bool:
         last = reader.get(conversation_id).messages[-1]
@@ -173,9 +172,9 @@ def test_a_reply_that_ends_normally_is_read_as_exactly_one_reply(
     assert session.history()[-1].content == "go", "the kernel writing it shows it live, not as a draft"
     reply.wait(30)
     path = config.data_dir / "conversations" / "alice" / f"{conversation_id}.jsonl"
-    lines = [json.loads(line) for line in path.read_bytes().splitlines()[1:]]
+    lines = file_records(config.data_dir, "alice", path)[1:]
     assert sum("draft" in line for line in lines) >= 1
-    for store in (reader, ConversationStore(config.data_dir, "alice")):
+    for store in (reader, another_kernel(config)):
         messages = store.get(conversation_id).messages
         assert [m.role for m in messages] == ["user", "assistant"]
         assert messages[-1].id == reply.message_id and messages[-1].content == reply.text

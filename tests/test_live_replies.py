@@ -64,7 +64,8 @@ def draft_half_a_reply(store: ConversationStore) -> tuple[str, Message, str]:
     conversation = store.create("Two kernels")
     question = store.append(conversation.id, Message("user", "tell me about fjords"))
     reply_id = new_id()
-    store.append_draft(conversation.id, Draft(reply_id, question.id, "ollama:qwen3", utcnow(), "Fjords are ", ""))
+    draft = Draft(reply_id, question.id, "ollama:qwen3", utcnow(), "Fjords are ", "")
+    store.append_draft(conversation.id, draft)
     return conversation.id, question, reply_id
 
 
@@ -80,7 +81,8 @@ def test_a_reply_another_store_is_drafting_reads_as_still_being_written(data_dir
 
     writing.append_draft(conversation_id, Draft(reply_id, question.id, "ollama:qwen3", utcnow(), "long.", ""))
     assert reading.get(conversation_id).messages[-1].content == "Fjords are long."
-    writing.append(conversation_id, Message("assistant", "Fjords are long.", id=reply_id, model="ollama:qwen3"))
+    saved_reply = Message("assistant", "Fjords are long.", id=reply_id, model="ollama:qwen3")
+    writing.append(conversation_id, saved_reply)
 
     saved = reading.get(conversation_id).messages
     assert [(m.id, m.content, m.stats) for m in saved[1:]] == [(reply_id, "Fjords are long.", None)]

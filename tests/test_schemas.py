@@ -30,8 +30,9 @@ from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
 import nbchat
-from conftest import CHEAP_KDF
+from conftest import CHEAP_KDF, file_records
 from nbchat import migrations, records
+from nbchat.config import Policy
 from nbchat.errors import (
     AuthenticationFailed,
     CorruptFile,
@@ -58,7 +59,8 @@ from nbchat.usernames import check_username, username_key
 DATA = Path(__file__).resolve().parent.parent / "data"
 EXAMPLES = DATA / "examples"
 LINE_SCHEMAS = ("message.schema.json", "draft.schema.json", "select.schema.json")  # lines after the header
-SCHEMA_FILES = ("users.schema.json", "conversation-header.schema.json", *LINE_SCHEMAS)
+SEALED_SCHEMA = "sealed-line.schema.json"  # each line of an encrypted account's file, before opening
+SCHEMA_FILES = ("users.schema.json", "conversation-header.schema.json", *LINE_SCHEMAS, SEALED_SCHEMA)
 EXAMPLE = EXAMPLES / "conversation.jsonl"  # format version 3, what nbchat writes now: branches, a select
 EXAMPLE_INTERRUPTED = EXAMPLES / "conversation-interrupted.jsonl"  # version 3 with drafts: a dead kernel
 EXAMPLE_V2 = EXAMPLES / "conversation-v2.jsonl"  # format version 2, as nbchat wrote it before branches
@@ -586,11 +588,22 @@ def test_an_older_example_opens_in_a_store_as_one_branch_and_is_left_as_it_is(
 
 @pytest.fixture
 def written(tmp_path: Path) -> Path:
-    """A data dir after a realistic session: two accounts, a failed and a good login, two
-    conversations with thinking, statistics and context, a rename, a settings change, a reply
-    streamed in drafts, a regenerated reply, a branch switch, a new password."""
-    data_dir = tmp_path / "data"
-    accounts = nbchat.Accounts(nbchat.Config(data_dir=data_dir), bcrypt_rounds=4, kdf=CHEAP_KDF)
+    """A data dir after a realistic session, its accounts in clear (a site with the policy off)."""
+    return write_a_session(tmp_path / "data", encrypt=False)
+
+
+@pytest.fixture
+def written_encrypted(tmp_path: Path) -> Path:
+    """The same session with encrypted accounts (the default policy)."""
+    return write_a_session(tmp_path / "data", encrypt=True)
+
+
+def write_a_session(data_dir: Path, *, encrypt: bool) -> Path:
+    """Two accounts, a failed and a good login, two conversations with thinking, statistics and
+    context, a rename, a settings change, a reply streamed in drafts, a regenerated reply, a
+    branch switch, a new password."""
+    config = nbchat.Config(data_dir=data_dir, policy=Policy(encrypt_local_accounts=encrypt))
+    accounts = nbchat.Accounts(config, bcrypt_rounds=4, kdf=CHEAP_KDF)
     accounts.register("Alice", "alice-secret-1")
     accounts.register("bob.smith", "bob-secret-12")
     with pytest.raises(AuthenticationFailed):
@@ -644,6 +657,37 @@ def test_the_accounts_file_written_by_nbchat_validates(written: Path) -> None:
     users = json.loads((written / "users.json").read_text(encoding="utf-8"))
     assert_valid(users_validator(), users)
     assert set(users["users"]) == {"alice", "bob.smith"}
+
+
+def test_encrypted_files_validate_as_sealed_lines_and_what_they_seal_as_clear_ones(
+    written_encrypted: Path,
+) -> None:
+    """Every line of an encrypted account's file is an envelope of sealed-line.schema.json; opened,
+    each is the clear line of its kind, the same lines as in a clear account's files."""
+    envelope = validator(SEALED_SCHEMA)
+    users = json.loads((written_encrypted / "users.json").read_text(encoding="utf-8"))
+    assert_valid(users_validator(), users)
+    assert all("data_key" in record for record in users["users"].values())
+    files = sorted((written_encrypted / "conversations" / "alice").glob("*.jsonl"))
+    assert len(files) == 2
+    kinds = []
+    for path in files:
+        sealed = [json.loads(line) for line in lines_of(path)]
+        for record in sealed:
+            assert_valid(envelope, record)
+        assert sealed[0]["version"] == 4 and sealed[0]["id"] == path.stem
+        assert all(set(record) == {"sealed"} for record in sealed[1:])
+        header, *lines = file_records(written_encrypted, "alice", path, password="alice-secret-1")
+        assert_valid(header_validator(), header)
+        assert header["version"] == records.FORMAT_VERSION
+        for record in lines:
+            assert_valid(line_validator_for(header["version"], record), record)
+            kinds.append(next(iter(record)) if next(iter(record)) in ("draft", "select") else "message")
+        raw = path.read_bytes().lower()
+        assert not [word for word in ("eggs", "yolk", "minutes", "œuf", "brief") if word.encode() in raw]
+    assert kinds.count("draft") == 2 and kinds.count("select") == 1 and kinds.count("message") == 5
+    assert list(envelope.iter_errors({"sealed": "A" * 40, "role": "user"})), "nothing else is in clear"
+    assert list(envelope.iter_errors({"sealed": "A+/" * 20})), "the token is URL-safe base64"
 
 
 def test_conversation_files_written_by_nbchat_validate_line_by_line(written: Path) -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import chatting
-from nbchat import ChatSession, ConversationStore, Message
+from conftest import another_kernel, chatting
+from nbchat import ChatSession, Message
 from nbchat.errors import ExportError, InvalidValue, MessageNotFound, ReplyInProgress
 from nbchat.testing.ollama_server import OllamaTestServer
 
@@ -61,7 +61,7 @@ def test_switching_to_an_alternative_shows_it_and_sends_it_as_history(
     assert sent(server) == ["one", "You said: one", "two"]
     assert contents(session) == ["one", "You said: one", "two", "You said: two"]
     # A fresh reader (another kernel, or this one tomorrow) derives the same path from the file.
-    fresh = ConversationStore(session.config.data_dir, "alice")
+    fresh = another_kernel(session.config)
     current = session.current
     assert current is not None
     assert [m.content for m in fresh.get(current.id).messages] == contents(session)
@@ -193,7 +193,7 @@ def test_regenerate_answers_a_question_that_was_left_without_a_reply(
     session.send("one").wait(30)
     current = session.current
     assert current is not None
-    ConversationStore(session.config.data_dir, "alice").append(current.id, Message("user", "two"))
+    another_kernel(session.config).append(current.id, Message("user", "two"))
     session.regenerate().wait(30)
     assert contents(session) == ["one", "You said: one", "two", "You said: two"]
     assert sent(server) == ["one", "You said: one", "two"]

@@ -140,9 +140,13 @@ def test_context_too_big_for_the_model_says_what_it_took(session: ChatSession) -
 
 
 def test_a_question_with_context_upgrades_an_old_conversation_file_once(
-    session: ChatSession, server: OllamaTestServer
+    make_session: Callable[..., ChatSession], server: OllamaTestServer
 ) -> None:
-    """A version 1 file takes a question with context by being rewritten at the newest version."""
+    """A version 1 file takes a question with context by being rewritten at the newest version.
+
+    Version 1 files predate encryption: the account is a clear one (a site with the policy off).
+    """
+    session = chatting(make_session(server, "alice", encrypted=False))
     session.send("plain question", namespace={}).wait(30)
     conversation = session.current
     assert conversation is not None

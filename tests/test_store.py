@@ -748,7 +748,7 @@ def test_a_reply_this_store_drafted_is_shown_once_any_store_has_saved_it(store: 
     store.append_draft(conversation.id, records.Draft(reply.id, question.id, None, reply.time, "the", ""))
     assert [m.id for m in store.get(conversation.id).messages] == [question.id]
     other = ConversationStore(store.directory.parent.parent, "alice")
-    assert other.get(conversation.id).messages[-1].stats == {"partial": True, "live": True}  # still being written
+    assert other.get(conversation.id).messages[-1].stats == {"partial": True, "live": True}  # being written
     other.append(conversation.id, reply)
     assert [m.content for m in store.get(conversation.id).messages] == ["q", "the answer"]
 
