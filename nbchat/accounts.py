@@ -15,11 +15,14 @@ JupyterHub name, and a password never opens such an account. A password
 change gives the account a new login token, which ends every earlier login.
 Deleting an account can be interrupted anywhere: the next use finishes it.
 
-Data keys (issue 15): with the site policy ``encrypt_local_accounts`` (off
-unless a site turns it on) every local account has a random data key, stored in
+Data keys (issue 15): with the site policy ``encrypt_local_accounts`` (on
+unless a site turns it off) every local account has a random data key, stored in
 its record only wrapped under its password (``nbchat.crypto``; the record's
-``data_key`` field). A login unwraps it into ``Login.data_key``; an account made
-before gets one at its next login. An account with a key always gets an
+``data_key`` field). A hub account has one, wrapped under the hub's per-user
+secret ``NBCHAT_HUB_SECRET`` (``Config.hub_secret``), when the server has that
+secret, whatever the policy says; without it hub accounts stay in clear. A
+login unwraps it into ``Login.data_key``; an account made before gets one at its
+next login. An account with a key always gets an
 encrypted store (``Login.conversations`` seals with ``crypto.LineCipher``),
 whatever the policy says later, and each login first seals whatever the account
 still has in clear (``_convert``): conversation files, damaged files moved aside;
@@ -55,6 +58,7 @@ from nbchat.errors import (
     ConversationNotFound,
     CorruptFile,
     HubAccountConflict,
+    HubSecretMismatch,
     InvalidPassword,
     InvalidUsername,
     KeyRecordInvalid,
@@ -152,8 +156,9 @@ class Login:
 
     The only way to reach a user's conversations through accounts. ``logout``
     closes it; afterwards its store forgets everything and refuses all use.
-    ``data_key`` is the account's unwrapped data key, or None (a hub login, an
-    account without one); closing drops the reference (Python cannot wipe bytes).
+    ``data_key`` is the account's unwrapped data key, or None (an account
+    without one, such as a hub login on a server without ``NBCHAT_HUB_SECRET``);
+    closing drops the reference (Python cannot wipe bytes).
     """
 
     def __init__(
@@ -268,12 +273,7 @@ class Accounts:
     def login(self, username: str, password: str) -> Login:
         """Check the password; returns a ``Login`` that opens the user's conversations."""
         key, record = self._authenticate(username, password)
-        if "data_key" in record:
-            data_key: bytes | None = self._unwrap(record, password, key)
-        elif self._encrypting:
-            record, data_key = self._give_key(key, record, password)
-        else:
-            data_key = None
+        record, data_key = self._unlock(key, record, password, give=self._encrypting)
         return self._login_to(key, record, record["name"], data_key)
 
     def _login_to(
@@ -318,14 +318,29 @@ class Accounts:
         """The site policy: whether local accounts get data keys (accounts that have one keep it)."""
         return self.config.policy.encrypt_local_accounts
 
-    def _wrap(self, data_key: bytes, password: str, key: str) -> dict[str, Any]:
-        return crypto.wrap_data_key(data_key, password, account=key, params=self._kdf)
+    def _wrap(self, data_key: bytes, secret: str, key: str) -> dict[str, Any]:
+        """``data_key`` wrapped under ``secret``: a password, or a hub account's ``NBCHAT_HUB_SECRET``."""
+        return crypto.wrap_data_key(data_key, secret, account=key, params=self._kdf)
 
-    def _unwrap(self, record: dict[str, Any], password: str, key: str) -> bytes:
-        """The data key of an account whose password was just checked: failing now means damage."""
+    def _unlock(
+        self, key: str, record: dict[str, Any], secret: str, *, give: bool
+    ) -> tuple[dict[str, Any], bytes | None]:
+        """The record and data key of an account whose owner was just proved (by its password, or
+        by the hub): its key unwrapped with ``secret``; an account without one gets one if ``give``."""
+        if "data_key" in record:
+            return record, self._unwrap(record, secret, key)
+        if give:
+            return self._store_key(key, record, crypto.new_data_key(), secret)
+        return record, None
+
+    def _unwrap(self, record: dict[str, Any], secret: str, key: str) -> bytes:
+        """The data key of an account whose owner was just proved: failing now means damage, or
+        (a hub account) a hub secret other than the one the key was wrapped under."""
         try:
-            return crypto.unwrap_data_key(record["data_key"], password, account=key)
+            return crypto.unwrap_data_key(record["data_key"], secret, account=key)
         except KeyUnlockFailed as exc:
+            if "hub_name" in record:
+                raise self._hub_key_refused(record, exc) from None
             reason = f" ({exc})" if isinstance(exc, KeyRecordInvalid) else ""
             raise type(exc)(
                 f"The password of {record['name']!r} is right, but the account's data key in "
@@ -333,28 +348,28 @@ class Accounts:
                 "altered. Restore users.json from a backup; nothing was changed."
             ) from None
 
-    def _give_key(
-        self, key: str, authenticated: dict[str, Any], password: str
+    def _store_key(
+        self, key: str, authenticated: dict[str, Any], data_key: bytes, secret: str
     ) -> tuple[dict[str, Any], bytes]:
-        """Give an account made before data keys one, in one locked write of users.json.
+        """Store ``data_key`` wrapped under ``secret`` in one locked write of users.json: a new key
+        for an account made before data keys, or its own key re-wrapped (a hub secret's rotation).
 
-        The key is made and wrapped outside the lock; if another kernel converted the
-        account meanwhile, its key is the one (unwrapped, and this one dropped).
+        The key is wrapped outside the lock; if another kernel changed the account's key
+        meanwhile, its key is the one (unwrapped with ``secret``, and this one dropped).
         """
-        data_key = crypto.new_data_key()
-        wrapped = self._wrap(data_key, password, key)
+        wrapped = self._wrap(data_key, secret, key)
         self._reached("key-wrapped")
         with self._users_lock():
             users = self._read_users()
             record = users.get(key)
             if record is None or not _unchanged(record, authenticated):
                 raise AuthenticationFailed(WRONG_CREDENTIALS)  # deleted, re-made or changed meanwhile
-            if "data_key" not in record:
+            if record.get("data_key") == authenticated.get("data_key"):
                 record["data_key"] = wrapped
                 self._write_users(users)
                 self._reached("key-stored")
                 return record, data_key
-        return record, self._unwrap(record, password, key)
+        return record, self._unwrap(record, secret, key)
 
     def hub_login(self, hub_name: str) -> Login:
         """Log a JupyterHub user in without a password: the hub already proved who they are.
@@ -368,9 +383,18 @@ class Accounts:
         ``HubAccountConflict``. Accounts made before issue 11 under the old
         8-hex-digit tag are found by ``legacy_hub_username``, for their exact
         hub name only.
+
+        With ``Config.hub_secret`` (``NBCHAT_HUB_SECRET``) the account is encrypted
+        like a local one, its data key wrapped under that secret: a new account gets
+        a key, an account still in clear gets one now (and its files are sealed). An
+        encrypted account is refused (``HubSecretMismatch``, nothing changed) when
+        the server lacks the secret it was made with; ``NBCHAT_HUB_SECRET_PREVIOUS``
+        holding that one re-wraps the key under the current secret.
         """
         name = hub_username(hub_name)
         key = name.lower()
+        secret = self.config.hub_secret
+        data_key: bytes | None = None
         with self._users_lock():
             users = self._read_users()
             found = self._hub_account(users, key, hub_name)
@@ -378,7 +402,7 @@ class Accounts:
                 self._refuse_when_full(users, f"so the hub user {hub_name!r} cannot get one")
                 self._set_aside_orphaned_conversations(key)
                 now = utcnow().isoformat(timespec="seconds")
-                record = {
+                record: dict[str, Any] = {
                     "name": name,
                     "account_id": new_id(),
                     "password_hash": self._hash(uuid.uuid4().hex.encode("ascii")),
@@ -386,13 +410,61 @@ class Accounts:
                     "password_changed": now,
                     "hub_name": hub_name,
                 }
+                if secret is not None:
+                    data_key = crypto.new_data_key()
+                    record["data_key"] = self._wrap(data_key, secret, key)
                 claim_directory(self.data_dir, key, _token_of(record))
                 users[key] = record
                 self._write_users(users)
             else:
                 key, record = found
                 self._repair_marker(key, record)
-        return self._login_to(key, record, hub_name)
+        if found is not None:
+            record, data_key = self._hub_unlock(key, record)
+        return self._login_to(key, record, hub_name, data_key)
+
+    def _hub_unlock(self, key: str, record: dict[str, Any]) -> tuple[dict[str, Any], bytes | None]:
+        """An existing hub account's record and data key, by the server's hub secret: unwrapped,
+        new (an account still in clear), re-wrapped from the previous secret, or none (no secret)."""
+        secret, previous = self.config.hub_secret, self.config.hub_secret_previous
+        if secret is None:
+            if "data_key" in record:
+                raise self._hub_key_refused(record, None)
+            return record, None
+        if "data_key" not in record or previous is None:
+            return self._unlock(key, record, secret, give=True)
+        try:
+            return record, crypto.unwrap_data_key(record["data_key"], secret, account=key)
+        except KeyRecordInvalid as exc:
+            raise self._hub_key_refused(record, exc) from None
+        except KeyUnlockFailed:
+            pass  # wrapped under the previous secret, unless it is neither
+        try:
+            data_key = crypto.unwrap_data_key(record["data_key"], previous, account=key)
+        except KeyUnlockFailed as exc:
+            raise self._hub_key_refused(record, exc) from None
+        return self._store_key(key, record, data_key, secret)
+
+    def _hub_key_refused(self, record: dict[str, Any], exc: KeyUnlockFailed | None) -> KeyUnlockFailed:
+        """Why a hub account's data key does not unlock, for its user to hand to the administrator
+        (``exc`` None: the server has no hub secret). Never shows a secret."""
+        hub_name = record.get("hub_name")
+        if isinstance(exc, KeyRecordInvalid):
+            return KeyRecordInvalid(
+                f"The data key of the JupyterHub user {hub_name!r} in {self.config.users_file} is "
+                f"damaged ({exc}). Restore users.json from a backup; nothing was changed."
+            )
+        if exc is None:
+            problem = "this server has no NBCHAT_HUB_SECRET to unlock it"
+        else:
+            tried = " (nor by NBCHAT_HUB_SECRET_PREVIOUS)" if self.config.hub_secret_previous else ""
+            problem = f"it is not unlocked by this server's NBCHAT_HUB_SECRET{tried}"
+        return HubSecretMismatch(
+            f"The nbchat account of the JupyterHub user {hub_name!r} is encrypted, but {problem}. "
+            "The hub's administrator must restore the NBCHAT_HUB_SECRET the account was made with "
+            "(a new secret can be set beside it, the old one as NBCHAT_HUB_SECRET_PREVIOUS, until "
+            "the next login re-wraps the key). Nothing was changed."
+        )
 
     def _hub_account(
         self, users: dict[str, dict[str, Any]], key: str, hub_name: str

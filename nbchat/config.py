@@ -44,6 +44,10 @@ DEFAULT_MAX_USERS = 10
 DEFAULT_READ_TIMEOUT_S = 120.0  # a cold model load on a server can keep the first token waiting
 MAX_READ_TIMEOUT_S = 86_400
 DEFAULT_SITE_CONFIG = Path("/etc/nbchat/config.toml")
+#: The shortest ``NBCHAT_HUB_SECRET`` nbchat accepts (a sha256 HMAC in hex is 64 characters).
+MIN_HUB_SECRET_CHARS = 32
+#: The environment variables of the hub's per-user secret (environment only, never the site file).
+HUB_SECRET_VARS = ("NBCHAT_HUB_SECRET", "NBCHAT_HUB_SECRET_PREVIOUS")
 
 #: ``[nbchat]`` keys of the site file and the environment variables they stand in for.
 SITE_SETTINGS = {
@@ -162,6 +166,10 @@ class Config:
     openai_api_key: str | None = field(default=None, repr=False)
     hub_user: str | None = None
     trust_hub_user: bool = True  # log JUPYTERHUB_USER in without a password
+    #: The hub user's data key source (``NBCHAT_HUB_SECRET``; None: hub accounts stay in clear), and
+    #: the one it replaces (``NBCHAT_HUB_SECRET_PREVIOUS``), whose keys are re-wrapped at login.
+    hub_secret: str | None = field(default=None, repr=False)
+    hub_secret_previous: str | None = field(default=None, repr=False)
     read_timeout_s: float = DEFAULT_READ_TIMEOUT_S  # the longest an HTTP engine may stay silent
     openai_think_switch: bool = False  # send "think first" to openai: servers as chat_template_kwargs
     policy: Policy = field(default_factory=Policy)
@@ -200,6 +208,12 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
     data_dir = _data_dir(name("NBCHAT_DATA_DIR"), merged.get("NBCHAT_DATA_DIR"))
     if hub_user is not None and trust_hub_user and merged.get("NBCHAT_DATA_DIR"):
         data_dir = _hub_user_dir(data_dir, hub_user)
+    hub_secret, hub_secret_previous = (_hub_secret(var, env.get(var)) for var in HUB_SECRET_VARS)
+    if hub_secret_previous is not None and hub_secret is None:
+        raise ConfigError(
+            "NBCHAT_HUB_SECRET_PREVIOUS is set but NBCHAT_HUB_SECRET is not: the previous secret is only "
+            "read to re-wrap keys under the current one. Set NBCHAT_HUB_SECRET too."
+        )
     return Config(
         data_dir=data_dir,
         max_users=_positive_int(name("NBCHAT_MAX_USERS"), merged.get("NBCHAT_MAX_USERS"), DEFAULT_MAX_USERS),
@@ -211,6 +225,8 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
         openai_api_key=_api_key(name("OPENAI_API_KEY"), merged.get("OPENAI_API_KEY")),
         hub_user=hub_user,
         trust_hub_user=trust_hub_user,
+        hub_secret=hub_secret,
+        hub_secret_previous=hub_secret_previous,
         openai_think_switch=_flag(
             name("NBCHAT_OPENAI_THINK_SWITCH"), merged.get("NBCHAT_OPENAI_THINK_SWITCH"), default=False
         ),
@@ -454,6 +470,26 @@ def _api_key(name: str, raw: str | None) -> str | None:
             "set it to the key alone, on one line."
         )
     return key or None
+
+
+def _hub_secret(name: str, raw: str | None) -> str | None:
+    """A hub user's key source, or None when unset; never shown, not even its length, in an error.
+
+    Read from the environment only: a secret per user cannot live in a shared site file.
+    """
+    secret = (raw or "").strip()
+    if not secret:
+        return None
+    if len(secret) < MIN_HUB_SECRET_CHARS or _bad_char(secret) is not None:
+        raise ConfigError(
+            f"{name} must be at least {MIN_HUB_SECRET_CHARS} characters on one line, without spaces or "
+            "control characters, and secret to this user. Have the hub make one per user from a master "
+            "secret only the hub can read, for example in jupyterhub_config.py: "
+            'c.Spawner.environment = {"NBCHAT_HUB_SECRET": lambda spawner: hmac.new(MASTER, '
+            'spawner.user.name.encode(), "sha256").hexdigest()}, with MASTER from a file made by '
+            "`python -c 'import secrets; print(secrets.token_hex(32))'`."
+        )
+    return secret
 
 
 # -- addresses ------------------------------------------------------------------------------------

@@ -237,3 +237,8 @@ class ConversationEncrypted(UnsupportedVersion):
 
     Left untouched, like a file of a newer nbchat: logging in with the account's password opens it.
     """
+
+
+class HubSecretMismatch(KeyUnlockFailed):
+    """A JupyterHub account is encrypted under a hub secret this server lacks: ``NBCHAT_HUB_SECRET``
+    is unset or another one. The administrator must restore the secret it was made with."""
