@@ -259,23 +259,28 @@ def appends(tag: int, count: int) -> list[dict[str, object]]:
 
 @pytest.mark.reliability
 def test_eight_kernels_of_two_users_hammering_one_data_dir_lose_and_duplicate_nothing(
-    tmp_path: Path, spawn
+    tmp_path: Path, spawn, kind: StoreKind
 ) -> None:
     """8 processes, 4 per user, 150 appends each over that user's 3 conversations, all released at
     once: every conversation of both users ends with exactly its messages (none lost, none duplicated,
     none in the other user's files), each writer's in order, and every file is valid JSON Lines that
-    conforms to the on-disk schemas in data/."""
-    from test_schemas import assert_conversation_file_valid
+    conforms to the on-disk schemas in data/ (encrypted: each user with a key of their own, every
+    line a sealed envelope that opens to a valid clear line, no message text on disk)."""
+    from test_schemas import assert_records_valid, assert_sealed_file_valid
 
     data, go = tmp_path / "data", tmp_path / "go"
     users = {"alice": range(1, 5), "bob": range(5, 9)}
+    keys = {user: StoreKind(kind.name) for user in users}  # encrypted: two accounts, two keys
     per_writer = 150
     conversations = {}
     for user in users:
-        store = ConversationStore(data, user)
+        store = keys[user].open(data, user)
         conversations[user] = [store.create(f"{user} {number}") for number in range(3)]
     started = [
-        spawn("append", data, user, ",".join(c.id for c in conversations[user]), tag, per_writer, go)
+        spawn(
+            "append", data, user, ",".join(c.id for c in conversations[user]), tag, per_writer, go,
+            key=keys[user].key,
+        )
         for user, tags in users.items()
         for tag in tags
     ]
@@ -284,17 +289,20 @@ def test_eight_kernels_of_two_users_hammering_one_data_dir_lose_and_duplicate_no
         worker.finish()
 
     for user, tags in users.items():
-        fresh = ConversationStore(data, user)
+        fresh = keys[user].open(data, user)
         ids = []
         for conversation in conversations[user]:
             messages = fresh.get(conversation.id).messages
             ids.extend(m.id for m in messages)
-            jsonl_records(conversation_file(fresh, conversation.id))  # complete JSON lines only
-            assert_conversation_file_valid(conversation_file(fresh, conversation.id))
+            path = conversation_file(fresh, conversation.id)
+            assert_records_valid(jsonl_records(path, keys[user]))  # complete lines, each valid
+            if kind.encrypted:
+                assert_sealed_file_valid(path)
             for tag, seqs in ids_by_writer([m.id for m in messages]).items():
                 assert seqs == sorted(seqs), f"writer {tag} out of order in {conversation.title}"
         assert len(ids) == len(set(ids)) == len(tags) * per_writer
         assert set(ids) == {message_id(tag, seq) for tag in tags for seq in range(per_writer)}
+    assert_nothing_leaked(kind, data, [*WORKER_TEXTS, "writer 8 message", "alice 0", "bob 2"])
 
 
 def test_a_loaded_conversation_picks_up_another_processes_appends_and_renames(

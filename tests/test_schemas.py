@@ -156,12 +156,22 @@ def lines_of(path: Path) -> list[bytes]:
 
 def assert_conversation_file_valid(path: Path) -> None:
     """The header against its schema, each later line against that of its kind and of the header's version."""
-    header, *lines = lines_of(path)
-    decoded = json.loads(header)
-    assert_valid(header_validator(), decoded)
-    for line in lines:
-        record = json.loads(line)
-        assert_valid(line_validator_for(decoded["version"], record), record)
+    assert_records_valid([json.loads(line) for line in lines_of(path)])
+
+
+def assert_records_valid(records_: list[dict[str, Any]]) -> None:
+    """A file's clear records (an encrypted file's lines once opened), each against its schema."""
+    header, *lines = records_
+    assert_valid(header_validator(), header)
+    for record in lines:
+        assert_valid(line_validator_for(header["version"], record), record)
+
+
+def assert_sealed_file_valid(path: Path) -> None:
+    """Every line of an encrypted file is the envelope sealed-line.schema.json describes."""
+    envelope = validator(SEALED_SCHEMA)
+    for line in lines_of(path):
+        assert_valid(envelope, json.loads(line))
 
 
 def example_lines(path: Path = EXAMPLE) -> list[bytes]:
@@ -672,16 +682,14 @@ def test_encrypted_files_validate_as_sealed_lines_and_what_they_seal_as_clear_on
     assert len(files) == 2
     kinds = []
     for path in files:
+        assert_sealed_file_valid(path)
         sealed = [json.loads(line) for line in lines_of(path)]
-        for record in sealed:
-            assert_valid(envelope, record)
         assert sealed[0]["version"] == 4 and sealed[0]["id"] == path.stem
         assert all(set(record) == {"sealed"} for record in sealed[1:])
         header, *lines = file_records(written_encrypted, "alice", path, password="alice-secret-1")
-        assert_valid(header_validator(), header)
+        assert_records_valid([header, *lines])
         assert header["version"] == records.FORMAT_VERSION
         for record in lines:
-            assert_valid(line_validator_for(header["version"], record), record)
             kinds.append(next(iter(record)) if next(iter(record)) in ("draft", "select") else "message")
         raw = path.read_bytes().lower()
         assert not [word for word in ("eggs", "yolk", "minutes", "œuf", "brief") if word.encode() in raw]
