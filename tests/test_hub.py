@@ -1,5 +1,9 @@
 """nbchat on a real JupyterHub: two hub users, each recognised without an nbchat password.
 
+The hub gives each user's server ``NBCHAT_HUB_SECRET``, an HMAC of the user's name under a master
+secret only the hub reads (the README's recipe), so each hub account is encrypted at rest: the
+conversation file holds no word of the chat, and a restarted server's panel still reads it.
+
 The hub (JupyterHub with configurable-http-proxy, all on 127.0.0.1) uses the
 dummy authenticator and the simple local-process spawner: every user's server
 runs as this OS user with its own home directory, so nbchat's default data
@@ -15,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import stat
@@ -23,6 +28,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -85,6 +91,9 @@ def hub(tmp_path_factory: pytest.TempPathFactory, ollama: OllamaTestServer) -> I
     notification = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     notification.parent.mkdir(parents=True)
     notification.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+    master = scratch / "nbchat-master"
+    master.write_text(secrets.token_hex(32) + "\n")
+    master.chmod(0o600)
     for user in ("ann", "ben"):
         (homes / user).mkdir(parents=True)
         (homes / user / "chat.ipynb").write_text(notebook())
@@ -94,6 +103,10 @@ def hub(tmp_path_factory: pytest.TempPathFactory, ollama: OllamaTestServer) -> I
         config = scratch / "jupyterhub_config.py"
         config.write_text(
             f"""
+import hmac
+from pathlib import Path
+
+MASTER = Path({str(master)!r}).read_text().strip().encode()
 c = get_config()  # noqa
 c.JupyterHub.bind_url = "http://127.0.0.1:{port}"
 c.JupyterHub.hub_ip = "127.0.0.1"
@@ -115,6 +128,7 @@ c.Spawner.http_timeout = 90
 c.Spawner.environment = {{
     "OLLAMA_HOST": {ollama.url!r},
     "JUPYTERLAB_SETTINGS_DIR": {str(settings)!r},
+    "NBCHAT_HUB_SECRET": lambda spawner: hmac.new(MASTER, spawner.user.name.encode(), "sha256").hexdigest(),
 }}
 """
         )
@@ -168,6 +182,32 @@ def data_dir(homes: Path, user: str) -> Path:
     return homes / user / ".local" / "share" / "nbchat"
 
 
+def open_panel(page: Any, hub: dict[str, object], user: str, *, cells: int) -> None:
+    """Open the chat notebook, run its first ``cells`` cells and see the hub user logged in."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{hub['url']}/user/{user}/lab/tree/chat.ipynb")
+    page.wait_for_selector(KERNEL_IDLE, timeout=120_000)
+    page.locator(".jp-Notebook .jp-Cell").first.click()
+    for _ in range(cells):
+        page.keyboard.press("Shift+Enter")
+    page.wait_for_selector(".nbchat-user", timeout=60_000)
+    expect(page.locator(".nbchat-user")).to_contain_text(f"Logged in as {user} (JupyterHub)")
+    expect(page.locator(".nbchat-username")).to_have_count(0)  # no nbchat login form
+    expect(page.locator("button.nbchat-logout")).to_be_hidden()
+
+
+def restart_server(page: Any, hub: dict[str, object], user: str) -> None:
+    """Stop the user's server from the hub's home page and start a fresh one (new kernels)."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{hub['url']}/hub/home")
+    page.click("#stop")
+    expect(page.locator("#start")).to_have_text("Start My Server", timeout=60_000)
+    page.click("#start")
+    page.wait_for_url(f"**/user/{user}/lab**", timeout=120_000)
+
+
 def chat_as(browser: object, hub: dict[str, object], user: str, prompt: str) -> object:
     """Log into the hub, open the chat notebook, run it and send one prompt through the panel."""
     from playwright.sync_api import expect
@@ -180,15 +220,7 @@ def chat_as(browser: object, hub: dict[str, object], user: str, prompt: str) -> 
     page.fill("#password_input", HUB_PASSWORD)
     page.click("#login_submit")
     page.wait_for_url(f"**/user/{user}/lab**", timeout=120_000)
-    page.goto(f"{hub['url']}/user/{user}/lab/tree/chat.ipynb")
-    page.wait_for_selector(KERNEL_IDLE, timeout=120_000)
-    page.locator(".jp-Notebook .jp-Cell").first.click()
-    page.keyboard.press("Shift+Enter")
-    page.keyboard.press("Shift+Enter")
-    page.wait_for_selector(".nbchat-user", timeout=60_000)
-    expect(page.locator(".nbchat-user")).to_contain_text(f"Logged in as {user} (JupyterHub)")
-    expect(page.locator(".nbchat-username")).to_have_count(0)  # no nbchat login form
-    expect(page.locator("button.nbchat-logout")).to_be_hidden()
+    open_panel(page, hub, user, cells=2)
     choose(page, ".nbchat-model", MODEL)
     page.fill(".nbchat-prompt textarea", prompt)
     page.click("button.nbchat-send")
@@ -201,10 +233,24 @@ def chat_as(browser: object, hub: dict[str, object], user: str, prompt: str) -> 
 def test_two_hub_users_chat_without_nbchat_passwords_and_stay_apart(
     hub: dict[str, object], browser: object
 ) -> None:
+    from playwright.sync_api import expect
+
     homes = Path(str(hub["homes"]))
     ann_context = chat_as(browser, hub, "ann", "a secret of ann's")
     ann_files = list((data_dir(homes, "ann") / "conversations" / "ann").glob("*.jsonl"))
-    assert len(ann_files) == 1 and "a secret of ann's" in ann_files[0].read_text()
+    assert len(ann_files) == 1
+    assert_sealed(ann_files[0], ["secret", "said"])  # the prompt's words and the reply's ("You said: ...")
+    users = json.loads((data_dir(homes, "ann") / "users.json").read_text())["users"]
+    assert "data_key" in users["ann"]
+
+    # A fresh server (new kernel, nothing in memory) reads the sealed file with the hub's secret.
+    page = ann_context.pages[0]  # type: ignore[attr-defined]
+    restart_server(page, hub, "ann")
+    open_panel(page, hub, "ann", cells=1)
+    page.locator(".nbchat-conversations select").select_option(index=0)
+    expect(page.locator(".nbchat-message-user")).to_contain_text("a secret of ann's")
+    expect(page.locator(".nbchat-message-assistant")).to_contain_text("You said: a secret of ann's")
+    shot(page, "hub-ann-restarted")
     ann_context.close()  # type: ignore[attr-defined]
 
     # Ben's kernel is told the id of Ann's conversation and tries to open it.
@@ -220,10 +266,19 @@ def test_two_hub_users_chat_without_nbchat_passwords_and_stay_apart(
 
     # On disk each user has a private data dir of their own.
     ben_files = list((data_dir(homes, "ben") / "conversations" / "ben").glob("*.jsonl"))
-    assert len(ben_files) == 1 and "a secret of ann's" not in ben_files[0].read_text()
+    assert len(ben_files) == 1
+    assert_sealed(ben_files[0], ["secret", "hello", "said"])
     for user in ("ann", "ben"):
         root = data_dir(homes, user)
         assert stat.S_IMODE(root.stat().st_mode) == 0o700
         for path in root.rglob("*"):
             expected = 0o700 if path.is_dir() else 0o600
             assert stat.S_IMODE(path.stat().st_mode) == expected, path
+
+
+def assert_sealed(path: Path, words: list[str]) -> None:
+    """The conversation file is encrypted: every line sealed, none of ``words`` in any byte of it."""
+    raw = path.read_bytes()
+    lines = [json.loads(line) for line in raw.splitlines()]
+    assert lines and all("sealed" in line for line in lines), path
+    assert [w for w in words if w.encode() in raw.lower()] == [], path
