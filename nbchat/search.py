@@ -346,7 +346,7 @@ class SearchIndex:
 
     def search(
         self,
-        query: str,
+        query: str | None,
         limit: int,
         files: Mapping[str, Stamp],
         load: Loader,
@@ -358,6 +358,18 @@ class SearchIndex:
         self._caught_up()
         with self._db_lock:
             return self._search_now(query, limit, files, load, locked=locked, slice_s=slice_s)
+
+    def behind(self, files: Mapping[str, Stamp]) -> int:
+        """How many of ``files`` a search would index first (0: ready); an index not open yet is
+        behind on every one (opening it is the search's work)."""
+        self._caught_up()
+        with self._db_lock:
+            if self._db is None:
+                return len(files)
+            known = {cid: (inode, size) for cid, inode, size in self._db.execute(
+                "SELECT id, inode, size FROM conversations"
+            )}
+        return sum(known.get(conversation_id) != stamp for conversation_id, stamp in files.items())
 
     def _write_behind(self) -> None:
         while True:
@@ -464,7 +476,7 @@ class SearchIndex:
 
     def _search_now(
         self,
-        query: str,
+        query: str | None,
         limit: int,
         files: Mapping[str, Stamp],
         load: Loader,
@@ -477,11 +489,12 @@ class SearchIndex:
         ``locked``: the caller holds the user's lock, so the file may be used (else: memory).
         ``slice_s``: stop catching up after about that long and return ``None`` (what was done
         is kept), so the caller can let go of the lock (other kernels append meanwhile) and
-        call again: building the index of a big history takes seconds.
+        call again: building the index of a big history takes seconds. A ``None`` query only
+        catches up (and returns no hits): an index made ready before the first search.
         """
         import sqlite3
 
-        expression = match_expression(query)
+        expression = match_expression(query) if query is not None else None
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
             raise SearchError(
                 f"The number of hits must be a whole number from 1 to {MAX_LIMIT}, not {limit!r}."
@@ -500,6 +513,8 @@ class SearchIndex:
             except (sqlite3.Error, _Unusable) as exc:  # a schema gone, a page missing: damage too
                 self._recover(exc, damaged=not _unusable(exc), last=last)
                 continue
+            if expression is None:
+                return []
             try:
                 return self._query(db, expression, limit)
             except sqlite3.Error as exc:

@@ -14,6 +14,7 @@ without a password. ``NBCHAT_TRUST_HUB_USER=0`` switches this off.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import warnings
@@ -176,6 +177,10 @@ class ChatSession:
         with self._mutex:
             self._login = login
             self._hub = hub
+        if login.data_key is not None:  # its index is in memory only: build it now, not at the first search
+            threading.Thread(
+                target=_prepare_search, args=(login,), name="nbchat-search-index", daemon=True
+            ).start()
         self._changed()
 
     # -- conversations ---------------------------------------------------------------------
@@ -388,6 +393,13 @@ class ChatSession:
     def search(self, query: str, limit: int = 20) -> list[SearchHit]:
         """The logged-in user's conversations and messages holding ``query``'s words, best first."""
         return self._store().search(query, limit)
+
+    @property
+    def search_ready(self) -> bool:
+        """Whether a search answers at once: its index holds every conversation as it is now
+        (an encrypted account's is built in the background at login; a changed file is
+        indexed again by the next search)."""
+        return self._store().search_behind() == 0
 
     def export(
         self, conversation_id: str, format: str | None = None, path: str | os.PathLike[str] | None = None
@@ -876,3 +888,12 @@ def get_session() -> ChatSession:
                     warnings.warn(f"Could not log the JupyterHub user in: {exc}", NbchatWarning, stacklevel=2)
             _session = session
         return _session
+
+
+def _prepare_search(login: Login) -> None:
+    """Build an encrypted account's search index in the background; a failure is only logged,
+    since the first search builds it anyway (and says what went wrong)."""
+    try:
+        login.conversations.prepare_search()
+    except Exception as exc:  # logged out meanwhile (NotLoggedIn), a damaged file, a full disk...
+        logging.getLogger(__name__).debug("preparing the search index failed: %s", exc)

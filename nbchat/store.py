@@ -223,6 +223,23 @@ class ConversationStore:
         (by another kernel too) are indexed again first, one stat per file. An empty query is
         a ``SearchError``; a missing or damaged index is rebuilt, never an error.
         """
+        return self._search(query, limit)
+
+    def prepare_search(self) -> None:
+        """Bring the search index up to date now, so the first search is as fast as the next.
+
+        An encrypted account's index lives in memory only, so each login starts without one;
+        the session calls this in the background at login (building it for 100,000 messages
+        takes seconds). A search meanwhile waits for its slice, then goes on from there.
+        """
+        self._search(None, 1)
+
+    def search_behind(self) -> int:
+        """How many conversations a search would (re)index before answering: 0 when it is ready."""
+        with self._mutex:
+            return self._index.behind(self._stamps())
+
+    def _search(self, query: str | None, limit: int) -> builtins.list[SearchHit]:
         while True:  # both locks are let go between slices of a long catch-up: replies keep saving
             with self._mutex, self._reading() as refused:
                 files = self._stamps() if refused is None or self._dir.is_dir() else {}
