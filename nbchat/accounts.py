@@ -462,8 +462,8 @@ class Accounts:
         return HubSecretMismatch(
             f"The nbchat account of the JupyterHub user {hub_name!r} is encrypted, but {problem}. "
             "The hub's administrator must restore the NBCHAT_HUB_SECRET the account was made with "
-            "(a new secret can be set beside it, the old one as NBCHAT_HUB_SECRET_PREVIOUS, until "
-            "the next login re-wraps the key). Nothing was changed."
+            "(or set it as NBCHAT_HUB_SECRET_PREVIOUS beside a new one: the next login then re-wraps "
+            "the key). Nothing was changed."
         )
 
     def _hub_account(
