@@ -160,6 +160,41 @@ def _wait_for_lab(url: str, token: str, process: subprocess.Popen[bytes]) -> boo
 # -- shared steps of the browser suites ------------------------------------------------------
 
 
+#: Each front end: its page for a notebook (``{name}``), and what shows its kernel connected and idle.
+FRONT_ENDS = {
+    "jupyterlab": ("/lab/tree/{name}", (KERNEL_IDLE,)),
+    "notebook": (
+        "/notebooks/{name}",
+        (".jp-NotebookKernelLogo img", ".jp-Notebook-ExecutionIndicator[data-status='idle']"),
+    ),
+}
+
+
+def open_seeded(
+    page: Any,
+    lab: Mapping[str, Any],
+    name: str,
+    seeded: str,
+    *,
+    app: str = "jupyterlab",
+    timeout_ms: int = 90_000,
+) -> None:
+    """Open notebook ``name``, run its first cell (the seed, which prints ``seeded``) and, once it has,
+    the panel cell below it (Shift+Enter moves on to it)."""
+    from playwright.sync_api import expect
+
+    path, ready = FRONT_ENDS[app]
+    page.goto(f"{lab['url']}{path.format(name=name)}?token={lab['token']}")
+    for selector in ready:
+        page.wait_for_selector(selector, timeout=timeout_ms)
+    page.click(".jp-Notebook .jp-Cell >> nth=0 >> .jp-InputArea-editor")
+    page.keyboard.press("Shift+Enter")
+    expect(page.locator(".jp-Cell").nth(0).locator(".jp-OutputArea-output")).to_have_text(
+        seeded, timeout=timeout_ms
+    )
+    page.keyboard.press("Shift+Enter")
+
+
 def log_in(page: Any, name: str, *, register: bool) -> None:
     """Log ``name`` in through the panel's form (registering first when ``register``)."""
     from conftest import PASSWORD

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from browser import KERNEL_IDLE, choose, notebook, running_lab
+from browser import FRONT_ENDS, choose, notebook, open_seeded, running_lab
 from browser import shot as page_shot
 
 from conftest import PASSWORD
@@ -41,6 +41,7 @@ question = other.append(died.id, Message("user", "tell me everything"))
 reply_id = Message("assistant", "-").id
 for text in ("Everything began ", "with a question"):
     other.append_draft(died.id, Draft(reply_id, question.id, {MODEL!r}, utcnow(), text, ""))
+other.close()  # the other kernel is gone: nobody holds the reply's lease any more
 session.new_conversation("branches")
 session.configure(model={MODEL!r})
 session.send("what is 2+2?").join(30)
@@ -55,16 +56,6 @@ def shot(page: Any, app: str, name: str) -> None:
     """A screenshot with the message list in view (the notebook scrolls inside the page)."""
     page.locator(".nbchat-messages").scroll_into_view_if_needed()
     page_shot(page, f"branches-{app}-{name}")
-
-
-#: Each front end: its page for the notebook, and what shows that its kernel is connected and idle.
-FRONT_ENDS = {
-    "jupyterlab": ("/lab/tree/branches.ipynb", (KERNEL_IDLE,)),
-    "notebook": (
-        "/notebooks/branches.ipynb",
-        (".jp-NotebookKernelLogo img", ".jp-Notebook-ExecutionIndicator[data-status='idle']"),
-    ),
-}
 
 
 @pytest.fixture(scope="module", params=sorted(FRONT_ENDS))
@@ -87,16 +78,7 @@ def test_regenerate_edit_switch_show_earlier_and_an_interrupted_reply(
 
     page = browser.new_page(viewport={"width": 1280, "height": 1100})
     page.set_default_timeout(30_000)
-    path, ready = FRONT_ENDS[lab["app"]]
-    page.goto(f"{lab['url']}{path}?token={lab['token']}")
-    for selector in ready:
-        page.wait_for_selector(selector, timeout=90_000)
-    page.click(".jp-Notebook .jp-Cell .jp-InputArea-editor")
-    page.keyboard.press("Shift+Enter")
-    expect(page.locator(".jp-Cell").nth(0).locator(".jp-OutputArea-output")).to_have_text(
-        "seeded 2", timeout=90_000
-    )
-    page.keyboard.press("Shift+Enter")
+    open_seeded(page, lab, "branches.ipynb", "seeded 2", app=lab["app"])
     messages = page.locator(MESSAGES)
     expect(messages).to_have_count(2, timeout=60_000)
     expect(messages.last).to_contain_text("four, said the first reply")

@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from browser import KERNEL_IDLE, notebook, running_lab, shot
+from browser import FRONT_ENDS, notebook, open_seeded, running_lab, shot
 
 from conftest import PASSWORD
 from nbchat.testing.ollama_server import OllamaTestServer
@@ -34,16 +34,6 @@ TOP = f"() => {LIST}.scrollTop"
 HEIGHT = f"() => {LIST}.scrollHeight"
 
 
-#: Each front end: its page for a notebook, and what shows that its kernel is connected and idle.
-FRONT_ENDS = {
-    "jupyterlab": ("/lab/tree/chat.ipynb", (KERNEL_IDLE,)),
-    "notebook": (
-        "/notebooks/chat.ipynb",
-        (".jp-NotebookKernelLogo img", ".jp-Notebook-ExecutionIndicator[data-status='idle']"),
-    ),
-}
-
-
 @pytest.fixture(scope="module", params=sorted(FRONT_ENDS))
 def lab(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, ollama: OllamaTestServer
@@ -67,14 +57,7 @@ def test_the_message_box_follows_a_streaming_reply_unless_the_user_scrolls_up(
     ollama.reply_words = [f"answer line {i}\n\n" for i in range(3)]
     page = browser.new_page(viewport={"width": 1280, "height": 1000})  # type: ignore[attr-defined]
     page.set_default_timeout(30_000)
-    path, ready = FRONT_ENDS[str(lab["app"])]
-    page.goto(f"{lab['url']}{path}?token={lab['token']}")
-    for selector in ready:
-        page.wait_for_selector(selector, timeout=90_000)
-    page.click(".jp-Notebook .jp-Cell .jp-InputArea-editor")
-    page.keyboard.press("Shift+Enter")
-    expect(page.locator(".jp-Cell").nth(0).locator(".jp-OutputArea-output")).to_have_text("seeded 40")
-    page.keyboard.press("Shift+Enter")
+    open_seeded(page, lab, "chat.ipynb", "seeded 40", app=str(lab["app"]))
     messages = page.locator(".nbchat-messages .nbchat-message")
     expect(messages).to_have_count(40, timeout=60_000)
     assert page.evaluate(HEIGHT) > 3 * page.evaluate(f"() => {LIST}.clientHeight")  # far longer than the box

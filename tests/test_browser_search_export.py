@@ -16,7 +16,7 @@ from typing import Any
 
 import nbformat
 import pytest
-from browser import KERNEL_IDLE, choose, notebook, running_lab, selected_label, shot
+from browser import choose, notebook, open_seeded, running_lab, selected_label, shot
 
 from conftest import PASSWORD
 from nbchat.testing.ollama_server import OllamaTestServer
@@ -63,14 +63,7 @@ def test_a_search_hit_opens_the_older_conversation_at_its_message_and_export_wri
     ollama.reply_words = None  # the server echoes each question
     page = browser.new_page(viewport={"width": 1280, "height": 1100})
     page.set_default_timeout(30_000)
-    page.goto(f"{lab['url']}/lab/tree/search.ipynb?token={lab['token']}")
-    page.wait_for_selector(KERNEL_IDLE, timeout=90_000)
-    page.click(".jp-Notebook .jp-Cell >> nth=0 >> .jp-InputArea-editor")
-    page.keyboard.press("Shift+Enter")
-    expect(page.locator(".jp-Cell").nth(0).locator(".jp-OutputArea-output")).to_have_text(
-        "seeded 2", timeout=120_000
-    )
-    page.keyboard.press("Shift+Enter")
+    open_seeded(page, lab, "search.ipynb", "seeded 2", timeout_ms=120_000)
     page.wait_for_selector(".nbchat-user:has-text('Logged in as')", timeout=60_000)
     assert selected_label(page, ".nbchat-conversations") == "Later"
 

@@ -266,9 +266,9 @@ def test_the_first_append_of_any_kind_rewrites_an_older_file_once_at_version_3_k
             assert added.id not in tree  # still streaming here: the store that drafts it hides it
             continue
         assert added.id in tree and tree.get(added.id).parent == added.parent
-    if write is _draft:  # the kernel died: another reader shows the reply so far
+    if write is _draft:  # another reader shows the reply so far, still being written by ``store``
         shown = ConversationStore(data_dir, "alice").get(cid).messages[-1]
-        assert (shown.id, shown.stats) == (added.id, {"partial": True, "interrupted": True})
+        assert (shown.id, shown.stats) == (added.id, {"partial": True, "live": True})
     # Once at version 3, the next line is a plain append: same file, old bytes untouched.
     before, inode = old_file.read_bytes(), old_file.stat().st_ino
     leaf = store.get(cid).messages[-1]
