@@ -180,7 +180,7 @@ TARGETS: dict[str, tuple[str, str, Callable[[object], bool] | None]] = {
         lambda v: float(v) < 0.05,
     ),
     "search_index_build_encrypted_s": (
-        "its first search: the in-memory index built from the sealed files",
+        "its in-memory index built from the sealed files (in the background at login)",
         "—",
         None,
     ),
