@@ -40,6 +40,7 @@ from nbchat.types import ConversationSettings, Message
 #: How often a panel showing a reply that another kernel is writing reads it again.
 WATCH_S = 2.0
 
+
 class ChatPanel(widgets.VBox):
     """The chat app for one cell; all panels of a kernel share its one session.
 
