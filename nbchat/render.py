@@ -70,6 +70,12 @@ def earlier_label(hidden: int, page: int) -> str:
     return f"Show {min(hidden, page):,} earlier ({hidden:,} more)"
 
 
+def download_markdown(model: str) -> str:
+    """Where a reply will appear while its model downloads: what is happening, in a few words (the
+    figures, size, speed and time left, are on the status line beside the progress bar)."""
+    return f"*Downloading {model} for its first use on this machine…*"
+
+
 def reply_markdown(reply: Reply) -> str:
     """A reply streaming or done; before its first token, what is happening (loading a model)."""
     text, thinking = reply.text, reply.thinking

@@ -185,6 +185,11 @@ def test_the_panel_shows_the_download_then_the_reply_and_no_bar(
     wait_until(lambda: bar_shown(panel))
     assert panel.download_progress.value == pytest.approx(0.5)
     assert "Downloading ollama:llama3.2:1b: 1.7 GB of 3.4 GB (50%)" in panel.status.value
+    live = panel._live
+    assert live is not None
+    # Where the reply will be: what is happening, once; the figures only on the status line.
+    wait_until(lambda: "Downloading ollama:llama3.2:1b" in live.outputs[0]["data"]["text/markdown"])
+    assert "GB" not in live.outputs[0]["data"]["text/markdown"]
     say_download(reply, step(TOTAL))
     wait_until(lambda: panel.download_progress.value == 1.0)
     reply.set_status("ollama:llama3.2:1b loaded in 4.0 s; generating…")

@@ -13,7 +13,7 @@ import ipywidgets as widgets
 from nbchat.backends.base import LoadProgress
 from nbchat.panel.download_bar import DOWNLOAD_REDRAW_INTERVAL_S
 from nbchat.panel.kit import classed, close_widgets, error_html, markdown_output
-from nbchat.render import context_facts, reply_markdown, token_facts
+from nbchat.render import context_facts, download_markdown, reply_markdown, token_facts
 from nbchat.reply import Reply
 
 #: At most about 12 redraws a second while a reply streams (not once per token).
@@ -76,7 +76,7 @@ class LiveReply:
                         self._bar_shown = True
                         self._on_download(download)
                         said = self._say_changed(reply.status, said)
-                        self._draw_text()
+                        self._draw_text(download_markdown(reply.model))
                     continue
                 self._hide_bar()
                 self._draw_text()
@@ -99,8 +99,9 @@ class LiveReply:
             self.output.outputs = markdown_output(reply_markdown(reply))
         self._on_end(reply)
 
-    def _draw_text(self) -> None:
-        text = reply_markdown(self.reply)
+    def _draw_text(self, text: str | None = None) -> None:
+        """Show ``text`` (by default the reply as far as it has come) unless it is shown already."""
+        text = reply_markdown(self.reply) if text is None else text
         if text != self._shown and text.strip():
             self.output.outputs = markdown_output(text)
             self._shown = text
