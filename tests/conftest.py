@@ -89,6 +89,18 @@ def _data_key(data_dir: Path, user: str, password: str) -> bytes:
 
 
 @pytest.fixture
+def interruptible() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt, as in every IPython kernel. A test run started in the
+    background by a shell (``pytest &``) inherits SIGINT ignored, and then ``_thread.interrupt_main``
+    (Jupyter's Interrupt button, as tests press it) does nothing at all."""
+    import signal
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+@pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 2 MiB filesystem of this test's own (``disks.fill`` fills it), unmounted afterwards."""
     from disks import mount_small_disk, unmount

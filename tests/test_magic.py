@@ -286,7 +286,11 @@ def test_a_bad_setting_is_refused_with_its_range(
 
 
 def test_interrupting_the_kernel_stops_the_reply_and_keeps_the_partial_text(
-    shell: InteractiveShell, session: ChatSession, server: OllamaTestServer, passwords: list[str]
+    shell: InteractiveShell,
+    session: ChatSession,
+    server: OllamaTestServer,
+    passwords: list[str],
+    interruptible: None,
 ) -> None:
     logged_in_chat(shell, passwords)
     server.chunk_count = 200

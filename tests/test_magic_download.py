@@ -166,7 +166,7 @@ def test_a_burst_of_download_steps_is_redrawn_at_a_bounded_rate(
 
 
 def test_interrupting_the_kernel_during_a_download_stops_the_reply(
-    chat_shell: InteractiveShell, session: ChatSession, server: OllamaTestServer
+    chat_shell: InteractiveShell, session: ChatSession, server: OllamaTestServer, interruptible: None
 ) -> None:
     import _thread
 
