@@ -198,6 +198,16 @@ class ChatSession:
                 return None
             return self._store().get(conversation_id)
 
+    @property
+    def current_stamp(self) -> tuple[int, int] | None:
+        """Changes whenever the current conversation's file does, whoever wrote it (one ``stat``):
+        the panel polls it to show what another kernel adds. None without one."""
+        with self._mutex:
+            conversation_id = self._current
+            if conversation_id is None or self._login is None:
+                return None
+            return self._store().stamp(conversation_id)
+
     def new_conversation(self, title: str | None = None) -> Conversation:
         """Start a conversation and make it current; it has no model until one is chosen."""
         with self._mutex:

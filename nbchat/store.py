@@ -255,6 +255,19 @@ class ConversationStore:
                     return [hit for hit in hits if hit.message_id not in self._streaming]
             time.sleep(SEARCH_PAUSE_S)
 
+    def stamp(self, conversation_id: str) -> Stamp | None:
+        """(inode, size) of the conversation's file, None if it is gone: one ``stat``, no read.
+
+        Every change another kernel makes (an append, a rewrite, a deletion) changes it, so a
+        view can poll it to know when to read the conversation again.
+        """
+        self._check_open()
+        try:
+            stat = self._path(conversation_id).stat()
+        except OSError:
+            return None
+        return (stat.st_ino, stat.st_size)
+
     def _stamps(self) -> dict[str, Stamp]:
         """(inode, size) of every conversation file: what the search index compares with its own."""
         stamps = {}

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +27,7 @@ from nbchat.export import message_heading
 from nbchat.file_state import INTERRUPTED_STATS, LIVE_STATS
 from nbchat.live_replies import LEASE_DIR, STALE_LEASE_S
 from nbchat.panel import ChatPanel
+from nbchat.panel.controller import WATCH_S
 from nbchat.records import Draft
 from nbchat.render import INTERRUPTED_NOTE, LIVE_NOTE, message_markdown
 from nbchat.testing.ollama_server import OllamaTestServer
@@ -143,6 +144,14 @@ def test_a_dead_writers_lease_file_is_swept_by_the_next_store_once_stale(
     assert reader.get(held_conversation).messages[-1].stats == LIVE_STATS
 
 
+def shown_text(panel: ChatPanel) -> str:
+    """Every message the panel's list shows, as Markdown, one after the other."""
+    return "\n".join(
+        child.outputs[0]["data"]["text/markdown"] if hasattr(child, "outputs") else child.value
+        for child in panel.messages.children
+    )
+
+
 def test_a_panel_follows_a_reply_another_kernel_streams_until_it_is_saved(
     make_session: object, server: OllamaTestServer
 ) -> None:
@@ -163,10 +172,7 @@ def test_a_panel_follows_a_reply_another_kernel_streams_until_it_is_saved(
     try:
 
         def shown() -> str:
-            return "\n".join(
-                child.outputs[0]["data"]["text/markdown"] if hasattr(child, "outputs") else child.value
-                for child in panel.messages.children
-            )
+            return shown_text(panel)
 
         wait_until(lambda: LIVE_NOTE in shown(), seconds=15)
         first = shown()
@@ -177,3 +183,29 @@ def test_a_panel_follows_a_reply_another_kernel_streams_until_it_is_saved(
         assert shown().count("fjord0 ") == 1, "the saved reply replaces the drafts: one reply shown"
     finally:
         panel.close()
+
+
+def test_a_panel_shows_what_another_kernel_of_the_same_user_adds_until_it_is_closed(
+    make_session: Callable[..., ChatSession], server: OllamaTestServer
+) -> None:
+    """Two notebooks on one conversation: what one sends, the other's panel shows (polled, one
+    ``stat`` every 2 s); a rename elsewhere too. A closed panel stops looking."""
+    writing, watching = make_session(server, "alice"), make_session(server)
+    for session in (writing, watching):
+        session.login("alice", PASSWORD)
+    conversation = writing.new_conversation("Shared")
+    writing.configure(model="ollama:llama3.2:1b")
+    watching.select(conversation.id)
+    panel = ChatPanel(watching)
+    try:
+        assert shown_text(panel) == ""
+        writing.send("the first question", namespace={}).wait(30)
+        wait_until(lambda: "You said: the first question" in shown_text(panel), seconds=10)
+        writing.rename(conversation.id, "Renamed elsewhere")
+        wait_until(lambda: "Renamed elsewhere" in str(panel.conversations.options), seconds=10)
+    finally:
+        panel.close()
+    before = shown_text(panel)
+    writing.send("a second question", namespace={}).wait(30)
+    time.sleep(3 * WATCH_S)  # several of its old ticks: nothing redraws a closed panel
+    assert shown_text(panel) == before

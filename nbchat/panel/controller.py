@@ -12,7 +12,7 @@ import html
 import threading
 import warnings
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +35,9 @@ from nbchat.panel.settings_row import SettingsRow
 from nbchat.render import reply_markdown
 from nbchat.reply import Reply
 from nbchat.session import ChatSession, get_session
-from nbchat.types import ConversationSettings, Message
+from nbchat.types import ConversationSettings
 
-#: How often a panel showing a reply that another kernel is writing reads it again.
+#: How often a panel looks whether another kernel changed the conversation it shows (one ``stat``).
 WATCH_S = 2.0
 
 
@@ -54,7 +54,11 @@ class ChatPanel(widgets.VBox):
         self._lock = threading.RLock()
         self._closed = False
         self._following: LiveReply | None = None
-        self._watching: threading.Timer | None = None  # redraws a reply another kernel is writing
+        # What the shown conversation's file was when drawn, and whether it showed a reply another
+        # kernel is writing: the watcher redraws when either says the view may be out of date.
+        self._drawn_stamp: tuple[int, int] | None = None
+        self._shows_live = False
+        self._stop_watching = threading.Event()
         self._retired: list[widgets.Widget] = []  # widgets of replies followed before, to close
         self._unsaved: dict[str, dict[str, str]] = {}  # conversation id -> question id -> Markdown
         self._style = widgets.HTML(STYLE)  # one per panel: a new widget per redraw would pile up
@@ -106,6 +110,8 @@ class ChatPanel(widgets.VBox):
         self._listener = _weak_listener(self)
         self.session.on_change(self._listener)
         self.refresh()
+        watcher = (weakref.ref(self), self._stop_watching)
+        threading.Thread(target=_watch, args=watcher, name="nbchat-panel-watch", daemon=True).start()
 
     def _expose_controls(self) -> None:
         """Each part's controls as the panel's own attributes, the names scripts and tests use."""
@@ -171,9 +177,7 @@ class ChatPanel(widgets.VBox):
                 return
             self._closed = True
             following, self._following = self._following, None
-            watching, self._watching = self._watching, None
-            if watching is not None:
-                watching.cancel()
+            self._stop_watching.set()
             if following is not None:
                 following.stop()
                 self._retired.append(following.output)
@@ -226,6 +230,7 @@ class ChatPanel(widgets.VBox):
             self.conversation_bar.ask_rename(False)
             self.conversation_bar.ask_delete(False)
             self._load_models()
+        self._drawn_stamp = session.current_stamp  # before reading: a change meanwhile shows next time
         current = session.current
         self.conversation_bar.show(
             session.user or "", hub=session.hub_login, summaries=session.conversations(), current=current
@@ -252,7 +257,7 @@ class ChatPanel(widgets.VBox):
             conversation_id=current.id if current is not None else None,
             busy=streaming,
         )
-        self._watch_other_kernels(current.messages if current is not None else ())
+        self._shows_live = current is not None and any((m.stats or {}).get("live") for m in current.messages)
         self.composer.set_busy(streaming, settings.model)
         self.context_row.set_busy(streaming, settings.model)
         self.conversation_bar.set_busy(streaming)
@@ -260,20 +265,20 @@ class ChatPanel(widgets.VBox):
         self.export_control.show(current.id if current is not None else None)
         self.settings_row.set_busy(streaming)
 
-    def _watch_other_kernels(self, messages: Sequence[Message]) -> None:
-        """While the path shows a reply another kernel is writing, redraw every ``WATCH_S`` (each
-        read takes only the lines added since) until it is saved or its kernel dies."""
-        if self._watching is not None or not any((m.stats or {}).get("live") for m in messages):
+    def _redraw_if_changed_elsewhere(self) -> None:
+        """Redraw when another kernel changed the shown conversation (a message, a reply it is
+        writing, a rename), or while such a reply shows (its kernel may have died). A reply
+        streaming here redraws itself; reading again costs only the lines added since."""
+        session = self.session
+        reply = session.reply
+        if self._closed or session.user is None or (reply is not None and not reply.done):
             return
-        timer = threading.Timer(WATCH_S, self._watched)
-        timer.daemon = True
-        self._watching = timer
-        timer.start()
-
-    def _watched(self) -> None:
-        with self._lock:
-            self._watching = None
-        self.refresh()
+        try:
+            stamp = session.current_stamp
+        except NbchatError:  # logged out meanwhile
+            return
+        if stamp != self._drawn_stamp or self._shows_live:
+            self.refresh()
 
     def _keep_if_unsaved(self, reply: Reply) -> None:
         """A reply that could not be saved stays shown (it is in no history) and the status says why."""
@@ -517,6 +522,19 @@ def _connect_notebook() -> None:
         notebook_bridge()
     except Exception as exc:  # no ipylab front end here: Insert and Run will say so, Copy still works
         warnings.warn(f"Insert and Run are unavailable: {exc}", NbchatWarning, stacklevel=3)
+
+
+def _watch(ref: weakref.ref[ChatPanel], stop: threading.Event) -> None:
+    """Every ``WATCH_S`` until the panel closes (or is forgotten): show what other kernels changed."""
+    while not stop.wait(WATCH_S):
+        panel = ref()
+        if panel is None:
+            return
+        try:
+            panel._redraw_if_changed_elsewhere()
+        except Exception as exc:  # a watcher never takes the kernel down; the next user action says why
+            warnings.warn(f"nbchat could not redraw the panel: {exc}", NbchatWarning, stacklevel=1)
+        del panel
 
 
 def _weak_listener(panel: ChatPanel) -> Callable[[ChatSession], None]:
