@@ -331,7 +331,10 @@ def _decode_token(token: str, conversation_id: str, position: int) -> bytes:
             data = base64.b64decode(raw.translate(_TO_STANDARD) + b"=" * (-len(raw) % 4), validate=True)
         except binascii.Error:
             data = b""
-        if len(data) >= NONCE_BYTES + TAG_BYTES:
+        # The last character's unused low bits decode to nothing: a token changed only there would
+        # open as the same bytes, so only the one canonical spelling of the bytes is accepted.
+        canonical = base64.urlsafe_b64encode(data).rstrip(b"=") == raw
+        if canonical and len(data) >= NONCE_BYTES + TAG_BYTES:
             return data
     raise DamagedLine(
         f"Line {position} of conversation {conversation_id!r} is not an nbchat sealed line "

@@ -250,6 +250,22 @@ def test_every_changed_character_of_a_token_is_detected(cipher: crypto.LineCiphe
             cipher.open(damaged, conversation_id="c1", position=0)
 
 
+def test_a_token_changed_only_in_the_unused_bits_of_its_last_character_is_detected(
+    cipher: crypto.LineCipher,
+) -> None:
+    """38 sealed bytes take 51 base64 characters, the last with 2 bits that decode to nothing:
+    a change there alone would open as the very same bytes, so such a spelling is refused."""
+    token = cipher.seal(b"short line", conversation_id="c1", position=0)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    assert len(token) == 51
+    last = alphabet.index(token[-1])
+    for unused in range(1, 4):  # every other value of the two low bits
+        respelled = token[:-1] + alphabet[last ^ unused]
+        assert base64.urlsafe_b64decode(respelled + "=") == base64.urlsafe_b64decode(token + "=")
+        with pytest.raises(DamagedLine):
+            cipher.open(respelled, conversation_id="c1", position=0)
+
+
 @pytest.mark.parametrize("junk", ["", "abc", "not base64 at all!", "ab+/cd==", "ü" * 40, "A" * 37, "\n"])
 def test_junk_instead_of_a_token_is_a_damaged_line(cipher: crypto.LineCipher, junk: str) -> None:
     with pytest.raises(DamagedLine, match="damaged"):

@@ -239,7 +239,7 @@ def test_two_hub_users_chat_without_nbchat_passwords_and_stay_apart(
     ann_context = chat_as(browser, hub, "ann", "a secret of ann's")
     ann_files = list((data_dir(homes, "ann") / "conversations" / "ann").glob("*.jsonl"))
     assert len(ann_files) == 1
-    assert_sealed(ann_files[0], ["secret", "said"])  # the prompt's words and the reply's ("You said: ...")
+    assert_sealed(ann_files[0], ["a secret of ann", "you said"])  # the prompt and the reply ("You said: ...")
     users = json.loads((data_dir(homes, "ann") / "users.json").read_text())["users"]
     assert "data_key" in users["ann"]
 
@@ -267,7 +267,7 @@ def test_two_hub_users_chat_without_nbchat_passwords_and_stay_apart(
     # On disk each user has a private data dir of their own.
     ben_files = list((data_dir(homes, "ben") / "conversations" / "ben").glob("*.jsonl"))
     assert len(ben_files) == 1
-    assert_sealed(ben_files[0], ["secret", "hello", "said"])
+    assert_sealed(ben_files[0], ["a secret of ann", "hello from ben", "you said"])
     for user in ("ann", "ben"):
         root = data_dir(homes, user)
         assert stat.S_IMODE(root.stat().st_mode) == 0o700
@@ -277,7 +277,8 @@ def test_two_hub_users_chat_without_nbchat_passwords_and_stay_apart(
 
 
 def assert_sealed(path: Path, words: list[str]) -> None:
-    """The conversation file is encrypted: every line sealed, none of ``words`` in any byte of it."""
+    """The conversation file is encrypted: every line sealed, none of ``words`` in any byte of it
+    (phrases with spaces: a short word alone turns up in lower-cased base64 by chance now and then)."""
     raw = path.read_bytes()
     lines = [json.loads(line) for line in raw.splitlines()]
     assert lines and all("sealed" in line for line in lines), path
